@@ -1,0 +1,12 @@
+//! Rows → Conversions API events. Pure: no I/O, so most unit tests live here.
+
+pub mod event;
+pub mod json;
+pub mod normalize;
+pub mod params;
+pub mod rules;
+pub mod value;
+
+pub use event::{derive_event_id, ColumnInfo, DroppedValue, Identifiers, MappedEvent, ModelPlan, PlanProblem, RowOutcome};
+pub use rules::Refusal;
+pub use value::{Value, ValueKind};

@@ -1,0 +1,607 @@
+//! One model run: lock → describe → read → map → send → settle. Only this module decides,
+//! from an error's class, whether to retry, split a batch, refuse rows or stop the run.
+
+use crate::config::{Config, ModelConfig};
+use crate::mapping::{MappedEvent, ModelPlan, Refusal};
+use crate::sink::retry::RetryPolicy;
+use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
+use crate::source::{SourceRow, Warehouse};
+use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
+use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+/// Everything a run needs, shared by the scheduler's model tasks.
+#[derive(Clone)]
+pub struct SyncContext {
+    pub config: Arc<Config>,
+    pub warehouse: Warehouse,
+    pub state: StateStore,
+    pub graph: GraphClient,
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `schedule`, `manual`, `demo`, ...
+    pub trigger: String,
+    /// Map everything, send nothing, move no cursor.
+    pub dry_run: bool,
+    /// Overrides the model's and the global test_event_code.
+    pub test_event_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    /// Stopped by shutdown after settling what was in flight.
+    Cancelled,
+    /// Another process holds the model's lock.
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub model: String,
+    pub run_id: Option<i64>,
+    pub status: RunStatus,
+    pub counters: RunCounters,
+    pub error: Option<String>,
+    /// The first event sent (hashed, as sent), for demos and previews.
+    pub sample_event: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// A row on its way: an event to send or a refusal to record.
+#[derive(Debug)]
+struct PendingEvent {
+    event: MappedEvent,
+    key: Vec<String>,
+    cursor_text: String,
+}
+
+/// A batch: the events to send plus every row settled alongside them (refused rows, rows
+/// already in the ledger), and the position of the last row it covers.
+#[derive(Debug, Default)]
+struct Batch {
+    seq: u64,
+    events: Vec<PendingEvent>,
+    refused: Vec<RefusedRow>,
+    changed: Vec<String>,
+    last: Option<CursorPosition>,
+}
+
+struct BatchResult {
+    batch: Batch,
+    delivered: Vec<Delivered>,
+    meta_refused: Vec<RefusedRow>,
+    requests: i64,
+    retries: i64,
+    error: Option<SinkError>,
+}
+
+fn refused_row(key: &[String], cursor: &str, r: Refusal) -> RefusedRow {
+    RefusedRow {
+        row_key: key.to_vec(),
+        event_id: r.event_id,
+        reason: r.reason.to_string(),
+        detail: r.detail,
+        meta_code: None,
+        meta_subcode: None,
+        cursor_value: Some(cursor.to_string()),
+    }
+}
+
+/// Runs one model once, now.
+pub async fn sync_model_once(ctx: &SyncContext, model: &ModelConfig, opts: &RunOptions) -> RunSummary {
+    let started = Instant::now();
+    let mut summary = RunSummary {
+        model: model.name.clone(),
+        run_id: None,
+        status: RunStatus::Failed,
+        counters: RunCounters::default(),
+        error: None,
+        sample_event: None,
+        elapsed: Duration::ZERO,
+    };
+    let lock = match ctx.state.try_lock_model(&model.name).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            info!(model = %model.name, "another capi-sync process is syncing this model; skipping");
+            summary.status = RunStatus::Skipped;
+            summary.error = Some("another process holds this model's lock".into());
+            return summary;
+        }
+        Err(e) => {
+            summary.error = Some(format!("cannot take the model lock: {e}"));
+            return summary;
+        }
+    };
+    let run_id = if opts.dry_run {
+        None
+    } else {
+        match ctx.state.start_run(&model.name, &opts.trigger).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                summary.error = Some(format!("cannot record the run: {e}"));
+                lock.release().await;
+                return summary;
+            }
+        }
+    };
+    summary.run_id = run_id;
+    let span = info_span!("run", model = %model.name, run_id = run_id.unwrap_or(0));
+    let result = run_inner(ctx, model, opts, run_id, &mut summary).instrument(span).await;
+    summary.elapsed = started.elapsed();
+    match result {
+        Ok(status) => summary.status = status,
+        Err(message) => {
+            summary.status = RunStatus::Failed;
+            summary.error = Some(message);
+        }
+    }
+    if let Some(id) = run_id {
+        if let Err(e) = ctx
+            .state
+            .finish_run(id, summary.status.as_str(), &summary.counters, summary.error.as_deref())
+            .await
+        {
+            warn!(model = %model.name, error = %e, "could not record the run's end");
+        }
+    }
+    lock.release().await;
+    info!(
+        model = %model.name,
+        status = summary.status.as_str(),
+        rows_read = summary.counters.rows_read,
+        events_sent = summary.counters.events_sent,
+        rows_refused = summary.counters.rows_refused,
+        rows_already_sent = summary.counters.rows_already_sent,
+        elapsed_ms = summary.elapsed.as_millis() as u64,
+        "run finished"
+    );
+    summary
+}
+
+async fn run_inner(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    opts: &RunOptions,
+    run_id: Option<i64>,
+    summary: &mut RunSummary,
+) -> Result<RunStatus, String> {
+    let deadline = Instant::now() + ctx.config.service.run_deadline;
+    let (query, columns) = ctx
+        .warehouse
+        .describe(model)
+        .await
+        .map_err(|e| format!("{e}; check the model's SQL ({})", model.sql_origin))?;
+    let plan = ModelPlan::new(model, &columns).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        format!("the model's columns do not map to events: {}", list.join("; "))
+    })?;
+    let after = ctx.state.cursor(&model.name).await.map_err(|e| e.to_string())?;
+
+    let batch_size = model.batch_size;
+    let (tx_rows, mut rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
+    let warehouse = ctx.warehouse.clone();
+    let reader_query = query.clone();
+    let reader = tokio::spawn(async move {
+        warehouse
+            .stream_rows(&reader_query, after, tx_rows, batch_size.max(100))
+            .await
+    });
+
+    let test_event_code = opts
+        .test_event_code
+        .clone()
+        .or_else(|| model.test_event_code.clone())
+        .or_else(|| ctx.config.meta.test_event_code.clone());
+    let sender = BatchSender {
+        graph: ctx.graph.clone(),
+        pixel_id: model.pixel_id.clone(),
+        test_event_code,
+        policy: RetryPolicy::new(ctx.config.meta.max_attempts),
+    };
+    let concurrency = ctx.config.meta.concurrency;
+
+    let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
+    let mut pending = Batch::default();
+    let mut seq = 0u64;
+    let mut failure: Option<String> = None;
+    let mut status = RunStatus::Succeeded;
+    let mut seen_ids: HashSet<String> = HashSet::new();
+
+    'read: loop {
+        if ctx.cancel.is_cancelled() {
+            status = RunStatus::Cancelled;
+            break;
+        }
+        if Instant::now() > deadline {
+            failure = Some(format!(
+                "the run passed its deadline (service.run_deadline = {:?}); the next run resumes at the last acknowledged batch",
+                ctx.config.service.run_deadline
+            ));
+            break;
+        }
+        let chunk = tokio::select! {
+            c = rx_rows.recv() => c,
+            _ = ctx.cancel.cancelled() => { status = RunStatus::Cancelled; break 'read; }
+        };
+        let Some(chunk) = chunk else { break };
+        summary.counters.rows_read += chunk.len() as i64;
+        let now = chrono::Utc::now().timestamp();
+
+        let mut outcomes = Vec::with_capacity(chunk.len());
+        for row in &chunk {
+            let out = plan.map_row(&row.values, &row.key, now);
+            for d in &out.dropped {
+                *summary
+                    .counters
+                    .dropped_by_field
+                    .entry(format!("{}:{}", d.field, d.reason))
+                    .or_default() += 1;
+            }
+            outcomes.push(out.result);
+        }
+        let ids: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok().map(|e| e.event_id.clone()))
+            .collect();
+        let ledger = if opts.dry_run && run_id.is_none() && ids.is_empty() {
+            HashMap::new()
+        } else {
+            ctx.state
+                .delivered_fingerprints(&model.name, &ids)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+
+        for (row, outcome) in chunk.into_iter().zip(outcomes) {
+            let position = row.position();
+            match outcome {
+                Err(refusal) => pending.refused.push(refused_row(&row.key, &row.cursor_text, refusal)),
+                Ok(event) => {
+                    if let Some(fp) = ledger.get(&event.event_id) {
+                        summary.counters.rows_already_sent += 1;
+                        if *fp != event.fingerprint() {
+                            pending.changed.push(event.event_id.clone());
+                        }
+                    } else if !seen_ids.insert(event.event_id.clone()) {
+                        pending.refused.push(refused_row(
+                            &row.key,
+                            &row.cursor_text,
+                            Refusal::new(
+                                "duplicate_event_id",
+                                "another row in this run maps to the same event_id; Meta would count only one",
+                            )
+                            .with_event_id(Some(event.event_id.clone())),
+                        ));
+                    } else {
+                        if summary.sample_event.is_none() {
+                            summary.sample_event = Some(event.json.clone());
+                        }
+                        pending.events.push(PendingEvent {
+                            event,
+                            key: row.key,
+                            cursor_text: row.cursor_text,
+                        });
+                    }
+                }
+            }
+            pending.last = Some(position);
+            if pending.events.len() >= batch_size {
+                seq += 1;
+                let mut batch = std::mem::take(&mut pending);
+                batch.seq = seq;
+                if opts.dry_run {
+                    count_dry(&mut summary.counters, &batch);
+                    continue;
+                }
+                in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
+                while in_flight.len() >= concurrency {
+                    let done = in_flight.next().await.expect("non-empty");
+                    if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
+                        failure = Some(msg);
+                        break 'read;
+                    }
+                }
+            }
+        }
+    }
+    drop(rx_rows);
+
+    // The last partial batch goes only when the read finished normally.
+    if failure.is_none() && status == RunStatus::Succeeded && (!pending.events.is_empty() || pending.last.is_some()) {
+        seq += 1;
+        let mut batch = std::mem::take(&mut pending);
+        batch.seq = seq;
+        if opts.dry_run {
+            count_dry(&mut summary.counters, &batch);
+        } else if batch.events.is_empty() {
+            let empty = BatchResult {
+                batch,
+                delivered: vec![],
+                meta_refused: vec![],
+                requests: 0,
+                retries: 0,
+                error: None,
+            };
+            in_flight.push_back(tokio::spawn(async move { empty }));
+        } else {
+            in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
+        }
+    }
+    // Whatever is in flight finishes and is recorded, even after a failure or on shutdown:
+    // an acknowledged event always reaches the ledger.
+    while let Some(done) = in_flight.next().await {
+        if failure.is_some() {
+            if let Ok(r) = done {
+                record_acks_only(ctx, model, run_id, summary, r).await;
+            }
+            continue;
+        }
+        if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
+            failure = Some(msg);
+        }
+    }
+
+    match reader.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if failure.is_none() && status == RunStatus::Succeeded => {
+            failure = Some(format!("{e}; check the model's SQL ({})", model.sql_origin));
+        }
+        Ok(Err(_)) => {}
+        Err(e) if failure.is_none() => failure = Some(format!("the warehouse reader stopped: {e}")),
+        Err(_) => {}
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(status),
+    }
+}
+
+fn count_dry(c: &mut RunCounters, batch: &Batch) {
+    c.events_sent += batch.events.len() as i64;
+    for r in &batch.refused {
+        c.rows_refused += 1;
+        *c.refused_by_reason.entry(r.reason.clone()).or_default() += 1;
+    }
+    for e in &batch.events {
+        for name in e.event.identifiers.names() {
+            *c.coverage.entry(name.to_string()).or_default() += 1;
+        }
+    }
+}
+
+/// Commits a finished batch in order; a failed batch stops the run.
+async fn settle(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    run_id: Option<i64>,
+    summary: &mut RunSummary,
+    done: Result<BatchResult, tokio::task::JoinError>,
+) -> Result<(), String> {
+    let mut r = done.map_err(|e| format!("a batch task stopped unexpectedly: {e}"))?;
+    summary.counters.requests += r.requests;
+    summary.counters.retries += r.retries;
+    if let Some(err) = r.error.take() {
+        let message = describe_failure(model, &err);
+        record_acks_only(ctx, model, run_id, summary, r).await;
+        return Err(message);
+    }
+    let BatchResult {
+        batch,
+        delivered,
+        meta_refused,
+        ..
+    } = r;
+    let mut refused = batch.refused;
+    refused.extend(meta_refused);
+    let settlement = Settlement {
+        position: batch.last,
+        delivered,
+        refused,
+        changed: batch.changed,
+    };
+    apply_counts(&mut summary.counters, &settlement, &batch.events);
+    if let Some(id) = run_id {
+        ctx.state
+            .settle(&model.name, id, &settlement, &summary.counters)
+            .await
+            .map_err(|e| format!("could not record batch {}: {e}", batch.seq))?;
+    }
+    Ok(())
+}
+
+/// Records acknowledged events in the ledger without moving the cursor (the batch, or one
+/// before it, failed): a later run then does not send them again.
+async fn record_acks_only(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    run_id: Option<i64>,
+    summary: &mut RunSummary,
+    r: BatchResult,
+) {
+    if r.delivered.is_empty() {
+        return;
+    }
+    summary.counters.events_sent += r.delivered.len() as i64;
+    if let Some(id) = run_id {
+        let settlement = Settlement {
+            position: None,
+            delivered: r.delivered,
+            refused: vec![],
+            changed: vec![],
+        };
+        if let Err(e) = ctx.state.settle(&model.name, id, &settlement, &summary.counters).await {
+            warn!(model = %model.name, error = %e, "could not record acknowledged events of a failed run");
+        }
+    }
+}
+
+fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
+    c.events_sent += s.delivered.len() as i64;
+    for r in &s.refused {
+        c.rows_refused += 1;
+        *c.refused_by_reason.entry(r.reason.clone()).or_default() += 1;
+    }
+    let delivered: HashSet<&str> = s.delivered.iter().map(|d| d.event_id.as_str()).collect();
+    for e in events.iter().filter(|e| delivered.contains(e.event.event_id.as_str())) {
+        for name in e.event.identifiers.names() {
+            *c.coverage.entry(name.to_string()).or_default() += 1;
+        }
+    }
+}
+
+fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
+    match err.class() {
+        ErrorClass::Auth => format!(
+            "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset",
+            model.pixel_id
+        ),
+        ErrorClass::Throttled => format!("Meta kept throttling the requests ({err}); retries ran out, the next run resumes at the last acknowledged batch"),
+        ErrorClass::Transient => format!("the Graph API did not accept the batch after retries ({err}); the next run resumes at the last acknowledged batch"),
+        ErrorClass::Invalid => format!("Meta rejected a batch ({err})"),
+    }
+}
+
+#[derive(Clone)]
+struct BatchSender {
+    graph: GraphClient,
+    pixel_id: String,
+    test_event_code: Option<String>,
+    policy: RetryPolicy,
+}
+
+impl BatchSender {
+    async fn send_batch(self, batch: Batch) -> BatchResult {
+        let span = info_span!("batch", seq = batch.seq, events = batch.events.len());
+        async move {
+            let mut result = BatchResult {
+                delivered: Vec::with_capacity(batch.events.len()),
+                meta_refused: Vec::new(),
+                requests: 0,
+                retries: 0,
+                error: None,
+                batch: Batch::default(),
+            };
+            let all: Vec<usize> = (0..batch.events.len()).collect();
+            // Bisect on code 100: Meta rejects a whole request for one invalid event, so we
+            // split until each bad event stands alone (about log2(n) extra requests each).
+            let mut stack: Vec<Vec<usize>> = vec![all];
+            while let Some(part) = stack.pop() {
+                if part.is_empty() {
+                    continue;
+                }
+                match self.send_with_retries(&batch, &part, &mut result).await {
+                    Ok(trace) => {
+                        for &i in &part {
+                            let e = &batch.events[i];
+                            result.delivered.push(Delivered {
+                                row_key: e.key.clone(),
+                                event_id: e.event.event_id.clone(),
+                                event_name: e.event.event_name.clone(),
+                                event_time: e.event.event_time,
+                                fingerprint: e.event.fingerprint(),
+                                fbtrace_id: trace.clone(),
+                            });
+                        }
+                    }
+                    Err(err) if err.class() == ErrorClass::Invalid => {
+                        if part.len() == 1 {
+                            let e = &batch.events[part[0]];
+                            result.meta_refused.push(meta_refusal(e, &err));
+                        } else {
+                            let (a, b) = part.split_at(part.len() / 2);
+                            stack.push(b.to_vec());
+                            stack.push(a.to_vec());
+                        }
+                    }
+                    Err(err) => {
+                        result.error = Some(err);
+                        break;
+                    }
+                }
+            }
+            result.batch = batch;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn send_with_retries(
+        &self,
+        batch: &Batch,
+        part: &[usize],
+        result: &mut BatchResult,
+    ) -> Result<Option<String>, SinkError> {
+        let events: Vec<&str> = part.iter().map(|&i| batch.events[i].event.json.as_str()).collect();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            result.requests += 1;
+            let body = self.graph.body(&events, self.test_event_code.as_deref());
+            match self.graph.send(&self.pixel_id, body, events.len()).await {
+                Ok(ack) => return Ok(ack.fbtrace_id),
+                Err(err) => {
+                    let class = err.class();
+                    match self.policy.delay(class, attempt, err.retry_after(), rand::random::<f64>()) {
+                        Some(wait) => {
+                            result.retries += 1;
+                            warn!(
+                                class = ?class,
+                                attempt,
+                                wait_ms = wait.as_millis() as u64,
+                                error = %err,
+                                "batch not accepted; retrying"
+                            );
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => return Err(err),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn meta_refusal(e: &PendingEvent, err: &SinkError) -> RefusedRow {
+    let g: GraphError = err.graph_error().cloned().unwrap_or_default();
+    let text = g
+        .error_user_msg
+        .clone()
+        .or(g.error_user_title.clone())
+        .unwrap_or_else(|| g.message.clone());
+    RefusedRow {
+        row_key: e.key.clone(),
+        event_id: Some(e.event.event_id.clone()),
+        reason: "rejected_by_meta".into(),
+        detail: format!(
+            "Meta rejected the event (code {}{}): {}",
+            g.code,
+            g.error_subcode.map(|s| format!("/{s}")).unwrap_or_default(),
+            text.chars().take(300).collect::<String>()
+        ),
+        meta_code: Some(g.code as i32),
+        meta_subcode: g.error_subcode.map(|s| s as i32),
+        cursor_value: Some(e.cursor_text.clone()),
+    }
+}

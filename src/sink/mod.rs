@@ -1,0 +1,276 @@
+//! The Graph API side: one request per batch, the answer classified by Meta's error code
+//! (never by message text), and the retry policy.
+
+pub mod retry;
+
+use crate::config::{MetaSettings, Secret};
+use std::time::Duration;
+
+/// Meta's error envelope, as much of it as we use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct GraphError {
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub code: i64,
+    #[serde(default)]
+    pub error_subcode: Option<i64>,
+    #[serde(default)]
+    pub is_transient: Option<bool>,
+    #[serde(default)]
+    pub error_user_title: Option<String>,
+    #[serde(default)]
+    pub error_user_msg: Option<String>,
+    #[serde(default)]
+    pub fbtrace_id: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorEnvelope {
+    error: GraphError,
+}
+
+#[derive(serde::Deserialize)]
+struct SuccessBody {
+    events_received: Option<u64>,
+    #[serde(default)]
+    fbtrace_id: Option<String>,
+}
+
+/// How the pipeline treats a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry with backoff: codes 1, 2, HTTP 5xx, timeouts, resets, `is_transient`.
+    Transient,
+    /// Back off longer and lower concurrency: 4, 17, 32, 341, 613, 80000-80014, HTTP 429.
+    Throttled,
+    /// Stop the model's run: 190, 102, 10, 200-299, 100/33, 3.
+    Auth,
+    /// A payload Meta refused (code 100): split the batch to isolate the bad events.
+    Invalid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Meta answered HTTP {status} with error code {code}{sub}: {msg}", code = .error.code,
+        sub = .error.error_subcode.map(|s| format!("/{s}")).unwrap_or_default(),
+        msg = .error.error_user_title.clone().unwrap_or_else(|| .error.message.clone()))]
+    Api {
+        status: u16,
+        error: GraphError,
+        retry_after: Option<Duration>,
+    },
+    #[error("Meta answered HTTP {status} without a Graph error body")]
+    Http { status: u16, retry_after: Option<Duration> },
+    #[error("Meta acknowledged {received} of {sent} events")]
+    Partial { sent: usize, received: u64 },
+    #[error("request to the Graph API timed out")]
+    Timeout,
+    #[error("network error talking to the Graph API: {0}")]
+    Network(String),
+}
+
+impl SinkError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SinkError::Api { status, error, .. } => classify(*status, error),
+            SinkError::Http { status, .. } => match status {
+                429 => ErrorClass::Throttled,
+                401 | 403 => ErrorClass::Auth,
+                500..=599 => ErrorClass::Transient,
+                _ => ErrorClass::Invalid,
+            },
+            // A short count means Meta dropped some events without saying which: the batch
+            // is re-sent whole, under the same event ids.
+            SinkError::Partial { .. } | SinkError::Timeout | SinkError::Network(_) => ErrorClass::Transient,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Api { retry_after, .. } | SinkError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn graph_error(&self) -> Option<&GraphError> {
+        match self {
+            SinkError::Api { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies by `error.code`/`error_subcode`/`is_transient` and the HTTP status
+/// (capi-reference.md §6; Graph API error-handling guide).
+pub fn classify(status: u16, e: &GraphError) -> ErrorClass {
+    match e.code {
+        4 | 17 | 32 | 341 | 613 | 80000..=80014 => ErrorClass::Throttled,
+        190 | 102 | 10 | 3 | 200..=299 => ErrorClass::Auth,
+        // 100/33: the pixel does not exist or the token cannot see it.
+        100 if e.error_subcode == Some(33) => ErrorClass::Auth,
+        100 => ErrorClass::Invalid,
+        1 | 2 | 368 => ErrorClass::Transient,
+        _ if e.is_transient == Some(true) => ErrorClass::Transient,
+        _ if status == 429 => ErrorClass::Throttled,
+        _ if status >= 500 => ErrorClass::Transient,
+        _ if status == 401 || status == 403 => ErrorClass::Auth,
+        _ => ErrorClass::Invalid,
+    }
+}
+
+/// Meta's acknowledgement of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub events_received: u64,
+    pub fbtrace_id: Option<String>,
+}
+
+/// Sends batches to `POST {graph_url}/{api_version}/{pixel_id}/events`.
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+    partner_agent: Option<String>,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GraphClient({})", self.base)
+    }
+}
+
+impl GraphClient {
+    pub fn new(meta: &MetaSettings) -> Result<GraphClient, SinkError> {
+        let http = reqwest::Client::builder()
+            .timeout(meta.request_timeout)
+            .connect_timeout(Duration::from_secs(10).min(meta.request_timeout))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("capi-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SinkError::Network(e.to_string()))?;
+        Ok(GraphClient {
+            http,
+            base: format!("{}/{}", meta.graph_url, meta.api_version),
+            token: meta.access_token.clone(),
+            partner_agent: meta.partner_agent.clone(),
+        })
+    }
+
+    pub fn endpoint(&self, pixel_id: &str) -> String {
+        format!("{}/{}/events", self.base, pixel_id)
+    }
+
+    /// Builds the JSON body from pre-serialized events. The token travels in the body, a
+    /// documented place that keeps it out of URLs and access logs.
+    pub fn body(&self, events: &[&str], test_event_code: Option<&str>) -> Vec<u8> {
+        let size: usize = events.iter().map(|e| e.len() + 1).sum();
+        let mut out = String::with_capacity(size + 256);
+        out.push_str("{\"data\":[");
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(e);
+        }
+        out.push(']');
+        if let Some(code) = test_event_code {
+            out.push_str(",\"test_event_code\":");
+            crate::mapping::json::write_str(&mut out, code);
+        }
+        if let Some(agent) = &self.partner_agent {
+            out.push_str(",\"partner_agent\":");
+            crate::mapping::json::write_str(&mut out, agent);
+        }
+        out.push_str(",\"access_token\":");
+        crate::mapping::json::write_str(&mut out, self.token.expose());
+        out.push('}');
+        out.into_bytes()
+    }
+
+    /// One request. Success means HTTP 2xx and `events_received` equal to the batch size.
+    pub async fn send(&self, pixel_id: &str, body: Vec<u8>, count: usize) -> Result<Ack, SinkError> {
+        let resp = self
+            .http
+            .post(self.endpoint(pixel_id))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(map_reqwest)?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = resp.bytes().await.map_err(map_reqwest)?;
+        if (200..300).contains(&status) {
+            let ok: SuccessBody = serde_json::from_slice(&bytes).map_err(|_| SinkError::Http { status, retry_after })?;
+            let received = ok.events_received.unwrap_or(0);
+            if received != count as u64 {
+                return Err(SinkError::Partial { sent: count, received });
+            }
+            return Ok(Ack {
+                events_received: received,
+                fbtrace_id: ok.fbtrace_id,
+            });
+        }
+        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+            Ok(env) => Err(SinkError::Api {
+                status,
+                error: env.error,
+                retry_after,
+            }),
+            Err(_) => Err(SinkError::Http { status, retry_after }),
+        }
+    }
+}
+
+fn map_reqwest(e: reqwest::Error) -> SinkError {
+    if e.is_timeout() {
+        SinkError::Timeout
+    } else {
+        // reqwest's Display can include the URL; ours carries no token.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        SinkError::Network(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: i64, sub: Option<i64>) -> GraphError {
+        GraphError {
+            code,
+            error_subcode: sub,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn classification_follows_codes_not_messages() {
+        assert_eq!(classify(400, &err(100, Some(2804003))), ErrorClass::Invalid);
+        assert_eq!(classify(400, &err(100, Some(33))), ErrorClass::Auth);
+        assert_eq!(classify(401, &err(190, None)), ErrorClass::Auth);
+        assert_eq!(classify(400, &err(17, Some(2446079))), ErrorClass::Throttled);
+        assert_eq!(classify(400, &err(80004, None)), ErrorClass::Throttled);
+        assert_eq!(classify(500, &err(2, None)), ErrorClass::Transient);
+        assert_eq!(classify(400, &err(1, None)), ErrorClass::Transient);
+        assert_eq!(classify(200, &err(200, None)), ErrorClass::Auth);
+        let mut t = err(9999, None);
+        t.is_transient = Some(true);
+        assert_eq!(classify(400, &t), ErrorClass::Transient);
+    }
+}

@@ -1,0 +1,404 @@
+//! The warehouse side: describes a model's query and reads its rows in keyset pages on
+//! `(cursor, primary key)`, each page in a READ ONLY transaction with a statement timeout.
+//! The model's SQL is wrapped as a subquery, never edited.
+
+use crate::config::{ModelConfig, Secret};
+use crate::mapping::{ColumnInfo, Value, ValueKind};
+use crate::state::CursorPosition;
+use futures::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Column, Executor, PgPool, Row, Statement, TypeInfo};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("warehouse: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("warehouse URL is not valid: {0}")]
+    Url(String),
+    #[error("model `{model}`: the query failed: {message}")]
+    Query { model: String, message: String },
+    #[error("model `{model}`: {message}")]
+    Model { model: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, SourceError>;
+
+/// A connection pool to the warehouse.
+#[derive(Clone, Debug)]
+pub struct Warehouse {
+    pool: PgPool,
+    statement_timeout: Duration,
+}
+
+/// How one output column is read.
+#[derive(Debug, Clone)]
+struct ReadColumn {
+    name: String,
+    kind: ValueKind,
+    /// SQL type name (for casting the stored cursor/key text back).
+    sql_type: String,
+}
+
+/// A model's query, described and wrapped for keyset paging.
+#[derive(Debug, Clone)]
+pub struct ModelQuery {
+    model: String,
+    columns: Vec<ReadColumn>,
+    /// Index of the cursor and key columns among `columns`.
+    cursor_index: usize,
+    key_indexes: Vec<usize>,
+    first_page_sql: String,
+    next_page_sql: String,
+    by_key_sql: String,
+    page_size: u32,
+}
+
+/// One row as read: the mapped values, and the row's position in text form.
+#[derive(Debug, Clone)]
+pub struct SourceRow {
+    pub values: Vec<Value>,
+    pub cursor_text: String,
+    pub key: Vec<String>,
+}
+
+impl SourceRow {
+    pub fn position(&self) -> CursorPosition {
+        CursorPosition {
+            cursor_value: self.cursor_text.clone(),
+            row_key: self.key.clone(),
+        }
+    }
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn kind_of(type_name: &str) -> ValueKind {
+    match type_name {
+        "BOOL" => ValueKind::Bool,
+        "INT2" | "INT4" | "INT8" => ValueKind::Int,
+        "FLOAT4" | "FLOAT8" => ValueKind::Float,
+        "NUMERIC" => ValueKind::Numeric,
+        "DATE" => ValueKind::Date,
+        "TIMESTAMP" => ValueKind::Timestamp,
+        "TIMESTAMPTZ" => ValueKind::TimestampTz,
+        "JSON" | "JSONB" => ValueKind::Json,
+        t if t.ends_with("[]") => ValueKind::TextArray,
+        _ => ValueKind::Text,
+    }
+}
+
+impl Warehouse {
+    pub async fn connect(url: &Secret, statement_timeout: Duration, max_connections: u32) -> Result<Warehouse> {
+        let opts = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| SourceError::Url(e.to_string().replace(url.expose(), "[url]")))?
+            .application_name("capi-sync");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await?;
+        Ok(Warehouse {
+            pool,
+            statement_timeout,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn read_only_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        tx.execute("SET TRANSACTION READ ONLY").await?;
+        let ms = self.statement_timeout.as_millis().max(1);
+        tx.execute(format!("SET LOCAL statement_timeout = {ms}").as_str()).await?;
+        Ok(tx)
+    }
+
+    /// Describes the model's output columns (the query is planned, not run).
+    pub async fn describe(&self, model: &ModelConfig) -> Result<(ModelQuery, Vec<ColumnInfo>)> {
+        let probe = format!("SELECT * FROM (\n{}\n) AS t LIMIT 0", model.sql);
+        let mut tx = self.read_only_tx().await?;
+        let stmt = tx.prepare(probe.as_str()).await.map_err(|e| SourceError::Query {
+            model: model.name.clone(),
+            message: db_message(&e),
+        })?;
+        let mut columns = Vec::new();
+        for c in stmt.columns() {
+            let ti = c.type_info();
+            let sql_type = match ti.oid() {
+                Some(oid) => sqlx::query_scalar::<_, String>("SELECT format_type($1, NULL)")
+                    .bind(oid)
+                    .fetch_one(&mut *tx)
+                    .await?,
+                None => ti.name().to_string(),
+            };
+            columns.push(ReadColumn {
+                name: c.name().to_string(),
+                kind: kind_of(ti.name()),
+                sql_type,
+            });
+        }
+        tx.rollback().await?;
+        let q = ModelQuery::build(model, columns, self_page_size(model))?;
+        let infos = q
+            .columns
+            .iter()
+            .map(|c| ColumnInfo {
+                name: c.name.clone(),
+                kind: c.kind,
+            })
+            .collect();
+        Ok((q, infos))
+    }
+
+    /// Streams the rows after `after` (all rows when None), page by page, into `tx_rows` as
+    /// chunks. Returns when the model has no more rows or the receiver is gone.
+    pub async fn stream_rows(
+        &self,
+        query: &ModelQuery,
+        after: Option<CursorPosition>,
+        tx_rows: mpsc::Sender<Vec<SourceRow>>,
+        chunk: usize,
+    ) -> Result<u64> {
+        let mut position = after;
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.read_only_tx().await?;
+            let sql = match &position {
+                None => query.first_page_sql.as_str(),
+                Some(_) => query.next_page_sql.as_str(),
+            };
+            let mut q = sqlx::query(sql);
+            if let Some(p) = &position {
+                q = q.bind(&p.cursor_value);
+                for k in &p.row_key {
+                    q = q.bind(k);
+                }
+            }
+            let mut stream = q.fetch(&mut *tx);
+            let mut in_page = 0u64;
+            let mut buf = Vec::with_capacity(chunk);
+            let mut last: Option<CursorPosition> = None;
+            while let Some(row) = stream.try_next().await.map_err(|e| SourceError::Query {
+                model: query.model.clone(),
+                message: db_message(&e),
+            })? {
+                let r = query.decode(&row)?;
+                in_page += 1;
+                buf.push(r);
+                if buf.len() >= chunk {
+                    last = buf.last().map(SourceRow::position);
+                    if tx_rows.send(std::mem::replace(&mut buf, Vec::with_capacity(chunk))).await.is_err() {
+                        return Ok(total + in_page);
+                    }
+                }
+            }
+            drop(stream);
+            tx.commit().await?;
+            if !buf.is_empty() {
+                last = buf.last().map(SourceRow::position);
+                if tx_rows.send(buf).await.is_err() {
+                    return Ok(total + in_page);
+                }
+            }
+            total += in_page;
+            if in_page < query.page_size as u64 || last.is_none() {
+                return Ok(total);
+            }
+            position = last;
+        }
+    }
+
+    /// Reads specific rows by primary key (for re-trying refused rows).
+    pub async fn rows_by_key(&self, query: &ModelQuery, keys: &[Vec<String>]) -> Result<Vec<SourceRow>> {
+        let mut out = Vec::new();
+        let mut tx = self.read_only_tx().await?;
+        for key in keys {
+            let mut q = sqlx::query(&query.by_key_sql);
+            for k in key {
+                q = q.bind(k);
+            }
+            let rows = q.fetch_all(&mut *tx).await.map_err(|e| SourceError::Query {
+                model: query.model.clone(),
+                message: db_message(&e),
+            })?;
+            for row in rows {
+                out.push(query.decode(&row)?);
+            }
+        }
+        tx.rollback().await?;
+        Ok(out)
+    }
+}
+
+fn self_page_size(model: &ModelConfig) -> u32 {
+    model.page_size
+}
+
+impl ModelQuery {
+    fn build(model: &ModelConfig, columns: Vec<ReadColumn>, page_size: u32) -> Result<ModelQuery> {
+        let find = |name: &str| columns.iter().position(|c| c.name == name);
+        let model_err = |message: String| SourceError::Model {
+            model: model.name.clone(),
+            message,
+        };
+        let cursor_index = find(&model.cursor).ok_or_else(|| {
+            model_err(format!(
+                "the cursor column `{}` is not among the query's columns ({})",
+                model.cursor,
+                columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let mut key_indexes = Vec::new();
+        for k in &model.primary_key {
+            key_indexes.push(find(k).ok_or_else(|| {
+                model_err(format!("the primary_key column `{k}` is not among the query's columns"))
+            })?);
+        }
+        let mut select: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let q = format!("t.{}", quote_ident(&c.name));
+                match (c.kind, c.sql_type.as_str()) {
+                    (ValueKind::Numeric, _) => format!("{q}::text"),
+                    (ValueKind::TextArray, "text[]") => q,
+                    (ValueKind::TextArray, _) => format!("{q}::text[]"),
+                    (ValueKind::Text, "text" | "character varying" | "character") => q,
+                    (ValueKind::Text, t) if t.starts_with("character") => q,
+                    (ValueKind::Text, _) => format!("{q}::text"),
+                    _ => q,
+                }
+            })
+            .collect();
+        let cursor_col = format!("t.{}", quote_ident(&model.cursor));
+        let key_cols: Vec<String> = model.primary_key.iter().map(|k| format!("t.{}", quote_ident(k))).collect();
+        select.push(format!("{cursor_col}::text"));
+        for k in &key_cols {
+            select.push(format!("{k}::text"));
+        }
+        let mut order = vec![cursor_col.clone()];
+        order.extend(key_cols.iter().cloned());
+        let not_null: Vec<String> = order.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        let mut params = vec![format!("$1::text::{}", columns[cursor_index].sql_type)];
+        for (i, ki) in key_indexes.iter().enumerate() {
+            params.push(format!("${}::text::{}", i + 2, columns[*ki].sql_type));
+        }
+        let base = format!(
+            "SELECT {} FROM (\n{}\n) AS t WHERE {}",
+            select.join(", "),
+            model.sql,
+            not_null.join(" AND ")
+        );
+        let first_page_sql = format!("{base} ORDER BY {} LIMIT {page_size}", order.join(", "));
+        let next_page_sql = format!(
+            "{base} AND ({}) > ({}) ORDER BY {} LIMIT {page_size}",
+            order.join(", "),
+            params.join(", "),
+            order.join(", ")
+        );
+        let key_match: Vec<String> = key_cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ${}::text::{}", i + 1, columns[key_indexes[i]].sql_type))
+            .collect();
+        let by_key_sql = format!("{base} AND {}", key_match.join(" AND "));
+        Ok(ModelQuery {
+            model: model.name.clone(),
+            columns,
+            cursor_index,
+            key_indexes,
+            first_page_sql,
+            next_page_sql,
+            by_key_sql,
+            page_size,
+        })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn cursor_sql_type(&self) -> &str {
+        &self.columns[self.cursor_index].sql_type
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.key_indexes.len()
+    }
+
+    fn decode(&self, row: &PgRow) -> Result<SourceRow> {
+        let n = self.columns.len();
+        let mut values = Vec::with_capacity(n);
+        for (i, c) in self.columns.iter().enumerate() {
+            values.push(decode_value(row, i, c.kind).map_err(|e| SourceError::Model {
+                model: self.model.clone(),
+                message: format!("column `{}` could not be read as {}: {e}", c.name, c.kind.describe()),
+            })?);
+        }
+        let cursor_text: String = row.try_get(n)?;
+        let mut key = Vec::with_capacity(self.key_indexes.len());
+        for i in 0..self.key_indexes.len() {
+            key.push(row.try_get::<String, _>(n + 1 + i)?);
+        }
+        Ok(SourceRow {
+            values,
+            cursor_text,
+            key,
+        })
+    }
+}
+
+fn decode_value(row: &PgRow, i: usize, kind: ValueKind) -> std::result::Result<Value, sqlx::Error> {
+    Ok(match kind {
+        ValueKind::Bool => row.try_get::<Option<bool>, _>(i)?.map(Value::Bool),
+        ValueKind::Int => {
+            let raw = row.try_get_raw(i)?;
+            let ty = sqlx::ValueRef::type_info(&raw).name().to_string();
+            drop(raw);
+            match ty.as_str() {
+                "INT2" => row.try_get::<Option<i16>, _>(i)?.map(|v| Value::Int(v.into())),
+                "INT4" => row.try_get::<Option<i32>, _>(i)?.map(|v| Value::Int(v.into())),
+                _ => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
+            }
+        }
+        ValueKind::Float => {
+            let raw = row.try_get_raw(i)?;
+            let ty = sqlx::ValueRef::type_info(&raw).name().to_string();
+            drop(raw);
+            if ty == "FLOAT4" {
+                row.try_get::<Option<f32>, _>(i)?.map(|v| Value::Float(v.into()))
+            } else {
+                row.try_get::<Option<f64>, _>(i)?.map(Value::Float)
+            }
+        }
+        ValueKind::Numeric | ValueKind::Text => row.try_get::<Option<String>, _>(i)?.map(|s| {
+            if kind == ValueKind::Numeric {
+                Value::Numeric(s)
+            } else {
+                Value::Text(s)
+            }
+        }),
+        ValueKind::Date => row.try_get::<Option<chrono::NaiveDate>, _>(i)?.map(Value::Date),
+        ValueKind::Timestamp => row.try_get::<Option<chrono::NaiveDateTime>, _>(i)?.map(Value::Timestamp),
+        ValueKind::TimestampTz => row
+            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)?
+            .map(Value::TimestampTz),
+        ValueKind::Json => row.try_get::<Option<serde_json::Value>, _>(i)?.map(Value::Json),
+        ValueKind::TextArray => row.try_get::<Option<Vec<Option<String>>>, _>(i)?.map(Value::TextArray),
+    }
+    .unwrap_or(Value::Null))
+}
+
+/// A database error's message without the query text.
+pub fn db_message(e: &sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(d) => d.message().to_string(),
+        None => e.to_string(),
+    }
+}

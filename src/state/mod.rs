@@ -1,0 +1,487 @@
+//! Our own tables: cursors, run history, the delivery ledger, refused rows, and the per-model
+//! lock. All live in one schema (`state.schema`), created and upgraded by embedded migrations.
+
+use crate::config::Secret;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("state database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("state database URL is not valid: {0}")]
+    Url(String),
+}
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Where a model's reading stands: the last settled row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorPosition {
+    pub cursor_value: String,
+    pub row_key: Vec<String>,
+}
+
+/// An event Meta acknowledged.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub row_key: Vec<String>,
+    pub event_id: String,
+    pub event_name: String,
+    pub event_time: i64,
+    pub fingerprint: String,
+    pub fbtrace_id: Option<String>,
+}
+
+/// A row we did not send, and why.
+#[derive(Debug, Clone)]
+pub struct RefusedRow {
+    pub row_key: Vec<String>,
+    pub event_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub meta_code: Option<i32>,
+    pub meta_subcode: Option<i32>,
+    pub cursor_value: Option<String>,
+}
+
+/// Counters of a run so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunCounters {
+    pub rows_read: i64,
+    pub events_sent: i64,
+    pub rows_refused: i64,
+    pub rows_already_sent: i64,
+    pub requests: i64,
+    pub retries: i64,
+    pub refused_by_reason: std::collections::BTreeMap<String, i64>,
+    pub dropped_by_field: std::collections::BTreeMap<String, i64>,
+    /// Events carrying each identifier.
+    pub coverage: std::collections::BTreeMap<String, i64>,
+}
+
+/// One settled stretch of rows, committed in a single transaction.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    pub position: Option<CursorPosition>,
+    pub delivered: Vec<Delivered>,
+    pub refused: Vec<RefusedRow>,
+    /// Event ids already in the ledger whose mapped event has since changed.
+    pub changed: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: i64,
+    pub model: String,
+    pub trigger: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub status: String,
+    pub rows_read: i64,
+    pub events_sent: i64,
+    pub rows_refused: i64,
+    pub rows_already_sent: i64,
+    pub refused_by_reason: serde_json::Value,
+    pub coverage: serde_json::Value,
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct StateStore {
+    pool: PgPool,
+    schema: String,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateStore({})", self.schema)
+    }
+}
+
+/// Holds a model's advisory lock for as long as it lives. Dropping it without `release`
+/// closes the connection, which frees the lock too.
+pub struct ModelLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: (String, String),
+}
+
+impl ModelLock {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let ok = sqlx::query("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))")
+                .bind(&self.key.0)
+                .bind(&self.key.1)
+                .execute(&mut *conn)
+                .await
+                .is_ok();
+            if !ok {
+                conn.close_on_drop();
+            }
+        }
+    }
+}
+
+impl Drop for ModelLock {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl StateStore {
+    /// Connects with `search_path` set to our schema, creating the schema if needed.
+    pub async fn connect(url: &Secret, schema: &str) -> Result<StateStore> {
+        let opts = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| StateError::Url(e.to_string().replace(url.expose(), "[url]")))?
+            .options([("search_path", schema)])
+            .application_name("capi-sync");
+        let pool = PgPoolOptions::new()
+            .max_connections(6)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await?;
+        let store = StateStore {
+            pool,
+            schema: schema.to_string(),
+        };
+        store.ensure_schema().await?;
+        Ok(store)
+    }
+
+    async fn ensure_schema(&self) -> Result<()> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&self.schema)
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+            if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
+                // Another process may have created it at the same moment.
+                let unique = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505" || c == "42P06");
+                if !unique {
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Takes the model's lock if no other process (or task) holds it.
+    pub async fn try_lock_model(&self, model: &str) -> Result<Option<ModelLock>> {
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
+            .bind(&self.schema)
+            .bind(model)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then(|| ModelLock {
+            conn: Some(conn),
+            key: (self.schema.clone(), model.to_string()),
+        }))
+    }
+
+    pub async fn cursor(&self, model: &str) -> Result<Option<CursorPosition>> {
+        let row = sqlx::query("SELECT cursor_value, row_key FROM cursors WHERE model = $1")
+            .bind(model)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| CursorPosition {
+            cursor_value: r.get(0),
+            row_key: r.get(1),
+        }))
+    }
+
+    /// Moves a model's cursor (or removes it, to read from the start).
+    pub async fn set_cursor(&self, model: &str, position: Option<&CursorPosition>) -> Result<()> {
+        match position {
+            Some(p) => {
+                sqlx::query(
+                    "INSERT INTO cursors (model, cursor_value, row_key, updated_at) VALUES ($1, $2, $3, now())
+                     ON CONFLICT (model) DO UPDATE SET cursor_value = $2, row_key = $3, updated_at = now(), run_id = NULL",
+                )
+                .bind(model)
+                .bind(&p.cursor_value)
+                .bind(&p.row_key)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM cursors WHERE model = $1")
+                    .bind(model)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn start_run(&self, model: &str, trigger: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO runs (model, trigger, status) VALUES ($1, $2, 'running') RETURNING id",
+        )
+        .bind(model)
+        .bind(trigger)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The ledger's fingerprints for these event ids (those already delivered).
+    pub async fn delivered_fingerprints(
+        &self,
+        model: &str,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, String>> {
+        if event_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(
+            "SELECT event_id, fingerprint FROM deliveries WHERE model = $1 AND event_id = ANY($2)",
+        )
+        .bind(model)
+        .bind(event_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Records a settled stretch and moves the cursor, atomically, with the run's counters.
+    pub async fn settle(
+        &self,
+        model: &str,
+        run_id: i64,
+        settlement: &Settlement,
+        counters: &RunCounters,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if !settlement.delivered.is_empty() {
+            let d = &settlement.delivered;
+            let keys: Vec<String> = d.iter().map(|x| encode_key(&x.row_key)).collect();
+            let ids: Vec<&str> = d.iter().map(|x| x.event_id.as_str()).collect();
+            let names: Vec<&str> = d.iter().map(|x| x.event_name.as_str()).collect();
+            let fps: Vec<&str> = d.iter().map(|x| x.fingerprint.as_str()).collect();
+            let times: Vec<i64> = d.iter().map(|x| x.event_time).collect();
+            let traces: Vec<Option<&str>> = d.iter().map(|x| x.fbtrace_id.as_deref()).collect();
+            sqlx::query(
+                "INSERT INTO deliveries (model, event_id, row_key, event_name, fingerprint, event_time, fbtrace_id, run_id)
+                 SELECT $1, id, ARRAY(SELECT json_array_elements_text(k::json)), n, fp, to_timestamp(t), tr, $8
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[]) AS u(id, k, n, fp, t, tr)
+                 ON CONFLICT (model, event_id) DO UPDATE
+                   SET fingerprint = EXCLUDED.fingerprint, delivered_at = now(), fbtrace_id = EXCLUDED.fbtrace_id,
+                       run_id = EXCLUDED.run_id, changed_at = NULL",
+            )
+            .bind(model)
+            .bind(&ids)
+            .bind(&keys)
+            .bind(&names)
+            .bind(&fps)
+            .bind(&times)
+            .bind(&traces)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            // A row that was refused before and is now delivered is no longer refused.
+            sqlx::query(
+                "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
+                 WHERE r.model = $1 AND r.row_key = ARRAY(SELECT json_array_elements_text(u.k::json))",
+            )
+            .bind(model)
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !settlement.refused.is_empty() {
+            let r = &settlement.refused;
+            let keys: Vec<String> = r.iter().map(|x| encode_key(&x.row_key)).collect();
+            let ids: Vec<Option<&str>> = r.iter().map(|x| x.event_id.as_deref()).collect();
+            let reasons: Vec<&str> = r.iter().map(|x| x.reason.as_str()).collect();
+            let details: Vec<&str> = r.iter().map(|x| x.detail.as_str()).collect();
+            let codes: Vec<Option<i32>> = r.iter().map(|x| x.meta_code).collect();
+            let subcodes: Vec<Option<i32>> = r.iter().map(|x| x.meta_subcode).collect();
+            let cursors: Vec<Option<&str>> = r.iter().map(|x| x.cursor_value.as_deref()).collect();
+            sqlx::query(
+                "INSERT INTO refused_rows (model, row_key, event_id, reason, detail, meta_code, meta_subcode, cursor_value, run_id)
+                 SELECT DISTINCT ON (k) $1, ARRAY(SELECT json_array_elements_text(k::json)), id, re, de, co, sc, cv, $9
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], $8::text[]) AS u(k, id, re, de, co, sc, cv)
+                 ON CONFLICT (model, row_key) DO UPDATE
+                   SET event_id = EXCLUDED.event_id, reason = EXCLUDED.reason, detail = EXCLUDED.detail,
+                       meta_code = EXCLUDED.meta_code, meta_subcode = EXCLUDED.meta_subcode,
+                       cursor_value = EXCLUDED.cursor_value, run_id = EXCLUDED.run_id, refused_at = now()",
+            )
+            .bind(model)
+            .bind(&keys)
+            .bind(&ids)
+            .bind(&reasons)
+            .bind(&details)
+            .bind(&codes)
+            .bind(&subcodes)
+            .bind(&cursors)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !settlement.changed.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET changed_at = now() WHERE model = $1 AND event_id = ANY($2) AND changed_at IS NULL",
+            )
+            .bind(model)
+            .bind(&settlement.changed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(p) = &settlement.position {
+            sqlx::query(
+                "INSERT INTO cursors (model, cursor_value, row_key, updated_at, run_id) VALUES ($1, $2, $3, now(), $4)
+                 ON CONFLICT (model) DO UPDATE SET cursor_value = $2, row_key = $3, updated_at = now(), run_id = $4",
+            )
+            .bind(model)
+            .bind(&p.cursor_value)
+            .bind(&p.row_key)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        write_counters(&mut tx, run_id, counters, None, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn finish_run(
+        &self,
+        run_id: i64,
+        status: &str,
+        counters: &RunCounters,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        write_counters(&mut conn, run_id, counters, Some(status), error).await
+    }
+
+    pub async fn recent_runs(&self, model: &str, limit: i64) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, model, trigger, started_at, finished_at, status, rows_read, events_sent, rows_refused,
+                    rows_already_sent, refused_by_reason, coverage, error
+             FROM runs WHERE model = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(model)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunRecord {
+                id: r.get(0),
+                model: r.get(1),
+                trigger: r.get(2),
+                started_at: r.get(3),
+                finished_at: r.get(4),
+                status: r.get(5),
+                rows_read: r.get(6),
+                events_sent: r.get(7),
+                rows_refused: r.get(8),
+                rows_already_sent: r.get(9),
+                refused_by_reason: r.get(10),
+                coverage: r.get(11),
+                error: r.get(12),
+            })
+            .collect())
+    }
+
+    pub async fn refused_rows(&self, model: &str, limit: i64) -> Result<Vec<(RefusedRow, chrono::DateTime<chrono::Utc>)>> {
+        let rows = sqlx::query(
+            "SELECT row_key, event_id, reason, detail, meta_code, meta_subcode, cursor_value, refused_at
+             FROM refused_rows WHERE model = $1 ORDER BY refused_at DESC, row_key LIMIT $2",
+        )
+        .bind(model)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    RefusedRow {
+                        row_key: r.get(0),
+                        event_id: r.get(1),
+                        reason: r.get(2),
+                        detail: r.get(3),
+                        meta_code: r.get(4),
+                        meta_subcode: r.get(5),
+                        cursor_value: r.get(6),
+                    },
+                    r.get(7),
+                )
+            })
+            .collect())
+    }
+
+    /// Removes ledger entries older than the retention.
+    pub async fn prune_ledger(&self, retention: Duration) -> Result<u64> {
+        let secs = retention.as_secs() as f64;
+        Ok(sqlx::query("DELETE FROM deliveries WHERE delivered_at < now() - make_interval(secs => $1)")
+            .bind(secs)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+async fn write_counters(
+    conn: &mut sqlx::PgConnection,
+    run_id: i64,
+    c: &RunCounters,
+    status: Option<&str>,
+    error: Option<&str>,
+) -> Result<()> {
+    let json = |m: &std::collections::BTreeMap<String, i64>| serde_json::to_value(m).unwrap_or_default();
+    sqlx::query(
+        "UPDATE runs SET rows_read = $2, events_sent = $3, rows_refused = $4, rows_already_sent = $5,
+            requests = $6, retries = $7, refused_by_reason = $8, dropped_by_field = $9, coverage = $10,
+            status = COALESCE($11, status), error = COALESCE($12, error),
+            finished_at = CASE WHEN $11 IS NULL THEN finished_at ELSE now() END
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(c.rows_read)
+    .bind(c.events_sent)
+    .bind(c.rows_refused)
+    .bind(c.rows_already_sent)
+    .bind(c.requests)
+    .bind(c.retries)
+    .bind(json(&c.refused_by_reason))
+    .bind(json(&c.dropped_by_field))
+    .bind(json(&c.coverage))
+    .bind(status)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Row keys travel through UNNEST as JSON arrays of text (Postgres cannot unnest a 2-D array
+/// of rows with different key lengths).
+fn encode_key(key: &[String]) -> String {
+    serde_json::to_string(key).unwrap_or_else(|_| "[]".into())
+}
