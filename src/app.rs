@@ -18,10 +18,12 @@ pub async fn connect_state(config: &Config) -> anyhow::Result<StateStore> {
                 redact_url(config.state_url().expose())
             )
         })?;
-    state
-        .migrate()
-        .await
-        .with_context(|| format!("while creating or upgrading capi-sync's tables in schema `{}`", config.state.schema))?;
+    state.migrate().await.with_context(|| {
+        format!(
+            "while creating or upgrading capi-sync's tables in schema `{}`",
+            config.state.schema
+        )
+    })?;
     Ok(state)
 }
 
@@ -40,7 +42,10 @@ pub async fn connect_warehouse(config: &Config) -> anyhow::Result<Warehouse> {
     })
 }
 
-pub async fn connect(config: Arc<Config>, cancel: CancellationToken) -> anyhow::Result<SyncContext> {
+pub async fn connect(
+    config: Arc<Config>,
+    cancel: CancellationToken,
+) -> anyhow::Result<SyncContext> {
     let warehouse = connect_warehouse(&config).await?;
     let state = connect_state(&config).await?;
     let graph = GraphClient::new(&config.meta).context("while building the HTTP client")?;
@@ -61,8 +66,9 @@ pub fn shutdown_token() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

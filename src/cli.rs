@@ -19,10 +19,19 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "capi-sync", version, about = "Sync conversions from a Postgres warehouse to Meta's Conversions API")]
+#[command(
+    name = "capi-sync",
+    version,
+    about = "Sync conversions from a Postgres warehouse to Meta's Conversions API"
+)]
 pub struct Cli {
     /// Config file (TOML).
-    #[arg(long, global = true, env = "CAPI_SYNC_CONFIG", default_value = "capi-sync.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CAPI_SYNC_CONFIG",
+        default_value = "capi-sync.toml"
+    )]
     pub config: PathBuf,
     /// Log format.
     #[arg(long, global = true, env = "CAPI_SYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -96,11 +105,18 @@ pub struct SandboxArgs {
 }
 
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.with_target(false).init(),
     }
 }
@@ -142,14 +158,20 @@ async fn cmd_migrate(path: &std::path::Path) -> anyhow::Result<i32> {
         Config::from_env_only()?
     };
     let state = crate::app::connect_state(&config).await?;
-    println!("capi-sync tables are up to date in schema `{}`", state.schema());
+    println!(
+        "capi-sync tables are up to date in schema `{}`",
+        state.schema()
+    );
     Ok(exit::OK)
 }
 
 async fn cmd_run(path: &std::path::Path) -> anyhow::Result<i32> {
     let config = load_config(path)?;
     if config.models.iter().all(|m| !m.enabled) {
-        anyhow::bail!("no enabled models in {}; nothing to schedule", config.source);
+        anyhow::bail!(
+            "no enabled models in {}; nothing to schedule",
+            config.source
+        );
     }
     let cancel = crate::app::shutdown_token();
     let ctx = crate::app::connect(config, cancel).await?;
@@ -186,10 +208,17 @@ async fn cmd_sync(
             );
         }
     }
-    Ok(if failed > 0 { exit::SYNC_FAILED } else { exit::OK })
+    Ok(if failed > 0 {
+        exit::SYNC_FAILED
+    } else {
+        exit::OK
+    })
 }
 
-fn select_models<'a>(config: &'a Config, names: &[String]) -> anyhow::Result<Vec<&'a crate::config::ModelConfig>> {
+fn select_models<'a>(
+    config: &'a Config,
+    names: &[String],
+) -> anyhow::Result<Vec<&'a crate::config::ModelConfig>> {
     if names.is_empty() {
         return Ok(config.models.iter().filter(|m| m.enabled).collect());
     }
@@ -200,7 +229,12 @@ fn select_models<'a>(config: &'a Config, names: &[String]) -> anyhow::Result<Vec
                 format!(
                     "no model named `{n}` in {} (models: {})",
                     config.source,
-                    config.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    config
+                        .models
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
         })
@@ -210,7 +244,11 @@ fn select_models<'a>(config: &'a Config, names: &[String]) -> anyhow::Result<Vec
 /// One summary line per model, plus detail lines for refusals, drops and coverage.
 pub fn format_summary(s: &RunSummary, dry_run: bool) -> String {
     let c = &s.counters;
-    let sent_word = if dry_run { "events would be sent" } else { "events sent" };
+    let sent_word = if dry_run {
+        "events would be sent"
+    } else {
+        "events sent"
+    };
     let mut out = format!(
         "{}: {} — {} rows read, {} {sent_word}, {} refused, {} already sent ({:.1}s)",
         s.model,
@@ -222,19 +260,37 @@ pub fn format_summary(s: &RunSummary, dry_run: bool) -> String {
         s.elapsed.as_secs_f64()
     );
     if !c.refused_by_reason.is_empty() {
-        let parts: Vec<String> = c.refused_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let parts: Vec<String> = c
+            .refused_by_reason
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         out.push_str(&format!("\n  refused: {}", parts.join(", ")));
     }
     if !c.dropped_by_field.is_empty() {
-        let parts: Vec<String> = c.dropped_by_field.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        out.push_str(&format!("\n  values dropped (field:reason): {}", parts.join(", ")));
+        let parts: Vec<String> = c
+            .dropped_by_field
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        out.push_str(&format!(
+            "\n  values dropped (field:reason): {}",
+            parts.join(", ")
+        ));
     }
     if c.events_sent > 0 && !c.coverage.is_empty() {
         let parts: Vec<String> = crate::mapping::event::IDENTIFIER_NAMES
             .iter()
-            .filter_map(|k| c.coverage.get(*k).map(|v| format!("{k} {:.0}%", 100.0 * *v as f64 / c.events_sent as f64)))
+            .filter_map(|k| {
+                c.coverage
+                    .get(*k)
+                    .map(|v| format!("{k} {:.0}%", 100.0 * *v as f64 / c.events_sent as f64))
+            })
             .collect();
-        out.push_str(&format!("\n  match keys (share of events): {}", parts.join(", ")));
+        out.push_str(&format!(
+            "\n  match keys (share of events): {}",
+            parts.join(", ")
+        ));
     }
     if let Some(e) = &s.error {
         if s.status != RunStatus::Succeeded {
@@ -248,7 +304,12 @@ async fn cmd_sandbox(args: &SandboxArgs) -> anyhow::Result<i32> {
     use crate::sandbox::{serve, Faults, SandboxConfig};
     let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
-        .with_context(|| format!("`{}:{}` is not an address to listen on", args.host, args.port))?;
+        .with_context(|| {
+            format!(
+                "`{}:{}` is not an address to listen on",
+                args.host, args.port
+            )
+        })?;
     let faults = Faults {
         fail_rate: args.fail_rate,
         throttle_rate: args.throttle_rate,

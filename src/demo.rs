@@ -31,8 +31,15 @@ pub async fn run() -> anyhow::Result<i32> {
         .max_connections(2)
         .connect(&url)
         .await
-        .with_context(|| format!("while connecting to the demo warehouse at {}", redact_url(&url)))?;
-    let seed = seed(&pool, chrono::Utc::now()).await.context("while seeding the demo warehouse")?;
+        .with_context(|| {
+            format!(
+                "while connecting to the demo warehouse at {}",
+                redact_url(&url)
+            )
+        })?;
+    let seed = seed(&pool, chrono::Utc::now())
+        .await
+        .context("while seeding the demo warehouse")?;
     pool.close().await;
 
     let record = std::env::current_dir()
@@ -52,7 +59,10 @@ pub async fn run() -> anyhow::Result<i32> {
 
     let config = Arc::new(demo_config(&url, &sandbox.base_url())?);
     println!("capi-sync demo");
-    println!("  warehouse: {} (tables crm.lead_events, store.sales)", redact_url(&url));
+    println!(
+        "  warehouse: {} (tables crm.lead_events, store.sales)",
+        redact_url(&url)
+    );
     if seed.first_seed {
         println!(
             "  seeded {} CRM lead-stage rows and {} store sales (messy on purpose: mixed-case emails, phones in several formats, stale and incomplete rows)",
@@ -64,7 +74,10 @@ pub async fn run() -> anyhow::Result<i32> {
             seed.lead_events, seed.sales
         );
     }
-    println!("  sandbox: {} (validates requests like Meta's Graph API)", sandbox.base_url());
+    println!(
+        "  sandbox: {} (validates requests like Meta's Graph API)",
+        sandbox.base_url()
+    );
     println!();
 
     let cancel = crate::app::shutdown_token();
@@ -94,17 +107,28 @@ pub async fn run() -> anyhow::Result<i32> {
                 .unwrap_or(json);
             println!("one event as sent ({model}; customer fields are normalized and SHA-256 hashed):\n{pretty}");
         }
-        None => println!("no new events this time: every demo row had already been sent or refused."),
+        None => {
+            println!("no new events this time: every demo row had already been sent or refused.")
+        }
     }
-    let lines = std::fs::read_to_string(&record).map(|s| s.lines().count()).unwrap_or(0);
+    let lines = std::fs::read_to_string(&record)
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
     println!();
-    println!("recorded events: {} ({lines} events in total across demo runs)", record.display());
+    println!(
+        "recorded events: {} ({lines} events in total across demo runs)",
+        record.display()
+    );
     println!(
         "refused rows and their reasons: SELECT model, row_key, reason, detail FROM {}.refused_rows;",
         config.state.schema
     );
     println!("run it again: new demo rows are added and only those are sent.");
-    Ok(if failed { crate::cli::exit::SYNC_FAILED } else { crate::cli::exit::OK })
+    Ok(if failed {
+        crate::cli::exit::SYNC_FAILED
+    } else {
+        crate::cli::exit::OK
+    })
 }
 
 /// `DATABASE_URL` when set; otherwise the local server's `capi_sync_demo` database, created
@@ -119,13 +143,20 @@ async fn demo_database_url() -> anyhow::Result<String> {
     let mut conn = sqlx::PgConnection::connect(&admin).await.with_context(|| {
         format!("while connecting to the local Postgres at {admin} (start it, or set DATABASE_URL)")
     })?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(DEMO_DB)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(DEMO_DB)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
-        if let Err(e) = sqlx::query(&format!("CREATE DATABASE {DEMO_DB}")).execute(&mut conn).await {
-            let raced = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "42P04" || c == "23505");
+        if let Err(e) = sqlx::query(&format!("CREATE DATABASE {DEMO_DB}"))
+            .execute(&mut conn)
+            .await
+        {
+            let raced = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04" || c == "23505");
             if !raced {
                 return Err(e).context("while creating the demo database");
             }
@@ -136,7 +167,9 @@ async fn demo_database_url() -> anyhow::Result<String> {
 
 /// The example config from `config/`, pointed at the demo warehouse and the sandbox.
 pub fn demo_config(warehouse_url: &str, graph_url: &str) -> anyhow::Result<Config> {
-    let mut doc: toml::Table = EXAMPLE_CONFIG.parse().context("the embedded example config is not TOML")?;
+    let mut doc: toml::Table = EXAMPLE_CONFIG
+        .parse()
+        .context("the embedded example config is not TOML")?;
     let set = |doc: &mut toml::Table, section: &str, key: &str, value: &str| {
         if let Some(t) = doc.get_mut(section).and_then(|s| s.as_table_mut()) {
             t.insert(key.into(), toml::Value::String(value.into()));
@@ -165,7 +198,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: u64) -> u64 {
@@ -179,12 +215,71 @@ impl Lcg {
     }
 }
 
-const FIRST: &[&str] = &["John", "Mary-Jane", "José", "Zoë", "Ana", "Wei", " Liam ", "ÉMILE", "Sofía", "Aoife", "Noah", "Priya"];
-const LAST: &[&str] = &["Smith", "O'Neil", "García", "Müller", "van der Berg", "Nguyen", "Kowalski", "Okafor", "Dubois", "Tanaka"];
-const CITIES: &[&str] = &["San Francisco", "New York", "St. Louis", "São Paulo", "London", "Winston-Salem", "Toronto", "Austin"];
-const STATES: &[&str] = &["California", "CA", "N.Y.", "new york", "Ontario", "TX", "Texas", "ca "];
-const ZIPS: &[&str] = &["94105-1234", "10001", " 02134", "SW1A 1AA", "M5V 2T6", "73301", "941051234"];
-const COUNTRIES: &[&str] = &["US", "United States", "usa", "us", "GB", "United Kingdom", "Canada", "ca"];
+const FIRST: &[&str] = &[
+    "John",
+    "Mary-Jane",
+    "José",
+    "Zoë",
+    "Ana",
+    "Wei",
+    " Liam ",
+    "ÉMILE",
+    "Sofía",
+    "Aoife",
+    "Noah",
+    "Priya",
+];
+const LAST: &[&str] = &[
+    "Smith",
+    "O'Neil",
+    "García",
+    "Müller",
+    "van der Berg",
+    "Nguyen",
+    "Kowalski",
+    "Okafor",
+    "Dubois",
+    "Tanaka",
+];
+const CITIES: &[&str] = &[
+    "San Francisco",
+    "New York",
+    "St. Louis",
+    "São Paulo",
+    "London",
+    "Winston-Salem",
+    "Toronto",
+    "Austin",
+];
+const STATES: &[&str] = &[
+    "California",
+    "CA",
+    "N.Y.",
+    "new york",
+    "Ontario",
+    "TX",
+    "Texas",
+    "ca ",
+];
+const ZIPS: &[&str] = &[
+    "94105-1234",
+    "10001",
+    " 02134",
+    "SW1A 1AA",
+    "M5V 2T6",
+    "73301",
+    "941051234",
+];
+const COUNTRIES: &[&str] = &[
+    "US",
+    "United States",
+    "usa",
+    "us",
+    "GB",
+    "United Kingdom",
+    "Canada",
+    "ca",
+];
 const DOMAINS: &[&str] = &["Gmail.com", "example.COM", "mail.co.uk", "Outlook.com"];
 const STAGES: &[&str] = &["Lead", "Qualified", "Opportunity", "Closed Won"];
 
@@ -232,16 +327,24 @@ pub async fn seed(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> anyhow::
         sqlx::query(ddl).execute(&mut *tx).await?;
     }
     // Serialize concurrent demo runs on the same database.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('capi-sync demo seed'))").execute(&mut *tx).await?;
-    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM crm.lead_events").fetch_one(&mut *tx).await?;
-    let first_seed = existing == 0;
-    let next_id: i64 = sqlx::query_scalar("SELECT coalesce(max(lead_event_id), 0) + 1 FROM crm.lead_events")
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('capi-sync demo seed'))")
+        .execute(&mut *tx)
+        .await?;
+    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM crm.lead_events")
         .fetch_one(&mut *tx)
         .await?;
-    let next_sale: i64 = sqlx::query_scalar("SELECT count(*) + 1 FROM store.sales").fetch_one(&mut *tx).await?;
+    let first_seed = existing == 0;
+    let next_id: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(lead_event_id), 0) + 1 FROM crm.lead_events")
+            .fetch_one(&mut *tx)
+            .await?;
+    let next_sale: i64 = sqlx::query_scalar("SELECT count(*) + 1 FROM store.sales")
+        .fetch_one(&mut *tx)
+        .await?;
     let mut r = Lcg(0x5eed ^ next_id as u64);
     let (leads, sales) = if first_seed { (110, 150) } else { (6, 5) };
-    let hour = |t: chrono::DateTime<chrono::Utc>| t - chrono::Duration::seconds(t.timestamp() % 3600);
+    let hour =
+        |t: chrono::DateTime<chrono::Utc>| t - chrono::Duration::seconds(t.timestamp() % 3600);
 
     let mut lead_rows = 0i64;
     let mut id = next_id;
@@ -261,7 +364,12 @@ pub async fn seed(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> anyhow::
         let identity_free = r.chance(4);
         let (em, ph) = (email(&mut r, lead), phone(&mut r, lead));
         let (first, last) = (r.pick(FIRST).to_string(), r.pick(LAST).to_string());
-        let (city, state, zip, country) = (r.pick(CITIES), r.pick(STATES), r.pick(ZIPS), r.pick(COUNTRIES));
+        let (city, state, zip, country) = (
+            r.pick(CITIES),
+            r.pick(STATES),
+            r.pick(ZIPS),
+            r.pick(COUNTRIES),
+        );
         for s in 0..stages {
             let mut changed = start + chrono::Duration::hours(3 * s as i64);
             if stale {
@@ -270,13 +378,27 @@ pub async fn seed(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> anyhow::
             if changed > now {
                 changed = now - chrono::Duration::minutes(1);
             }
-            let stage = if r.chance(3) { None } else { Some(STAGES[s as usize]) };
+            let stage = if r.chance(3) {
+                None
+            } else {
+                Some(STAGES[s as usize])
+            };
             // CRM exports land in bulk: many rows share one updated_at.
-            let updated = if first_seed { hour(changed.max(now - chrono::Duration::days(6))) + chrono::Duration::minutes(5) } else { now };
+            let updated = if first_seed {
+                hour(changed.max(now - chrono::Duration::days(6))) + chrono::Duration::minutes(5)
+            } else {
+                now
+            };
             let (lid, e, p, f, l) = if identity_free {
                 (None, None, None, None, None)
             } else {
-                (lead_id, em.clone(), ph.clone(), Some(first.clone()), Some(last.clone()))
+                (
+                    lead_id,
+                    em.clone(),
+                    ph.clone(),
+                    Some(first.clone()),
+                    Some(last.clone()),
+                )
             };
             sqlx::query(
                 "INSERT INTO crm.lead_events (lead_event_id, lead_id, stage, stage_changed_at, email, phone, first_name,

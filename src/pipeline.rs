@@ -109,7 +109,11 @@ fn refused_row(key: &[String], cursor: &str, r: Refusal) -> RefusedRow {
 }
 
 /// Runs one model once, now.
-pub async fn sync_model_once(ctx: &SyncContext, model: &ModelConfig, opts: &RunOptions) -> RunSummary {
+pub async fn sync_model_once(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    opts: &RunOptions,
+) -> RunSummary {
     let started = Instant::now();
     let mut summary = RunSummary {
         model: model.name.clone(),
@@ -147,7 +151,9 @@ pub async fn sync_model_once(ctx: &SyncContext, model: &ModelConfig, opts: &RunO
     };
     summary.run_id = run_id;
     let span = info_span!("run", model = %model.name, run_id = run_id.unwrap_or(0));
-    let result = run_inner(ctx, model, opts, run_id, &mut summary).instrument(span).await;
+    let result = run_inner(ctx, model, opts, run_id, &mut summary)
+        .instrument(span)
+        .await;
     summary.elapsed = started.elapsed();
     match result {
         Ok(status) => summary.status = status,
@@ -159,7 +165,12 @@ pub async fn sync_model_once(ctx: &SyncContext, model: &ModelConfig, opts: &RunO
     if let Some(id) = run_id {
         if let Err(e) = ctx
             .state
-            .finish_run(id, summary.status.as_str(), &summary.counters, summary.error.as_deref())
+            .finish_run(
+                id,
+                summary.status.as_str(),
+                &summary.counters,
+                summary.error.as_deref(),
+            )
             .await
         {
             warn!(model = %model.name, error = %e, "could not record the run's end");
@@ -194,9 +205,16 @@ async fn run_inner(
         .map_err(|e| format!("{e}; check the model's SQL ({})", model.sql_origin))?;
     let plan = ModelPlan::new(model, &columns).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        format!("the model's columns do not map to events: {}", list.join("; "))
+        format!(
+            "the model's columns do not map to events: {}",
+            list.join("; ")
+        )
     })?;
-    let after = ctx.state.cursor(&model.name).await.map_err(|e| e.to_string())?;
+    let after = ctx
+        .state
+        .cursor(&model.name)
+        .await
+        .map_err(|e| e.to_string())?;
 
     let batch_size = model.batch_size;
     let (tx_rows, mut rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
@@ -276,7 +294,11 @@ async fn run_inner(
         for (row, outcome) in chunk.into_iter().zip(outcomes) {
             let position = row.position();
             match outcome {
-                Err(refusal) => pending.refused.push(refused_row(&row.key, &row.cursor_text, refusal)),
+                Err(refusal) => {
+                    pending
+                        .refused
+                        .push(refused_row(&row.key, &row.cursor_text, refusal))
+                }
                 Ok(event) => {
                     if let Some(fp) = ledger.get(&event.event_id) {
                         summary.counters.rows_already_sent += 1;
@@ -328,7 +350,10 @@ async fn run_inner(
     drop(rx_rows);
 
     // The last partial batch goes only when the read finished normally.
-    if failure.is_none() && status == RunStatus::Succeeded && (!pending.events.is_empty() || pending.last.is_some()) {
+    if failure.is_none()
+        && status == RunStatus::Succeeded
+        && (!pending.events.is_empty() || pending.last.is_some())
+    {
         seq += 1;
         let mut batch = std::mem::take(&mut pending);
         batch.seq = seq;
@@ -450,7 +475,11 @@ async fn record_acks_only(
             refused: vec![],
             changed: vec![],
         };
-        if let Err(e) = ctx.state.settle(&model.name, id, &settlement, &summary.counters).await {
+        if let Err(e) = ctx
+            .state
+            .settle(&model.name, id, &settlement, &summary.counters)
+            .await
+        {
             warn!(model = %model.name, error = %e, "could not record acknowledged events of a failed run");
         }
     }
@@ -463,7 +492,10 @@ fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
         *c.refused_by_reason.entry(r.reason.clone()).or_default() += 1;
     }
     let delivered: HashSet<&str> = s.delivered.iter().map(|d| d.event_id.as_str()).collect();
-    for e in events.iter().filter(|e| delivered.contains(e.event.event_id.as_str())) {
+    for e in events
+        .iter()
+        .filter(|e| delivered.contains(e.event.event_id.as_str()))
+    {
         for name in e.event.identifiers.names() {
             *c.coverage.entry(name.to_string()).or_default() += 1;
         }
@@ -553,7 +585,10 @@ impl BatchSender {
         part: &[usize],
         result: &mut BatchResult,
     ) -> Result<Option<String>, SinkError> {
-        let events: Vec<&str> = part.iter().map(|&i| batch.events[i].event.json.as_str()).collect();
+        let events: Vec<&str> = part
+            .iter()
+            .map(|&i| batch.events[i].event.json.as_str())
+            .collect();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -563,7 +598,12 @@ impl BatchSender {
                 Ok(ack) => return Ok(ack.fbtrace_id),
                 Err(err) => {
                     let class = err.class();
-                    match self.policy.delay(class, attempt, err.retry_after(), rand::random::<f64>()) {
+                    match self.policy.delay(
+                        class,
+                        attempt,
+                        err.retry_after(),
+                        rand::random::<f64>(),
+                    ) {
                         Some(wait) => {
                             result.retries += 1;
                             warn!(

@@ -8,7 +8,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// How long to wait from `now` until the schedule's next fire time.
-pub fn delay_until_next(schedule: &Schedule, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Duration)> {
+pub fn delay_until_next(
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, Duration)> {
     let next = schedule.next_after(now)?;
     let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
     Some((next, wait))
@@ -58,7 +61,11 @@ pub async fn run_service(ctx: SyncContext) {
     let pruner_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {
         loop {
-            match pruner_ctx.state.prune_ledger(pruner_ctx.config.state.ledger_retention).await {
+            match pruner_ctx
+                .state
+                .prune_ledger(pruner_ctx.config.state.ledger_retention)
+                .await
+            {
                 Ok(n) if n > 0 => info!(pruned = n, "pruned old delivery-ledger entries"),
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "could not prune the delivery ledger"),
@@ -69,7 +76,10 @@ pub async fn run_service(ctx: SyncContext) {
             }
         }
     }));
-    info!(models = ctx.config.models.iter().filter(|m| m.enabled).count(), "capi-sync service started");
+    info!(
+        models = ctx.config.models.iter().filter(|m| m.enabled).count(),
+        "capi-sync service started"
+    );
     for t in tasks {
         let _ = t.await;
     }
@@ -83,7 +93,9 @@ mod tests {
     #[test]
     fn next_fire_time_for_a_quarter_hour_schedule() {
         let s = Schedule::parse("*/15 * * * *").unwrap();
-        let now = DateTime::parse_from_rfc3339("2026-03-01T12:07:30Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-03-01T12:07:30Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let (next, wait) = delay_until_next(&s, now).unwrap();
         assert_eq!(next.to_rfc3339(), "2026-03-01T12:15:00+00:00");
         assert_eq!(wait, Duration::from_secs(450));

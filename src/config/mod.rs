@@ -250,7 +250,10 @@ impl Schedule {
         })
     }
 
-    pub fn next_after(&self, t: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+    pub fn next_after(
+        &self,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
         self.cron.after(&t).next()
     }
 }
@@ -291,7 +294,11 @@ impl Config {
             )));
         }
         let figment = Self::figment(Some(path));
-        Self::from_figment(figment, path.parent().unwrap_or(Path::new(".")), &path.display().to_string())
+        Self::from_figment(
+            figment,
+            path.parent().unwrap_or(Path::new(".")),
+            &path.display().to_string(),
+        )
     }
 
     /// Loads from a TOML string over the defaults only, ignoring the environment (the demo's
@@ -314,7 +321,11 @@ impl Config {
         Self::from_figment(Self::figment(None), Path::new("."), "environment")
     }
 
-    fn from_figment(figment: Figment, base_dir: &Path, source: &str) -> Result<Config, ConfigError> {
+    fn from_figment(
+        figment: Figment,
+        base_dir: &Path,
+        source: &str,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = figment.extract().map_err(|e| figment_error(&figment, e))?;
         validate(raw, base_dir, source)
     }
@@ -392,7 +403,11 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
 
     let warehouse = WarehouseSettings {
         url: raw.warehouse.url,
-        statement_timeout: dur("warehouse.statement_timeout", &raw.warehouse.statement_timeout, &mut problems),
+        statement_timeout: dur(
+            "warehouse.statement_timeout",
+            &raw.warehouse.statement_timeout,
+            &mut problems,
+        ),
         page_size: raw.warehouse.page_size,
         max_connections: raw.warehouse.max_connections.max(2),
     };
@@ -408,7 +423,11 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
     let state = StateSettings {
         schema: raw.state.schema,
         url: raw.state.url,
-        ledger_retention: dur("state.ledger_retention", &raw.state.ledger_retention, &mut problems),
+        ledger_retention: dur(
+            "state.ledger_retention",
+            &raw.state.ledger_retention,
+            &mut problems,
+        ),
     };
 
     let mut token = raw.meta.access_token;
@@ -423,7 +442,10 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         }
     }
     if url::Url::parse(&raw.meta.graph_url).is_err() {
-        problems.push(format!("key `meta.graph_url`: `{}` is not a URL", raw.meta.graph_url));
+        problems.push(format!(
+            "key `meta.graph_url`: `{}` is not a URL",
+            raw.meta.graph_url
+        ));
     }
     if !is_api_version(&raw.meta.api_version) {
         problems.push(format!(
@@ -447,12 +469,20 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         test_event_code: raw.meta.test_event_code.filter(|s| !s.is_empty()),
         batch_size: raw.meta.batch_size.clamp(1, 1000) as usize,
         concurrency: raw.meta.concurrency.max(1) as usize,
-        request_timeout: dur("meta.request_timeout", &raw.meta.request_timeout, &mut problems),
+        request_timeout: dur(
+            "meta.request_timeout",
+            &raw.meta.request_timeout,
+            &mut problems,
+        ),
         max_attempts: raw.meta.max_attempts.max(1),
         partner_agent: raw.meta.partner_agent.filter(|s| !s.is_empty()),
     };
     let service = ServiceSettings {
-        run_deadline: dur("service.run_deadline", &raw.service.run_deadline, &mut problems),
+        run_deadline: dur(
+            "service.run_deadline",
+            &raw.service.run_deadline,
+            &mut problems,
+        ),
         metrics_addr: raw.service.metrics_addr,
     };
 
@@ -464,15 +494,27 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             .clone()
             .unwrap_or_else(|| format!("#{} (no name)", i + 1));
         let mut mp = Vec::new();
-        if let Some(model) = validate_model(m, base_dir, meta.batch_size, warehouse.page_size.max(1), &mut mp) {
+        if let Some(model) = validate_model(
+            m,
+            base_dir,
+            meta.batch_size,
+            warehouse.page_size.max(1),
+            &mut mp,
+        ) {
             if !seen.insert(model.name.clone()) {
-                mp.push(format!("key `name`: a second model is named `{}`; model names must be unique", model.name));
+                mp.push(format!(
+                    "key `name`: a second model is named `{}`; model names must be unique",
+                    model.name
+                ));
             }
             if mp.is_empty() {
                 models.push(model);
             }
         }
-        problems.extend(mp.into_iter().map(|p| format!("model `{label}`: {p} (in {source})")));
+        problems.extend(
+            mp.into_iter()
+                .map(|p| format!("model `{label}`: {p} (in {source})")),
+        );
     }
 
     if problems.is_empty() {
@@ -513,7 +555,10 @@ fn validate_model(
         Some(toml::Value::String(s)) if is_digits(s.trim()) => s.trim().to_string(),
         Some(toml::Value::Integer(n)) if n > 0 => n.to_string(),
         Some(_) => {
-            problems.push("key `pixel_id`: must be the numeric pixel or dataset ID, e.g. \"123456789012345\"".into());
+            problems.push(
+                "key `pixel_id`: must be the numeric pixel or dataset ID, e.g. \"123456789012345\""
+                    .into(),
+            );
             String::new()
         }
         None => {
@@ -528,7 +573,9 @@ fn validate_model(
             None
         }
         None => {
-            problems.push("key `schedule` is missing (a cron expression such as \"*/15 * * * *\")".into());
+            problems.push(
+                "key `schedule` is missing (a cron expression such as \"*/15 * * * *\")".into(),
+            );
             None
         }
     };
@@ -543,7 +590,10 @@ fn validate_model(
             match std::fs::read_to_string(&path) {
                 Ok(s) => (s, path.display().to_string()),
                 Err(e) => {
-                    problems.push(format!("key `sql_file`: cannot read {}: {e}", path.display()));
+                    problems.push(format!(
+                        "key `sql_file`: cannot read {}: {e}",
+                        path.display()
+                    ));
                     (String::new(), String::new())
                 }
             }
@@ -567,7 +617,9 @@ fn validate_model(
             vec![]
         }
         None => {
-            problems.push("key `primary_key` is missing (the column, or columns, that identify a row)".into());
+            problems.push(
+                "key `primary_key` is missing (the column, or columns, that identify a row)".into(),
+            );
             vec![]
         }
     };
@@ -592,7 +644,9 @@ fn validate_model(
         let json = match toml_to_json(&value) {
             Some(j) => j,
             None => {
-                problems.push(format!("key `constants.\"{key}\"`: dates are not allowed as constants"));
+                problems.push(format!(
+                    "key `constants.\"{key}\"`: dates are not allowed as constants"
+                ));
                 continue;
             }
         };
@@ -646,7 +700,9 @@ fn validate_model(
         None | Some("hash") => ExternalIdMode::Hash,
         Some("raw") => ExternalIdMode::Raw,
         Some(other) => {
-            problems.push(format!("key `external_id`: `{other}` must be \"hash\" or \"raw\""));
+            problems.push(format!(
+                "key `external_id`: `{other}` must be \"hash\" or \"raw\""
+            ));
             ExternalIdMode::Hash
         }
     };
@@ -710,12 +766,17 @@ fn toml_to_json(v: &toml::Value) -> Option<serde_json::Value> {
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_model_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn is_digits(s: &str) -> bool {
@@ -743,8 +804,14 @@ mod tests {
         let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:07:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
-        assert_eq!(five.next_after(t).unwrap().to_rfc3339(), "2026-01-01T10:15:00+00:00");
-        assert_eq!(six.next_after(t).unwrap().to_rfc3339(), "2026-01-01T10:15:30+00:00");
+        assert_eq!(
+            five.next_after(t).unwrap().to_rfc3339(),
+            "2026-01-01T10:15:00+00:00"
+        );
+        assert_eq!(
+            six.next_after(t).unwrap().to_rfc3339(),
+            "2026-01-01T10:15:30+00:00"
+        );
     }
 
     #[test]

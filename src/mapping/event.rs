@@ -186,7 +186,11 @@ impl ModelPlan {
                 }
             }
         }
-        for key in model.primary_key.iter().chain(std::iter::once(&model.cursor)) {
+        for key in model
+            .primary_key
+            .iter()
+            .chain(std::iter::once(&model.cursor))
+        {
             if !index.contains_key(key.as_str()) {
                 problems.push(PlanProblem {
                     column: Some(key.clone()),
@@ -200,7 +204,10 @@ impl ModelPlan {
         }
         if let Some(&ci) = index.get(model.cursor.as_str()) {
             let kind = columns[ci].kind;
-            if matches!(kind, ValueKind::Json | ValueKind::TextArray | ValueKind::Bool) {
+            if matches!(
+                kind,
+                ValueKind::Json | ValueKind::TextArray | ValueKind::Bool
+            ) {
                 problems.push(PlanProblem {
                     column: Some(model.cursor.clone()),
                     message: format!(
@@ -251,7 +258,11 @@ impl ModelPlan {
             }
         }
 
-        for required in [TopField::EventName, TopField::EventTime, TopField::ActionSource] {
+        for required in [
+            TopField::EventName,
+            TopField::EventTime,
+            TopField::ActionSource,
+        ] {
             if !slots.iter().any(|s| s.target == Target::Top(required)) {
                 problems.push(PlanProblem {
                     column: None,
@@ -315,7 +326,10 @@ impl ModelPlan {
         let mut refusal: Option<Refusal> = None;
 
         for slot in &self.slots {
-            let from_column = slot.column.and_then(|i| values.get(i)).filter(|v| !v.is_null());
+            let from_column = slot
+                .column
+                .and_then(|i| values.get(i))
+                .filter(|v| !v.is_null());
             let (value, use_constant_hashes) = match from_column {
                 Some(v) => (v, false),
                 None => match &slot.constant {
@@ -362,7 +376,10 @@ impl ModelPlan {
                                 "lead_id is not an integer (Meta's Lead Ads lead IDs are 15-17 digits)",
                             ));
                         } else {
-                            dropped.push(DroppedValue { field: k, reason: "not_an_integer" });
+                            dropped.push(DroppedValue {
+                                field: k,
+                                reason: "not_an_integer",
+                            });
                         }
                     }
                 },
@@ -380,7 +397,9 @@ impl ModelPlan {
         ud.finish();
 
         let text_of = |f: TopField| -> Option<String> {
-            top[f as usize].and_then(|v| v.as_text()).map(|t| t.trim().to_string())
+            top[f as usize]
+                .and_then(|v| v.as_text())
+                .map(|t| t.trim().to_string())
         };
         let event_name = text_of(TopField::EventName).filter(|s| !s.is_empty());
         let mut action_source = text_of(TopField::ActionSource).map(|s| s.to_lowercase());
@@ -394,12 +413,15 @@ impl ModelPlan {
         }
         let event_id = match text_of(TopField::EventId).filter(|s| !s.is_empty()) {
             Some(id) => Some(id),
-            None => event_name.as_deref().map(|n| derive_event_id(&self.model, key, n)),
+            None => event_name
+                .as_deref()
+                .map(|n| derive_event_id(&self.model, key, n)),
         };
-        let refuse = |r: Refusal, dropped: Vec<DroppedValue>, event_id: Option<String>| RowOutcome {
-            result: Err(r.with_event_id(event_id)),
-            dropped,
-        };
+        let refuse =
+            |r: Refusal, dropped: Vec<DroppedValue>, event_id: Option<String>| RowOutcome {
+                result: Err(r.with_event_id(event_id)),
+                dropped,
+            };
         if let Some(r) = refusal {
             return refuse(r, dropped, event_id);
         }
@@ -476,7 +498,10 @@ impl ModelPlan {
         if let Some(v) = top[TopField::DataProcessingOptions as usize] {
             ev.raw("data_processing_options", &dpo_array(v));
         }
-        for f in [TopField::DataProcessingOptionsCountry, TopField::DataProcessingOptionsState] {
+        for f in [
+            TopField::DataProcessingOptionsCountry,
+            TopField::DataProcessingOptionsState,
+        ] {
             if let Some(d) = top[f as usize].and_then(integer_digits) {
                 ev.raw(f.key(), &d);
             }
@@ -523,10 +548,16 @@ fn add_column_slot(
     problems: &mut Vec<PlanProblem>,
 ) {
     if let Some(existing) = slots.iter().find(|s| s.target == target) {
-        let other = existing.column.map(|i| columns[i].name.clone()).unwrap_or_default();
+        let other = existing
+            .column
+            .map(|i| columns[i].name.clone())
+            .unwrap_or_default();
         problems.push(PlanProblem {
             column: Some(columns[index].name.clone()),
-            message: format!("maps to `{}`, which column `{other}` already gives", target.path()),
+            message: format!(
+                "maps to `{}`, which column `{other}` already gives",
+                target.path()
+            ),
         });
         return;
     }
@@ -549,20 +580,35 @@ fn add_column_slot(
 fn type_problem(target: &Target, kind: ValueKind) -> Option<String> {
     use ValueKind::*;
     let ok = match target {
-        Target::Top(TopField::EventTime) => matches!(kind, Int | Numeric | Date | Timestamp | TimestampTz | Text),
+        Target::Top(TopField::EventTime) => {
+            matches!(kind, Int | Numeric | Date | Timestamp | TimestampTz | Text)
+        }
         Target::Top(TopField::OptOut) => matches!(kind, Bool | Text | Int),
         Target::Top(TopField::DataProcessingOptions) => matches!(kind, TextArray | Json | Text),
         Target::Top(_) => !matches!(kind, Json | TextArray),
-        Target::UserData(UserDataKey::Hashed(PiiField::Db)) => matches!(kind, Date | Timestamp | TimestampTz | Text | Int | TextArray),
-        Target::UserData(UserDataKey::Hashed(_)) => matches!(kind, Text | Int | Numeric | TextArray | Date),
+        Target::UserData(UserDataKey::Hashed(PiiField::Db)) => matches!(
+            kind,
+            Date | Timestamp | TimestampTz | Text | Int | TextArray
+        ),
+        Target::UserData(UserDataKey::Hashed(_)) => {
+            matches!(kind, Text | Int | Numeric | TextArray | Date)
+        }
         Target::UserData(UserDataKey::Integer(_)) => matches!(kind, Int | Numeric | Text),
         Target::UserData(UserDataKey::Plain(_)) => !matches!(kind, Json | TextArray),
-        Target::CustomData(k) if matches!(k.as_str(), "value" | "predicted_ltv" | "net_revenue") => {
+        Target::CustomData(k)
+            if matches!(k.as_str(), "value" | "predicted_ltv" | "net_revenue") =>
+        {
             matches!(kind, Int | Float | Numeric | Text)
         }
         _ => true,
     };
-    (!ok).then(|| format!("its type {} cannot give `{}`", kind.describe(), target.path()))
+    (!ok).then(|| {
+        format!(
+            "its type {} cannot give `{}`",
+            kind.describe(),
+            target.path()
+        )
+    })
 }
 
 /// The default event id: derived from the model name, the row's primary key and the event
@@ -681,7 +727,11 @@ fn integer_digits(value: &Value) -> Option<String> {
             return None;
         }
         let trimmed = body.trim_start_matches('0');
-        Some(if trimmed.is_empty() { "0".into() } else { format!("{sign}{trimmed}") })
+        Some(if trimmed.is_empty() {
+            "0".into()
+        } else {
+            format!("{sign}{trimmed}")
+        })
     };
     match value {
         Value::Int(i) => Some(i.to_string()),
@@ -707,11 +757,24 @@ fn as_bool(v: &Value) -> Option<bool> {
 
 fn dpo_array(v: &Value) -> String {
     let items: Vec<String> = match v {
-        Value::TextArray(a) => a.iter().flatten().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        Value::Json(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+        Value::TextArray(a) => a
+            .iter()
+            .flatten()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Value::Json(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
         other => other
             .as_text()
-            .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|t| {
+                t.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     let mut out = String::from("[");
@@ -744,11 +807,16 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
         "value" | "predicted_ltv" | "net_revenue" => rules::number_json(v).ok_or_else(|| {
             Refusal::new(
                 "invalid_value",
-                format!("custom_data.{key} is not a number (Meta requires a numeric monetary value)"),
+                format!(
+                    "custom_data.{key} is not a number (Meta requires a numeric monetary value)"
+                ),
             )
         }),
         "currency" => {
-            let text = v.as_text().map(|t| t.trim().to_ascii_uppercase()).unwrap_or_default();
+            let text = v
+                .as_text()
+                .map(|t| t.trim().to_ascii_uppercase())
+                .unwrap_or_default();
             if rules::is_iso_currency(&text) {
                 Ok(format!("\"{text}\""))
             } else {
@@ -759,7 +827,10 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
             }
         }
         "num_items" => integer_digits(v).ok_or_else(|| {
-            Refusal::new("invalid_num_items", "custom_data.num_items is not an integer")
+            Refusal::new(
+                "invalid_num_items",
+                "custom_data.num_items is not an integer",
+            )
         }),
         "content_ids" => Ok(match v {
             Value::Text(s) => {
@@ -776,9 +847,17 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
                 .ok()
                 .filter(|j| j.is_array())
                 .map(|j| j.to_string())
-                .ok_or_else(|| Refusal::new("invalid_contents", "custom_data.contents is not a JSON array")),
+                .ok_or_else(|| {
+                    Refusal::new(
+                        "invalid_contents",
+                        "custom_data.contents is not a JSON array",
+                    )
+                }),
             Value::Json(j) if j.is_array() => Ok(j.to_string()),
-            _ => Err(Refusal::new("invalid_contents", "custom_data.contents is not a JSON array")),
+            _ => Err(Refusal::new(
+                "invalid_contents",
+                "custom_data.contents is not a JSON array",
+            )),
         },
         _ => Ok(json_of(v)),
     }

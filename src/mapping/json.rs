@@ -89,7 +89,13 @@ mod tests {
 
     #[test]
     fn strings_round_trip_through_serde() {
-        for s in ["plain", "quote \" and \\ slash", "line\nbreak\ttab", "ctl \u{1} \u{1f}", "ünï ☃ 정"] {
+        for s in [
+            "plain",
+            "quote \" and \\ slash",
+            "line\nbreak\ttab",
+            "ctl \u{1} \u{1f}",
+            "ünï ☃ 정",
+        ] {
             let mut out = String::new();
             write_str(&mut out, s);
             let back: String = serde_json::from_str(&out).unwrap();
@@ -107,6 +113,9 @@ mod tests {
         o.json("d", &serde_json::json!({"k": null}));
         o.finish();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v, serde_json::json!({"a":"x","b":-3,"c":[1,2],"d":{"k":null}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"a":"x","b":-3,"c":[1,2],"d":{"k":null}})
+        );
     }
 }

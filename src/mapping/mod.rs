@@ -7,6 +7,9 @@ pub mod params;
 pub mod rules;
 pub mod value;
 
-pub use event::{derive_event_id, ColumnInfo, DroppedValue, Identifiers, MappedEvent, ModelPlan, PlanProblem, RowOutcome};
+pub use event::{
+    derive_event_id, ColumnInfo, DroppedValue, Identifiers, MappedEvent, ModelPlan, PlanProblem,
+    RowOutcome,
+};
 pub use rules::Refusal;
 pub use value::{Value, ValueKind};

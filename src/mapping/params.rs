@@ -144,7 +144,10 @@ pub enum Target {
     UserData(UserDataKey),
     CustomData(String),
     /// `app_data.x`, `original_event_data.x`.
-    Nested { object: &'static str, key: String },
+    Nested {
+        object: &'static str,
+        key: String,
+    },
 }
 
 impl Target {
@@ -224,7 +227,10 @@ mod tests {
 
     #[test]
     fn bare_names_resolve_to_their_object() {
-        assert_eq!(resolve("event_time").unwrap(), Target::Top(TopField::EventTime));
+        assert_eq!(
+            resolve("event_time").unwrap(),
+            Target::Top(TopField::EventTime)
+        );
         assert_eq!(
             resolve("em").unwrap(),
             Target::UserData(UserDataKey::Hashed(PiiField::Em))
@@ -233,7 +239,10 @@ mod tests {
             resolve("lead_id").unwrap(),
             Target::UserData(UserDataKey::Integer("lead_id"))
         );
-        assert_eq!(resolve("value").unwrap(), Target::CustomData("value".into()));
+        assert_eq!(
+            resolve("value").unwrap(),
+            Target::CustomData("value".into())
+        );
     }
 
     #[test]
@@ -261,11 +270,17 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        assert!(matches!(resolve("email_address"), Err(ResolveError::Unknown(_))));
+        assert!(matches!(
+            resolve("email_address"),
+            Err(ResolveError::Unknown(_))
+        ));
         assert!(matches!(
             resolve("user_data.email"),
             Err(ResolveError::UnknownUserDataKey(_))
         ));
-        assert!(matches!(resolve("foo.bar"), Err(ResolveError::UnknownObject(_))));
+        assert!(matches!(
+            resolve("foo.bar"),
+            Err(ResolveError::UnknownObject(_))
+        ));
     }
 }

@@ -55,7 +55,10 @@ pub fn event_time_seconds(v: &Value) -> Result<i64, Refusal> {
     match v {
         Value::TimestampTz(t) => Ok(t.timestamp()),
         Value::Timestamp(t) => Ok(t.and_utc().timestamp()),
-        Value::Date(d) => Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0)),
+        Value::Date(d) => Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or(0)),
         Value::Int(i) => check_int(*i),
         Value::Numeric(s) | Value::Text(s) => {
             let t = s.trim();
@@ -152,7 +155,11 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
             }
         }
         "app" => {
-            let has = |k: &str| f.nested_keys.iter().any(|(o, key)| *o == "app_data" && *key == k);
+            let has = |k: &str| {
+                f.nested_keys
+                    .iter()
+                    .any(|(o, key)| *o == "app_data" && *key == k)
+            };
             if !has("advertiser_tracking_enabled") || !has("extinfo") {
                 return Err(Refusal::new(
                     "missing_app_data",
@@ -179,13 +186,13 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
                 ));
             }
         }
-        "system_generated" if f.custom_event_source_is_crm => {
-            if !f.custom_keys.contains(&"lead_event_source") {
-                return Err(Refusal::new(
-                    "missing_lead_event_source",
-                    "CRM events (custom_data.event_source = crm) need custom_data.lead_event_source, the CRM's name",
-                ));
-            }
+        "system_generated"
+            if f.custom_event_source_is_crm && !f.custom_keys.contains(&"lead_event_source") =>
+        {
+            return Err(Refusal::new(
+                "missing_lead_event_source",
+                "CRM events (custom_data.event_source = crm) need custom_data.lead_event_source, the CRM's name",
+            ));
         }
         _ => {}
     }
@@ -329,7 +336,10 @@ mod tests {
 
     #[test]
     fn event_time_from_integer_rejects_milliseconds() {
-        assert_eq!(event_time_seconds(&Value::Int(1_700_000_000)).unwrap(), 1_700_000_000);
+        assert_eq!(
+            event_time_seconds(&Value::Int(1_700_000_000)).unwrap(),
+            1_700_000_000
+        );
         let r = event_time_seconds(&Value::Int(1_700_000_000_000)).unwrap_err();
         assert_eq!(r.reason, "invalid_event_time");
     }

@@ -57,7 +57,9 @@ impl Value {
         match self {
             Value::Null => true,
             Value::Text(s) => s.trim().is_empty(),
-            Value::TextArray(a) => a.iter().all(|v| v.as_deref().is_none_or(|s| s.trim().is_empty())),
+            Value::TextArray(a) => a
+                .iter()
+                .all(|v| v.as_deref().is_none_or(|s| s.trim().is_empty())),
             Value::Json(serde_json::Value::Null) => true,
             _ => false,
         }
@@ -70,7 +72,9 @@ impl Value {
             Value::Null => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or(J::Null),
             Value::Numeric(s) => s
                 .parse::<serde_json::Number>()
                 .map(J::Number)

@@ -59,11 +59,14 @@ pub enum SinkError {
         msg = .error.error_user_title.clone().unwrap_or_else(|| .error.message.clone()))]
     Api {
         status: u16,
-        error: GraphError,
+        error: Box<GraphError>,
         retry_after: Option<Duration>,
     },
     #[error("Meta answered HTTP {status} without a Graph error body")]
-    Http { status: u16, retry_after: Option<Duration> },
+    Http {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("Meta acknowledged {received} of {sent} events")]
     Partial { sent: usize, received: u64 },
     #[error("request to the Graph API timed out")]
@@ -84,13 +87,17 @@ impl SinkError {
             },
             // A short count means Meta dropped some events without saying which: the batch
             // is re-sent whole, under the same event ids.
-            SinkError::Partial { .. } | SinkError::Timeout | SinkError::Network(_) => ErrorClass::Transient,
+            SinkError::Partial { .. } | SinkError::Timeout | SinkError::Network(_) => {
+                ErrorClass::Transient
+            }
         }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SinkError::Api { retry_after, .. } | SinkError::Http { retry_after, .. } => *retry_after,
+            SinkError::Api { retry_after, .. } | SinkError::Http { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }
@@ -192,7 +199,12 @@ impl GraphClient {
     }
 
     /// One request. Success means HTTP 2xx and `events_received` equal to the batch size.
-    pub async fn send(&self, pixel_id: &str, body: Vec<u8>, count: usize) -> Result<Ack, SinkError> {
+    pub async fn send(
+        &self,
+        pixel_id: &str,
+        body: Vec<u8>,
+        count: usize,
+    ) -> Result<Ack, SinkError> {
         let resp = self
             .http
             .post(self.endpoint(pixel_id))
@@ -210,10 +222,16 @@ impl GraphClient {
             .map(Duration::from_secs);
         let bytes = resp.bytes().await.map_err(map_reqwest)?;
         if (200..300).contains(&status) {
-            let ok: SuccessBody = serde_json::from_slice(&bytes).map_err(|_| SinkError::Http { status, retry_after })?;
+            let ok: SuccessBody = serde_json::from_slice(&bytes).map_err(|_| SinkError::Http {
+                status,
+                retry_after,
+            })?;
             let received = ok.events_received.unwrap_or(0);
             if received != count as u64 {
-                return Err(SinkError::Partial { sent: count, received });
+                return Err(SinkError::Partial {
+                    sent: count,
+                    received,
+                });
             }
             return Ok(Ack {
                 events_received: received,
@@ -223,10 +241,13 @@ impl GraphClient {
         match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
             Ok(env) => Err(SinkError::Api {
                 status,
-                error: env.error,
+                error: Box::new(env.error),
                 retry_after,
             }),
-            Err(_) => Err(SinkError::Http { status, retry_after }),
+            Err(_) => Err(SinkError::Http {
+                status,
+                retry_after,
+            }),
         }
     }
 }
@@ -264,7 +285,10 @@ mod tests {
         assert_eq!(classify(400, &err(100, Some(2804003))), ErrorClass::Invalid);
         assert_eq!(classify(400, &err(100, Some(33))), ErrorClass::Auth);
         assert_eq!(classify(401, &err(190, None)), ErrorClass::Auth);
-        assert_eq!(classify(400, &err(17, Some(2446079))), ErrorClass::Throttled);
+        assert_eq!(
+            classify(400, &err(17, Some(2446079))),
+            ErrorClass::Throttled
+        );
         assert_eq!(classify(400, &err(80004, None)), ErrorClass::Throttled);
         assert_eq!(classify(500, &err(2, None)), ErrorClass::Transient);
         assert_eq!(classify(400, &err(1, None)), ErrorClass::Transient);

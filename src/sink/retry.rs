@@ -59,15 +59,27 @@ mod tests {
         let full = |a| p.delay(ErrorClass::Transient, a, None, 0.999_999).unwrap();
         assert!(full(1) < full(2) && full(2) < full(3));
         assert!(full(19) <= p.cap);
-        assert_eq!(p.delay(ErrorClass::Transient, 3, None, 0.0), Some(Duration::ZERO));
+        assert_eq!(
+            p.delay(ErrorClass::Transient, 3, None, 0.0),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
     fn retry_after_is_a_floor_within_the_cap() {
         let p = RetryPolicy::new(5);
-        let d = p.delay(ErrorClass::Throttled, 1, Some(Duration::from_secs(7)), 0.0).unwrap();
+        let d = p
+            .delay(ErrorClass::Throttled, 1, Some(Duration::from_secs(7)), 0.0)
+            .unwrap();
         assert_eq!(d, Duration::from_secs(7));
-        let d = p.delay(ErrorClass::Throttled, 1, Some(Duration::from_secs(9999)), 0.0).unwrap();
+        let d = p
+            .delay(
+                ErrorClass::Throttled,
+                1,
+                Some(Duration::from_secs(9999)),
+                0.0,
+            )
+            .unwrap();
         assert_eq!(d, p.throttle_cap);
     }
 

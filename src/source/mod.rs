@@ -93,7 +93,11 @@ fn kind_of(type_name: &str) -> ValueKind {
 }
 
 impl Warehouse {
-    pub async fn connect(url: &Secret, statement_timeout: Duration, max_connections: u32) -> Result<Warehouse> {
+    pub async fn connect(
+        url: &Secret,
+        statement_timeout: Duration,
+        max_connections: u32,
+    ) -> Result<Warehouse> {
         let opts = PgConnectOptions::from_str(url.expose())
             .map_err(|e| SourceError::Url(e.to_string().replace(url.expose(), "[url]")))?
             .application_name("capi-sync");
@@ -116,7 +120,8 @@ impl Warehouse {
         let mut tx = self.pool.begin().await?;
         tx.execute("SET TRANSACTION READ ONLY").await?;
         let ms = self.statement_timeout.as_millis().max(1);
-        tx.execute(format!("SET LOCAL statement_timeout = {ms}").as_str()).await?;
+        tx.execute(format!("SET LOCAL statement_timeout = {ms}").as_str())
+            .await?;
         Ok(tx)
     }
 
@@ -124,18 +129,23 @@ impl Warehouse {
     pub async fn describe(&self, model: &ModelConfig) -> Result<(ModelQuery, Vec<ColumnInfo>)> {
         let probe = format!("SELECT * FROM (\n{}\n) AS t LIMIT 0", model.sql);
         let mut tx = self.read_only_tx().await?;
-        let stmt = tx.prepare(probe.as_str()).await.map_err(|e| SourceError::Query {
-            model: model.name.clone(),
-            message: db_message(&e),
-        })?;
+        let stmt = tx
+            .prepare(probe.as_str())
+            .await
+            .map_err(|e| SourceError::Query {
+                model: model.name.clone(),
+                message: db_message(&e),
+            })?;
         let mut columns = Vec::new();
         for c in stmt.columns() {
             let ti = c.type_info();
             let sql_type = match ti.oid() {
-                Some(oid) => sqlx::query_scalar::<_, String>("SELECT format_type($1, NULL)")
-                    .bind(oid)
-                    .fetch_one(&mut *tx)
-                    .await?,
+                Some(oid) => {
+                    sqlx::query_scalar::<_, String>("SELECT format_type($1, NULL)")
+                        .bind(oid)
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
                 None => ti.name().to_string(),
             };
             columns.push(ReadColumn {
@@ -194,7 +204,11 @@ impl Warehouse {
                 buf.push(r);
                 if buf.len() >= chunk {
                     last = buf.last().map(SourceRow::position);
-                    if tx_rows.send(std::mem::replace(&mut buf, Vec::with_capacity(chunk))).await.is_err() {
+                    if tx_rows
+                        .send(std::mem::replace(&mut buf, Vec::with_capacity(chunk)))
+                        .await
+                        .is_err()
+                    {
                         return Ok(total + in_page);
                     }
                 }
@@ -216,7 +230,11 @@ impl Warehouse {
     }
 
     /// Reads specific rows by primary key (for re-trying refused rows).
-    pub async fn rows_by_key(&self, query: &ModelQuery, keys: &[Vec<String>]) -> Result<Vec<SourceRow>> {
+    pub async fn rows_by_key(
+        &self,
+        query: &ModelQuery,
+        keys: &[Vec<String>],
+    ) -> Result<Vec<SourceRow>> {
         let mut out = Vec::new();
         let mut tx = self.read_only_tx().await?;
         for key in keys {
@@ -224,10 +242,13 @@ impl Warehouse {
             for k in key {
                 q = q.bind(k);
             }
-            let rows = q.fetch_all(&mut *tx).await.map_err(|e| SourceError::Query {
-                model: query.model.clone(),
-                message: db_message(&e),
-            })?;
+            let rows = q
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| SourceError::Query {
+                    model: query.model.clone(),
+                    message: db_message(&e),
+                })?;
             for row in rows {
                 out.push(query.decode(&row)?);
             }
@@ -252,13 +273,19 @@ impl ModelQuery {
             model_err(format!(
                 "the cursor column `{}` is not among the query's columns ({})",
                 model.cursor,
-                columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         let mut key_indexes = Vec::new();
         for k in &model.primary_key {
             key_indexes.push(find(k).ok_or_else(|| {
-                model_err(format!("the primary_key column `{k}` is not among the query's columns"))
+                model_err(format!(
+                    "the primary_key column `{k}` is not among the query's columns"
+                ))
             })?);
         }
         let mut select: Vec<String> = columns
@@ -277,7 +304,11 @@ impl ModelQuery {
             })
             .collect();
         let cursor_col = format!("t.{}", quote_ident(&model.cursor));
-        let key_cols: Vec<String> = model.primary_key.iter().map(|k| format!("t.{}", quote_ident(k))).collect();
+        let key_cols: Vec<String> = model
+            .primary_key
+            .iter()
+            .map(|k| format!("t.{}", quote_ident(k)))
+            .collect();
         select.push(format!("{cursor_col}::text"));
         for k in &key_cols {
             select.push(format!("{k}::text"));
@@ -305,7 +336,13 @@ impl ModelQuery {
         let key_match: Vec<String> = key_cols
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{c} = ${}::text::{}", i + 1, columns[key_indexes[i]].sql_type))
+            .map(|(i, c)| {
+                format!(
+                    "{c} = ${}::text::{}",
+                    i + 1,
+                    columns[key_indexes[i]].sql_type
+                )
+            })
             .collect();
         let by_key_sql = format!("{base} AND {}", key_match.join(" AND "));
         Ok(ModelQuery {
@@ -336,10 +373,16 @@ impl ModelQuery {
         let n = self.columns.len();
         let mut values = Vec::with_capacity(n);
         for (i, c) in self.columns.iter().enumerate() {
-            values.push(decode_value(row, i, c.kind).map_err(|e| SourceError::Model {
-                model: self.model.clone(),
-                message: format!("column `{}` could not be read as {}: {e}", c.name, c.kind.describe()),
-            })?);
+            values.push(
+                decode_value(row, i, c.kind).map_err(|e| SourceError::Model {
+                    model: self.model.clone(),
+                    message: format!(
+                        "column `{}` could not be read as {}: {e}",
+                        c.name,
+                        c.kind.describe()
+                    ),
+                })?,
+            );
         }
         let cursor_text: String = row.try_get(n)?;
         let mut key = Vec::with_capacity(self.key_indexes.len());
@@ -362,8 +405,12 @@ fn decode_value(row: &PgRow, i: usize, kind: ValueKind) -> std::result::Result<V
             let ty = sqlx::ValueRef::type_info(&raw).name().to_string();
             drop(raw);
             match ty.as_str() {
-                "INT2" => row.try_get::<Option<i16>, _>(i)?.map(|v| Value::Int(v.into())),
-                "INT4" => row.try_get::<Option<i32>, _>(i)?.map(|v| Value::Int(v.into())),
+                "INT2" => row
+                    .try_get::<Option<i16>, _>(i)?
+                    .map(|v| Value::Int(v.into())),
+                "INT4" => row
+                    .try_get::<Option<i32>, _>(i)?
+                    .map(|v| Value::Int(v.into())),
                 _ => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
             }
         }
@@ -372,7 +419,8 @@ fn decode_value(row: &PgRow, i: usize, kind: ValueKind) -> std::result::Result<V
             let ty = sqlx::ValueRef::type_info(&raw).name().to_string();
             drop(raw);
             if ty == "FLOAT4" {
-                row.try_get::<Option<f32>, _>(i)?.map(|v| Value::Float(v.into()))
+                row.try_get::<Option<f32>, _>(i)?
+                    .map(|v| Value::Float(v.into()))
             } else {
                 row.try_get::<Option<f64>, _>(i)?.map(Value::Float)
             }
@@ -384,13 +432,21 @@ fn decode_value(row: &PgRow, i: usize, kind: ValueKind) -> std::result::Result<V
                 Value::Text(s)
             }
         }),
-        ValueKind::Date => row.try_get::<Option<chrono::NaiveDate>, _>(i)?.map(Value::Date),
-        ValueKind::Timestamp => row.try_get::<Option<chrono::NaiveDateTime>, _>(i)?.map(Value::Timestamp),
+        ValueKind::Date => row
+            .try_get::<Option<chrono::NaiveDate>, _>(i)?
+            .map(Value::Date),
+        ValueKind::Timestamp => row
+            .try_get::<Option<chrono::NaiveDateTime>, _>(i)?
+            .map(Value::Timestamp),
         ValueKind::TimestampTz => row
             .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)?
             .map(Value::TimestampTz),
-        ValueKind::Json => row.try_get::<Option<serde_json::Value>, _>(i)?.map(Value::Json),
-        ValueKind::TextArray => row.try_get::<Option<Vec<Option<String>>>, _>(i)?.map(Value::TextArray),
+        ValueKind::Json => row
+            .try_get::<Option<serde_json::Value>, _>(i)?
+            .map(Value::Json),
+        ValueKind::TextArray => row
+            .try_get::<Option<Vec<Option<String>>>, _>(i)?
+            .map(Value::TextArray),
     }
     .unwrap_or(Value::Null))
 }

@@ -159,15 +159,19 @@ impl StateStore {
     }
 
     async fn ensure_schema(&self) -> Result<()> {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(&self.schema)
-            .fetch_one(&self.pool)
-            .await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&self.schema)
+                .fetch_one(&self.pool)
+                .await?;
         if !exists {
             let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
             if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
                 // Another process may have created it at the same moment.
-                let unique = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505" || c == "42P06");
+                let unique = e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "23505" || c == "42P06");
                 if !unique {
                     return Err(e.into());
                 }
@@ -192,11 +196,12 @@ impl StateStore {
     /// Takes the model's lock if no other process (or task) holds it.
     pub async fn try_lock_model(&self, model: &str) -> Result<Option<ModelLock>> {
         let mut conn = self.pool.acquire().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
-            .bind(&self.schema)
-            .bind(model)
-            .fetch_one(&mut *conn)
-            .await?;
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
+                .bind(&self.schema)
+                .bind(model)
+                .fetch_one(&mut *conn)
+                .await?;
         Ok(got.then(|| ModelLock {
             conn: Some(conn),
             key: (self.schema.clone(), model.to_string()),
@@ -409,7 +414,11 @@ impl StateStore {
             .collect())
     }
 
-    pub async fn refused_rows(&self, model: &str, limit: i64) -> Result<Vec<(RefusedRow, chrono::DateTime<chrono::Utc>)>> {
+    pub async fn refused_rows(
+        &self,
+        model: &str,
+        limit: i64,
+    ) -> Result<Vec<(RefusedRow, chrono::DateTime<chrono::Utc>)>> {
         let rows = sqlx::query(
             "SELECT row_key, event_id, reason, detail, meta_code, meta_subcode, cursor_value, refused_at
              FROM refused_rows WHERE model = $1 ORDER BY refused_at DESC, row_key LIMIT $2",
@@ -440,11 +449,13 @@ impl StateStore {
     /// Removes ledger entries older than the retention.
     pub async fn prune_ledger(&self, retention: Duration) -> Result<u64> {
         let secs = retention.as_secs() as f64;
-        Ok(sqlx::query("DELETE FROM deliveries WHERE delivered_at < now() - make_interval(secs => $1)")
-            .bind(secs)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(sqlx::query(
+            "DELETE FROM deliveries WHERE delivered_at < now() - make_interval(secs => $1)",
+        )
+        .bind(secs)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }
 
@@ -455,7 +466,8 @@ async fn write_counters(
     status: Option<&str>,
     error: Option<&str>,
 ) -> Result<()> {
-    let json = |m: &std::collections::BTreeMap<String, i64>| serde_json::to_value(m).unwrap_or_default();
+    let json =
+        |m: &std::collections::BTreeMap<String, i64>| serde_json::to_value(m).unwrap_or_default();
     sqlx::query(
         "UPDATE runs SET rows_read = $2, events_sent = $3, rows_refused = $4, rows_already_sent = $5,
             requests = $6, retries = $7, refused_by_reason = $8, dropped_by_field = $9, coverage = $10,

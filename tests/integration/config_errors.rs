@@ -1,3 +1,5 @@
+#![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error by design.
+
 use capi_sync::config::{Config, ConfigError};
 use std::path::Path;
 
@@ -31,15 +33,29 @@ fn the_example_config_loads_and_validates() {
     let crm = c.model("crm_lead_stages").unwrap();
     assert!(crm.sql.contains("crm.lead_events"));
     // `crm` is shorthand for system_generated + custom_data.event_source = crm.
-    let consts: Vec<String> = crm.constants.iter().map(|(t, v)| format!("{}={v}", t.path())).collect();
-    assert!(consts.contains(&"action_source=\"system_generated\"".to_string()), "{consts:?}");
-    assert!(consts.contains(&"custom_data.event_source=\"crm\"".to_string()), "{consts:?}");
-    assert_eq!(c.model("store_purchases").unwrap().default_country, Some("us"));
+    let consts: Vec<String> = crm
+        .constants
+        .iter()
+        .map(|(t, v)| format!("{}={v}", t.path()))
+        .collect();
+    assert!(
+        consts.contains(&"action_source=\"system_generated\"".to_string()),
+        "{consts:?}"
+    );
+    assert!(
+        consts.contains(&"custom_data.event_source=\"crm\"".to_string()),
+        "{consts:?}"
+    );
+    assert_eq!(
+        c.model("store_purchases").unwrap().default_country,
+        Some("us")
+    );
 }
 
 #[test]
 fn the_demo_config_built_from_the_example_validates() {
-    let c = capi_sync::demo::demo_config("postgres://localhost/demo", "http://127.0.0.1:1").unwrap();
+    let c =
+        capi_sync::demo::demo_config("postgres://localhost/demo", "http://127.0.0.1:1").unwrap();
     assert_eq!(c.models.len(), 2);
     assert_eq!(c.meta.graph_url, "http://127.0.0.1:1");
 }
@@ -53,7 +69,9 @@ fn a_valid_minimal_model_loads() {
 
 #[test]
 fn an_unknown_key_names_the_model_the_key_and_the_file() {
-    let e = load_file(&format!("{GOOD}colour = \"blue\"\n")).unwrap_err().to_string();
+    let e = load_file(&format!("{GOOD}colour = \"blue\"\n"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("colour"), "{e}");
     assert!(e.contains("model `m1`"), "{e}");
     assert!(e.contains("capi-sync.toml"), "{e}");
@@ -61,14 +79,24 @@ fn an_unknown_key_names_the_model_the_key_and_the_file() {
 
 #[test]
 fn a_model_without_sql_is_an_error_naming_the_model() {
-    let e = load(&GOOD.replace("sql = \"SELECT 1\"\n", "")).unwrap_err().to_string();
-    assert!(e.contains("model `m1`") && e.contains("`sql` is missing"), "{e}");
+    let e = load(&GOOD.replace("sql = \"SELECT 1\"\n", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model `m1`") && e.contains("`sql` is missing"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_bad_cron_is_an_error_naming_the_model_and_key() {
-    let e = load(&GOOD.replace("*/15 * * * *", "every 15 minutes")).unwrap_err().to_string();
-    assert!(e.contains("model `m1`") && e.contains("schedule") && e.contains("every 15 minutes"), "{e}");
+    let e = load(&GOOD.replace("*/15 * * * *", "every 15 minutes"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model `m1`") && e.contains("schedule") && e.contains("every 15 minutes"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -79,20 +107,37 @@ fn two_models_with_one_name_are_an_error() {
 
 #[test]
 fn an_unknown_constant_parameter_is_an_error() {
-    let e = load(&format!("{GOOD}[models.constants]\nemail_address = \"x\"\n")).unwrap_err().to_string();
-    assert!(e.contains("model `m1`") && e.contains("email_address"), "{e}");
+    let e = load(&format!(
+        "{GOOD}[models.constants]\nemail_address = \"x\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("model `m1`") && e.contains("email_address"),
+        "{e}"
+    );
 }
 
 #[test]
 fn an_invalid_action_source_constant_is_an_error() {
-    let e = load(&format!("{GOOD}[models.constants]\naction_source = \"store\"\n")).unwrap_err().to_string();
-    assert!(e.contains("action_source") && e.contains("physical_store"), "{e}");
+    let e = load(&format!(
+        "{GOOD}[models.constants]\naction_source = \"store\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("action_source") && e.contains("physical_store"),
+        "{e}"
+    );
 }
 
 #[test]
 fn env_overrides_the_file_with_double_underscore_nesting() {
     figment::Jail::expect_with(|jail| {
-        jail.create_file("capi-sync.toml", &format!("[meta]\napi_version = \"v24.0\"\n{GOOD}"))?;
+        jail.create_file(
+            "capi-sync.toml",
+            &format!("[meta]\napi_version = \"v24.0\"\n{GOOD}"),
+        )?;
         jail.set_env("CAPI_SYNC_META__API_VERSION", "v25.0");
         jail.set_env("CAPI_SYNC_META__ACCESS_TOKEN", "secret-from-env");
         let c = Config::load(Path::new("capi-sync.toml")).map_err(|e| e.to_string())?;

@@ -14,7 +14,8 @@ pub const TOKEN: &str = "test-token-5f2a9c";
 
 /// The server tests create their databases on (`CAPI_SYNC_TEST_PG`, default the local one).
 pub fn server_url() -> String {
-    std::env::var("CAPI_SYNC_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("CAPI_SYNC_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// A database that exists for one test and is dropped afterwards, even when the test fails.
@@ -37,9 +38,16 @@ impl TestDb {
         let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", server_url()))
             .await
             .expect("connect to the local Postgres (is it running? .ci/run starts it)");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
         let url = format!("{}/{name}", server_url());
-        let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect test database");
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&url)
+            .await
+            .expect("connect test database");
         TestDb { name, url, pool }
     }
 }
@@ -47,14 +55,20 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let pool = self.pool.clone();
         // Drop runs outside any async context we can await in: use a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                pool.close().await;
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{}/postgres", server_url())).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                // FORCE ends the connections the test's pools still hold.
+                if let Ok(mut admin) =
+                    sqlx::PgConnection::connect(&format!("{}/postgres", server_url())).await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
                 }
             });
         })
@@ -92,11 +106,14 @@ request_timeout = "5s"
 "#,
         url = db.url
     );
-    Config::from_toml_str(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("test config invalid: {e}"))
+    Config::from_toml_str(&text, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
 }
 
 pub async fn context(config: Config) -> SyncContext {
-    capi_sync::app::connect(Arc::new(config), CancellationToken::new()).await.expect("connect")
+    capi_sync::app::connect(Arc::new(config), CancellationToken::new())
+        .await
+        .expect("connect")
 }
 
 pub async fn sync(ctx: &SyncContext, model: &str) -> RunSummary {
@@ -115,7 +132,10 @@ pub async fn sync(ctx: &SyncContext, model: &str) -> RunSummary {
 /// Creates `crm.leads` with `n` rows, every row carrying an email; `updated_at` and
 /// `event_time` come from the given SQL expressions over `g` (the row number).
 pub async fn seed_leads(pool: &PgPool, n: i64, updated_at_sql: &str, event_time_sql: &str) {
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS crm").execute(pool).await.unwrap();
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS crm")
+        .execute(pool)
+        .await
+        .unwrap();
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS crm.leads (id bigint PRIMARY KEY, stage text, email text, phone text,
             happened_at timestamptz, updated_at timestamptz NOT NULL)",
@@ -150,7 +170,8 @@ action_source = "crm"
 pub fn event_id_counts(events: &[serde_json::Value]) -> std::collections::HashMap<String, usize> {
     let mut m = std::collections::HashMap::new();
     for e in events {
-        *m.entry(e["event_id"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
+        *m.entry(e["event_id"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
     }
     m
 }

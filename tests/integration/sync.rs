@@ -6,7 +6,13 @@ use sqlx::Row;
 #[tokio::test]
 async fn first_run_sends_every_eligible_row_once_and_second_run_sends_nothing() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 250, "now() - interval '1 hour'", "now() - interval '2 hours'").await;
+    seed_leads(
+        &db.pool,
+        250,
+        "now() - interval '1 hour'",
+        "now() - interval '2 hours'",
+    )
+    .await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
 
@@ -49,7 +55,13 @@ async fn events_carry_hashed_customer_data_and_crm_fields() {
 #[tokio::test]
 async fn inserted_rows_and_new_stages_go_in_the_next_run() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 10, "now() - interval '1 hour'", "now() - interval '2 hours'").await;
+    seed_leads(
+        &db.pool,
+        10,
+        "now() - interval '1 hour'",
+        "now() - interval '2 hours'",
+    )
+    .await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
     sync(&ctx, "leads").await;
@@ -64,7 +76,10 @@ async fn inserted_rows_and_new_stages_go_in_the_next_run() {
     assert_eq!(run.counters.events_sent, 5);
     let events = sandbox.events();
     assert_eq!(events.len(), 15);
-    let qualified: Vec<_> = events.iter().filter(|e| e["event_name"] == "Qualified").collect();
+    let qualified: Vec<_> = events
+        .iter()
+        .filter(|e| e["event_name"] == "Qualified")
+        .collect();
     assert_eq!(qualified.len(), 2);
     // A new stage is a new event with a new id.
     let ids = event_id_counts(&events);
@@ -74,32 +89,48 @@ async fn inserted_rows_and_new_stages_go_in_the_next_run() {
 #[tokio::test]
 async fn a_row_whose_other_fields_change_keeps_its_id_and_is_not_resent() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 4, "now() - interval '1 hour'", "now() - interval '2 hours'").await;
+    seed_leads(
+        &db.pool,
+        4,
+        "now() - interval '1 hour'",
+        "now() - interval '2 hours'",
+    )
+    .await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
     sync(&ctx, "leads").await;
     // Same stage, new email: per DECISIONS the delivered event keeps its id; Meta cannot update
     // it and a new id would double-count the conversion.
-    sqlx::query("UPDATE crm.leads SET email = 'changed@example.com', updated_at = now() WHERE id = 3")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE crm.leads SET email = 'changed@example.com', updated_at = now() WHERE id = 3",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let run = sync(&ctx, "leads").await;
     assert_eq!(run.counters.rows_read, 1);
     assert_eq!(run.counters.events_sent, 0);
     assert_eq!(run.counters.rows_already_sent, 1);
     assert_eq!(sandbox.events().len(), 4);
-    let changed: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.deliveries WHERE changed_at IS NOT NULL")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let changed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM capi_sync.deliveries WHERE changed_at IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(changed, 1);
 }
 
 #[tokio::test]
 async fn rows_sharing_one_cursor_value_are_each_sent_once_across_pages_and_runs() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 2500, "timestamptz '2026-01-01 00:00:00+00'", "now() - interval '1 hour'").await;
+    seed_leads(
+        &db.pool,
+        2500,
+        "timestamptz '2026-01-01 00:00:00+00'",
+        "now() - interval '1 hour'",
+    )
+    .await;
     let sandbox = start_sandbox(Faults::default()).await;
     let models = LEADS_MODEL.replace(
         "cursor = \"updated_at\"",
@@ -127,7 +158,13 @@ async fn rows_sharing_one_cursor_value_are_each_sent_once_across_pages_and_runs(
 #[tokio::test]
 async fn a_row_older_than_the_window_is_refused_and_later_rows_still_go() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 5, "now() - interval '1 hour' + g * interval '1 second'", "now() - interval '2 hours'").await;
+    seed_leads(
+        &db.pool,
+        5,
+        "now() - interval '1 hour' + g * interval '1 second'",
+        "now() - interval '2 hours'",
+    )
+    .await;
     sqlx::query("UPDATE crm.leads SET happened_at = now() - interval '9 days' WHERE id = 2")
         .execute(&db.pool)
         .await
@@ -137,7 +174,10 @@ async fn a_row_older_than_the_window_is_refused_and_later_rows_still_go() {
     let run = sync(&ctx, "leads").await;
     assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(run.counters.events_sent, 4);
-    assert_eq!(run.counters.refused_by_reason.get("event_time_too_old"), Some(&1));
+    assert_eq!(
+        run.counters.refused_by_reason.get("event_time_too_old"),
+        Some(&1)
+    );
 
     let row = sqlx::query("SELECT row_key, reason, detail, event_id FROM capi_sync.refused_rows WHERE model = 'leads'")
         .fetch_one(&db.pool)
@@ -148,19 +188,29 @@ async fn a_row_older_than_the_window_is_refused_and_later_rows_still_go() {
     assert!(row.get::<String, _>(2).contains("7 days"));
     assert!(row.get::<Option<String>, _>(3).is_some());
     // The cursor moved past the refused row and the rows after it.
-    let cursor: Vec<String> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = 'leads'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let cursor: Vec<String> =
+        sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = 'leads'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(cursor, vec!["5".to_string()]);
 }
 
 #[tokio::test]
 async fn an_http_failure_mid_run_leaves_the_cursor_at_the_last_acknowledged_batch() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 500, "now() - interval '1 hour' + g * interval '1 millisecond'", "now() - interval '2 hours'").await;
+    seed_leads(
+        &db.pool,
+        500,
+        "now() - interval '1 hour' + g * interval '1 millisecond'",
+        "now() - interval '2 hours'",
+    )
+    .await;
     let sandbox = start_sandbox(Faults::default()).await;
-    let models = LEADS_MODEL.replace("cursor = \"updated_at\"", "cursor = \"updated_at\"\nbatch_size = 100");
+    let models = LEADS_MODEL.replace(
+        "cursor = \"updated_at\"",
+        "cursor = \"updated_at\"\nbatch_size = 100",
+    );
     let mut cfg = config(&db, &sandbox.base_url(), &models);
     cfg.meta.concurrency = 1;
     let ctx = context(cfg).await;
@@ -168,16 +218,22 @@ async fn an_http_failure_mid_run_leaves_the_cursor_at_the_last_acknowledged_batc
     sandbox.fail_after(2);
     let failed = sync(&ctx, "leads").await;
     assert_eq!(failed.status, RunStatus::Failed);
-    assert!(failed.error.as_deref().unwrap_or("").contains("resumes at the last acknowledged batch"));
-    let cursor: Vec<String> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = 'leads'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    assert!(failed
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("resumes at the last acknowledged batch"));
+    let cursor: Vec<String> =
+        sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = 'leads'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(cursor, vec!["200".to_string()]);
-    let status: String = sqlx::query_scalar("SELECT status FROM capi_sync.runs ORDER BY id LIMIT 1")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM capi_sync.runs ORDER BY id LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(status, "failed");
 
     sandbox.fail_after(u64::MAX);
@@ -195,7 +251,12 @@ async fn a_second_process_on_the_same_model_skips_while_the_lock_is_held() {
     seed_leads(&db.pool, 3, "now()", "now() - interval '1 hour'").await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
-    let held = ctx.state.try_lock_model("leads").await.unwrap().expect("lock free");
+    let held = ctx
+        .state
+        .try_lock_model("leads")
+        .await
+        .unwrap()
+        .expect("lock free");
     let run = sync(&ctx, "leads").await;
     assert_eq!(run.status, RunStatus::Skipped);
     assert!(sandbox.events().is_empty());
@@ -207,7 +268,10 @@ async fn a_second_process_on_the_same_model_skips_while_the_lock_is_held() {
 async fn warehouse_queries_run_read_only() {
     let db = TestDb::new().await;
     seed_leads(&db.pool, 2, "now()", "now() - interval '1 hour'").await;
-    sqlx::query("CREATE SEQUENCE crm.s").execute(&db.pool).await.unwrap();
+    sqlx::query("CREATE SEQUENCE crm.s")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let sandbox = start_sandbox(Faults::default()).await;
     let models = LEADS_MODEL.replace(
         "FROM crm.leads\"",
@@ -216,8 +280,14 @@ async fn warehouse_queries_run_read_only() {
     let ctx = context(config(&db, &sandbox.base_url(), &models)).await;
     let run = sync(&ctx, "leads").await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(run.error.unwrap().contains("read-only"), "expected a read-only transaction error");
-    let next: i64 = sqlx::query_scalar("SELECT nextval('crm.s')").fetch_one(&db.pool).await.unwrap();
+    assert!(
+        run.error.unwrap().contains("read-only"),
+        "expected a read-only transaction error"
+    );
+    let next: i64 = sqlx::query_scalar("SELECT nextval('crm.s')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(next, 1, "the model's query must not have written");
 }
 
@@ -226,7 +296,10 @@ async fn a_slow_model_query_hits_the_statement_timeout() {
     let db = TestDb::new().await;
     seed_leads(&db.pool, 2, "now()", "now() - interval '1 hour'").await;
     let sandbox = start_sandbox(Faults::default()).await;
-    let models = LEADS_MODEL.replace("FROM crm.leads\"", "FROM crm.leads WHERE pg_sleep(3) IS NOT NULL\"");
+    let models = LEADS_MODEL.replace(
+        "FROM crm.leads\"",
+        "FROM crm.leads WHERE pg_sleep(3) IS NOT NULL\"",
+    );
     let mut cfg = config(&db, &sandbox.base_url(), &models);
     cfg.warehouse.statement_timeout = std::time::Duration::from_millis(300);
     let ctx = context(cfg).await;
@@ -240,7 +313,13 @@ async fn a_slow_model_query_hits_the_statement_timeout() {
 #[tokio::test]
 async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 64, "now() - interval '1 hour' + g * interval '1 second'", "now() - interval '2 hours'").await;
+    seed_leads(
+        &db.pool,
+        64,
+        "now() - interval '1 hour' + g * interval '1 second'",
+        "now() - interval '2 hours'",
+    )
+    .await;
     let bad = capi_sync::mapping::derive_event_id("leads", &["17".to_string()], "Lead");
     let sandbox = start_sandbox(Faults {
         reject_event_ids: [bad.clone()].into_iter().collect(),
@@ -251,9 +330,16 @@ async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() 
     let run = sync(&ctx, "leads").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.counters.events_sent, 63);
-    assert_eq!(run.counters.refused_by_reason.get("rejected_by_meta"), Some(&1));
+    assert_eq!(
+        run.counters.refused_by_reason.get("rejected_by_meta"),
+        Some(&1)
+    );
     // 1 whole-batch request, then a bisection down to the bad event: about 2*log2(64).
-    assert!(run.counters.requests <= 1 + 2 * 6, "requests = {}", run.counters.requests);
+    assert!(
+        run.counters.requests <= 1 + 2 * 6,
+        "requests = {}",
+        run.counters.requests
+    );
     let (reason, code): (String, Option<i32>) =
         sqlx::query_as("SELECT reason, meta_code FROM capi_sync.refused_rows WHERE event_id = $1")
             .bind(&bad)
@@ -275,6 +361,9 @@ async fn a_column_that_maps_to_nothing_fails_the_run_naming_model_and_column() {
     let run = sync(&ctx, "leads").await;
     assert_eq!(run.status, RunStatus::Failed);
     let e = run.error.unwrap();
-    assert!(e.contains("mobile_number") && e.contains("ignore_columns"), "{e}");
+    assert!(
+        e.contains("mobile_number") && e.contains("ignore_columns"),
+        "{e}"
+    );
     assert!(sandbox.events().is_empty());
 }
