@@ -66,6 +66,15 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Seed a demo warehouse, start the sandbox and sync the example models once.
     Demo,
+    /// Re-read a model's refused rows by key and send those that are now valid.
+    Retry { model: String },
+    /// Normalize and hash customer fields from JSON lines on stdin
+    /// (`{"field": "ph", "value": "...", "country": "gb"}`), one JSON line out per line in.
+    Normalize {
+        /// Country for national phone numbers when a line gives none.
+        #[arg(long)]
+        default_country: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +142,16 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Migrate => cmd_migrate(&cli.config).await,
         Command::Sandbox(ref args) => cmd_sandbox(args).await,
         Command::Demo => crate::demo::run().await,
+        Command::Retry { ref model } => cmd_retry(&cli.config, model).await,
+        Command::Normalize {
+            ref default_country,
+        } => crate::mapping::normalize_cli::run(
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+            default_country.as_deref(),
+        )
+        .map(|_| exit::OK)
+        .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -191,6 +210,8 @@ async fn cmd_sync(
     let ctx = crate::app::connect(config.clone(), cancel).await?;
     let opts = RunOptions {
         trigger: "manual".into(),
+        mode: Default::default(),
+        from: None,
         dry_run,
         test_event_code,
     };
@@ -213,6 +234,36 @@ async fn cmd_sync(
     } else {
         exit::OK
     })
+}
+
+async fn cmd_retry(path: &std::path::Path, name: &str) -> anyhow::Result<i32> {
+    let config = load_config(path)?;
+    let model = select_models(&config, &[name.to_string()])?[0];
+    let cancel = crate::app::shutdown_token();
+    let ctx = crate::app::connect(config.clone(), cancel).await?;
+    let opts = RunOptions {
+        trigger: "retry".into(),
+        mode: crate::pipeline::RunMode::RetryRefused,
+        ..Default::default()
+    };
+    let summary = sync_model_once(&ctx, model, &opts).await;
+    println!("{}", format_summary(&summary, false));
+    let missing = summary.counters.rows_requested - summary.counters.rows_read;
+    if missing > 0 {
+        println!(
+            "  {missing} refused rows are no longer returned by the model's query and stay refused"
+        );
+    }
+    if summary.status != RunStatus::Succeeded {
+        eprintln!(
+            "capi-sync: model {} {}: {}",
+            summary.model,
+            summary.status.as_str(),
+            summary.error.as_deref().unwrap_or("unknown error")
+        );
+        return Ok(exit::SYNC_FAILED);
+    }
+    Ok(exit::OK)
 }
 
 fn select_models<'a>(

@@ -5,7 +5,7 @@ use crate::config::{Config, ModelConfig};
 use crate::mapping::{MappedEvent, ModelPlan, Refusal};
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
-use crate::source::{SourceRow, Warehouse};
+use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
 use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::{HashMap, HashSet};
@@ -25,8 +25,21 @@ pub struct SyncContext {
     pub cancel: CancellationToken,
 }
 
+/// What a run reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunMode {
+    /// Rows after the model's cursor (plus the lookback window).
+    #[default]
+    Incremental,
+    /// The model's refused rows, re-read by key; the cursor does not move.
+    RetryRefused,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    pub mode: RunMode,
+    /// Backfill: read rows whose cursor is at least this value, instead of after the cursor.
+    pub from: Option<String>,
     /// `schedule`, `manual`, `demo`, ...
     pub trigger: String,
     /// Map everything, send nothing, move no cursor.
@@ -210,21 +223,48 @@ async fn run_inner(
             list.join("; ")
         )
     })?;
-    let after = ctx
-        .state
-        .cursor(&model.name)
-        .await
-        .map_err(|e| e.to_string())?;
-
     let batch_size = model.batch_size;
     let (tx_rows, mut rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
     let warehouse = ctx.warehouse.clone();
     let reader_query = query.clone();
-    let reader = tokio::spawn(async move {
-        warehouse
-            .stream_rows(&reader_query, after, tx_rows, batch_size.max(100))
-            .await
-    });
+    let chunk = batch_size.max(100);
+    let reader = match opts.mode {
+        RunMode::Incremental => {
+            let stored = ctx
+                .state
+                .cursor(&model.name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ranges = read_ranges(model, &query, stored, opts.from.clone())?;
+            tokio::spawn(async move {
+                warehouse
+                    .stream_rows(&reader_query, ranges, tx_rows, chunk)
+                    .await
+            })
+        }
+        RunMode::RetryRefused => {
+            let keys = ctx
+                .state
+                .refused_keys(&model.name)
+                .await
+                .map_err(|e| e.to_string())?;
+            summary.counters.rows_requested = keys.len() as i64;
+            tokio::spawn(async move {
+                let mut total = 0u64;
+                for part in keys.chunks(chunk) {
+                    let mut rows = warehouse.rows_by_key(&reader_query, part).await?;
+                    for r in &mut rows {
+                        r.reread = true;
+                    }
+                    total += rows.len() as u64;
+                    if tx_rows.send(rows).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(total)
+            })
+        }
+    };
 
     let test_event_code = opts
         .test_event_code
@@ -291,9 +331,27 @@ async fn run_inner(
                 .map_err(|e| e.to_string())?
         };
 
+        // Re-read rows refused before are not recorded or counted again (lookback).
+        let known_refusals = if opts.mode == RunMode::Incremental && chunk.iter().any(|r| r.reread)
+        {
+            let keys: Vec<Vec<String>> = chunk
+                .iter()
+                .zip(&outcomes)
+                .filter(|(r, o)| r.reread && o.is_err())
+                .map(|(r, _)| r.key.clone())
+                .collect();
+            ctx.state
+                .refused_among(&model.name, &keys)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            HashSet::new()
+        };
+
         for (row, outcome) in chunk.into_iter().zip(outcomes) {
-            let position = row.position();
+            let position = (!row.reread).then(|| row.position());
             match outcome {
+                Err(_) if known_refusals.contains(&row.key) => {}
                 Err(refusal) => {
                     pending
                         .refused
@@ -327,7 +385,9 @@ async fn run_inner(
                     }
                 }
             }
-            pending.last = Some(position);
+            if position.is_some() {
+                pending.last = position;
+            }
             if pending.events.len() >= batch_size {
                 seq += 1;
                 let mut batch = std::mem::take(&mut pending);
@@ -352,7 +412,7 @@ async fn run_inner(
     // The last partial batch goes only when the read finished normally.
     if failure.is_none()
         && status == RunStatus::Succeeded
-        && (!pending.events.is_empty() || pending.last.is_some())
+        && (!pending.events.is_empty() || pending.last.is_some() || !pending.refused.is_empty())
     {
         seq += 1;
         let mut batch = std::mem::take(&mut pending);
@@ -400,6 +460,53 @@ async fn run_inner(
         Some(f) => Err(f),
         None => Ok(status),
     }
+}
+
+/// The ranges an incremental run reads: from a backfill point, or after the stored cursor,
+/// plus the lookback window behind it for rows committed late with an earlier cursor value.
+fn read_ranges(
+    model: &ModelConfig,
+    query: &crate::source::ModelQuery,
+    stored: Option<CursorPosition>,
+    from: Option<String>,
+) -> Result<Vec<ReadRange>, String> {
+    if !model.lookback.is_zero() && !query.cursor_is_time() {
+        return Err(format!(
+            "model `{}` sets lookback, but its cursor `{}` is not a timestamp or date column; remove lookback or use a time cursor",
+            model.name, model.cursor
+        ));
+    }
+    if let Some(v) = from {
+        return Ok(vec![ReadRange {
+            lower: LowerBound::CursorAtLeast(v),
+            upper: None,
+            reread: false,
+        }]);
+    }
+    let Some(stored) = stored else {
+        return Ok(vec![ReadRange {
+            lower: LowerBound::Beginning,
+            upper: None,
+            reread: false,
+        }]);
+    };
+    let mut ranges = Vec::new();
+    if !model.lookback.is_zero() {
+        ranges.push(ReadRange {
+            lower: LowerBound::CursorWithin {
+                cursor_value: stored.cursor_value.clone(),
+                lookback: model.lookback,
+            },
+            upper: Some(stored.clone()),
+            reread: true,
+        });
+    }
+    ranges.push(ReadRange {
+        lower: LowerBound::After(stored),
+        upper: None,
+        reread: false,
+    });
+    Ok(ranges)
 }
 
 fn count_dry(c: &mut RunCounters, batch: &Batch) {

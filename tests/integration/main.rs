@@ -1,5 +1,6 @@
 //! Integration tests: real Postgres (a fresh database per test) and the sandbox in-process.
 
 mod config_errors;
+mod delivery;
 mod helpers;
 mod sync;
