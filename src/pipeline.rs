@@ -9,6 +9,7 @@ use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
 use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -276,8 +277,9 @@ async fn run_inner(
         pixel_id: model.pixel_id.clone(),
         test_event_code,
         policy: RetryPolicy::new(ctx.config.meta.max_attempts),
+        throttled: Arc::new(AtomicU64::new(0)),
     };
-    let concurrency = ctx.config.meta.concurrency;
+    let mut pacer = Pacer::new(ctx.config.meta.concurrency);
 
     let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
     let mut pending = Batch::default();
@@ -397,12 +399,13 @@ async fn run_inner(
                     continue;
                 }
                 in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
-                while in_flight.len() >= concurrency {
+                while in_flight.len() >= pacer.limit {
                     let done = in_flight.next().await.expect("non-empty");
                     if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
                         failure = Some(msg);
                         break 'read;
                     }
+                    pacer.after_batch(sender.throttled.load(Ordering::Relaxed), &model.name);
                 }
             }
         }
@@ -447,6 +450,7 @@ async fn run_inner(
         }
     }
 
+    summary.counters.throttles = sender.throttled.load(Ordering::Relaxed) as i64;
     match reader.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if failure.is_none() && status == RunStatus::Succeeded => {
@@ -627,6 +631,50 @@ struct BatchSender {
     pixel_id: String,
     test_event_code: Option<String>,
     policy: RetryPolicy,
+    /// Throttled answers seen by any batch of this run.
+    throttled: Arc<AtomicU64>,
+}
+
+/// Requests in flight for one model: halved when Meta throttles, grown back by one after
+/// a run of calm batches (additive increase, multiplicative decrease).
+struct Pacer {
+    limit: usize,
+    max: usize,
+    seen_throttles: u64,
+    calm: u32,
+}
+
+impl Pacer {
+    fn new(max: usize) -> Pacer {
+        Pacer {
+            limit: max.max(1),
+            max: max.max(1),
+            seen_throttles: 0,
+            calm: 0,
+        }
+    }
+
+    fn after_batch(&mut self, throttles: u64, model: &str) {
+        if throttles > self.seen_throttles {
+            self.seen_throttles = throttles;
+            self.calm = 0;
+            let lower = (self.limit / 2).max(1);
+            if lower < self.limit {
+                warn!(
+                    model,
+                    in_flight = lower,
+                    "Meta is throttling; lowering requests in flight"
+                );
+            }
+            self.limit = lower;
+        } else if self.limit < self.max {
+            self.calm += 1;
+            if self.calm >= 8 {
+                self.calm = 0;
+                self.limit += 1;
+            }
+        }
+    }
 }
 
 impl BatchSender {
@@ -713,6 +761,9 @@ impl BatchSender {
                     ) {
                         Some(wait) => {
                             result.retries += 1;
+                            if class == ErrorClass::Throttled {
+                                self.throttled.fetch_add(1, Ordering::Relaxed);
+                            }
                             warn!(
                                 class = ?class,
                                 attempt,
@@ -750,5 +801,26 @@ fn meta_refusal(e: &PendingEvent, err: &SinkError) -> RefusedRow {
         meta_code: Some(g.code as i32),
         meta_subcode: g.error_subcode.map(|s| s as i32),
         cursor_value: Some(e.cursor_text.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_halves_on_throttling_and_recovers_slowly() {
+        let mut p = Pacer::new(16);
+        p.after_batch(1, "m");
+        assert_eq!(p.limit, 8);
+        p.after_batch(3, "m");
+        assert_eq!(p.limit, 4);
+        for _ in 0..8 {
+            p.after_batch(3, "m");
+        }
+        assert_eq!(p.limit, 5);
+        let mut floor = Pacer::new(1);
+        floor.after_batch(5, "m");
+        assert_eq!(floor.limit, 1);
     }
 }
