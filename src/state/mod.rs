@@ -2,9 +2,8 @@
 //! lock. All live in one schema (`state.schema`), created and upgraded by embedded migrations.
 
 use crate::config::Secret;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,6 +19,9 @@ pub enum StateError {
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
+
+/// Like the pool's acquire timeout.
+const LOCK_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -102,6 +104,8 @@ pub struct RunRecord {
 #[derive(Clone)]
 pub struct StateStore {
     pool: PgPool,
+    /// For the model locks' own sessions (see [`StateStore::try_lock_model`]).
+    lock_options: PgConnectOptions,
     schema: String,
 }
 
@@ -111,34 +115,16 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
-/// Holds a model's advisory lock for as long as it lives. Dropping it without `release`
-/// closes the connection, which frees the lock too.
+/// Holds a model's advisory lock for as long as it lives, on a session of its own. Ending the
+/// session frees the lock, so `release` just closes it, and dropping it (or the process dying)
+/// does the same.
 pub struct ModelLock {
-    conn: Option<PoolConnection<Postgres>>,
-    key: (String, String),
+    conn: PgConnection,
 }
 
 impl ModelLock {
-    pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let ok = sqlx::query("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))")
-                .bind(&self.key.0)
-                .bind(&self.key.1)
-                .execute(&mut *conn)
-                .await
-                .is_ok();
-            if !ok {
-                conn.close_on_drop();
-            }
-        }
-    }
-}
-
-impl Drop for ModelLock {
-    fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.close_on_drop();
-        }
+    pub async fn release(self) {
+        let _ = self.conn.close().await;
     }
 }
 
@@ -152,10 +138,11 @@ impl StateStore {
         let pool = PgPoolOptions::new()
             .max_connections(6)
             .acquire_timeout(Duration::from_secs(15))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         let store = StateStore {
             pool,
+            lock_options: opts,
             schema: schema.to_string(),
         };
         store.ensure_schema().await?;
@@ -198,18 +185,32 @@ impl StateStore {
     }
 
     /// Takes the model's lock if no other process (or task) holds it.
+    ///
+    /// The lock is held for a whole run, so it lives on a session of its own rather than on
+    /// one of the pool's: a pooled session per running model would leave a service with as
+    /// many models as pool slots no connection for the runs' own ledger reads and commits,
+    /// and every run would stall until the pool's acquire timeout failed it.
     pub async fn try_lock_model(&self, model: &str) -> Result<Option<ModelLock>> {
-        let mut conn = self.pool.acquire().await?;
+        let connect = PgConnection::connect_with(&self.lock_options);
+        let mut conn = tokio::time::timeout(LOCK_CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting a session for the model lock timed out",
+                ))
+            })??;
         let got: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
                 .bind(&self.schema)
                 .bind(model)
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut conn)
                 .await?;
-        Ok(got.then(|| ModelLock {
-            conn: Some(conn),
-            key: (self.schema.clone(), model.to_string()),
-        }))
+        if !got {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        Ok(Some(ModelLock { conn }))
     }
 
     pub async fn cursor(&self, model: &str) -> Result<Option<CursorPosition>> {
