@@ -5,7 +5,6 @@
 use crate::config::{ModelConfig, Secret};
 use crate::mapping::{ColumnInfo, Value, ValueKind};
 use crate::state::CursorPosition;
-use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Column, Executor, PgPool, Row, Statement, TypeInfo};
 use std::str::FromStr;
@@ -203,6 +202,12 @@ impl Warehouse {
 
     /// Streams the rows of each range in order, page by page, into `tx_rows` as chunks.
     /// Returns the number of rows read, when the ranges are exhausted or the receiver is gone.
+    ///
+    /// Each page is read whole and its transaction ended before its rows are handed on. The
+    /// pipeline takes rows at Meta's pace (minutes when throttled); a page transaction held
+    /// open that long would keep one of the pool's few connections per running model, so a
+    /// service with more models than `warehouse.max_connections` would fail the others' runs
+    /// on the pool's acquire timeout.
     pub async fn stream_rows(
         &self,
         query: &ModelQuery,
@@ -223,34 +228,25 @@ impl Warehouse {
                         Param::Seconds(s) => q.bind(*s),
                     };
                 }
-                let mut stream = q.fetch(&mut *tx);
-                let mut in_page = 0u64;
-                let mut buf = Vec::with_capacity(chunk);
-                let mut last: Option<CursorPosition> = None;
-                while let Some(row) = stream.try_next().await.map_err(|e| SourceError::Query {
-                    model: query.model.clone(),
-                    message: db_message(&e),
-                })? {
-                    let mut r = query.decode(&row)?;
-                    r.reread = range.reread;
-                    in_page += 1;
-                    buf.push(r);
-                    if buf.len() >= chunk {
-                        last = buf.last().map(SourceRow::position);
-                        if tx_rows
-                            .send(std::mem::replace(&mut buf, Vec::with_capacity(chunk)))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(total + in_page);
-                        }
-                    }
-                }
-                drop(stream);
+                let page = q
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| SourceError::Query {
+                        model: query.model.clone(),
+                        message: db_message(&e),
+                    })?;
                 tx.commit().await?;
-                if !buf.is_empty() {
-                    last = buf.last().map(SourceRow::position);
-                    if tx_rows.send(buf).await.is_err() {
+                let in_page = page.len() as u64;
+                let mut last: Option<CursorPosition> = None;
+                for part in page.chunks(chunk.max(1)) {
+                    let mut rows = Vec::with_capacity(part.len());
+                    for row in part {
+                        let mut r = query.decode(row)?;
+                        r.reread = range.reread;
+                        rows.push(r);
+                    }
+                    last = rows.last().map(SourceRow::position);
+                    if tx_rows.send(rows).await.is_err() {
                         return Ok(total + in_page);
                     }
                 }
