@@ -108,6 +108,16 @@ struct BatchResult {
     requests: i64,
     retries: i64,
     error: Option<SinkError>,
+    /// `error` is the answer the batch was waiting to retry when shutdown came.
+    stopped_by_shutdown: bool,
+}
+
+/// Why a run stops early. Either way the cursor stays at the last acknowledged batch.
+enum Stop {
+    Failed(String),
+    /// Shutdown came while a batch waited to retry. Meta accepted none of it, so there is
+    /// nothing to settle, and the next run sends it again.
+    Shutdown,
 }
 
 fn refused_row(key: &[String], cursor: &str, r: Refusal) -> RefusedRow {
@@ -278,13 +288,14 @@ async fn run_inner(
         test_event_code,
         policy: RetryPolicy::new(ctx.config.meta.max_attempts),
         throttled: Arc::new(AtomicU64::new(0)),
+        cancel: ctx.cancel.clone(),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
 
     let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
     let mut pending = Batch::default();
     let mut seq = 0u64;
-    let mut failure: Option<String> = None;
+    let mut failure: Option<Stop> = None;
     let mut status = RunStatus::Succeeded;
     let mut seen_ids: HashSet<String> = HashSet::new();
 
@@ -294,10 +305,10 @@ async fn run_inner(
             break;
         }
         if Instant::now() > deadline {
-            failure = Some(format!(
+            failure = Some(Stop::Failed(format!(
                 "the run passed its deadline (service.run_deadline = {:?}); the next run resumes at the last acknowledged batch",
                 ctx.config.service.run_deadline
-            ));
+            )));
             break;
         }
         let chunk = tokio::select! {
@@ -401,8 +412,8 @@ async fn run_inner(
                 in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
                 while in_flight.len() >= pacer.limit {
                     let done = in_flight.next().await.expect("non-empty");
-                    if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
-                        failure = Some(msg);
+                    if let Err(stop) = settle(ctx, model, run_id, summary, done).await {
+                        failure = Some(stop);
                         break 'read;
                     }
                     pacer.after_batch(sender.throttled.load(Ordering::Relaxed), &model.name);
@@ -430,6 +441,7 @@ async fn run_inner(
                 requests: 0,
                 retries: 0,
                 error: None,
+                stopped_by_shutdown: false,
             };
             in_flight.push_back(tokio::spawn(async move { empty }));
         } else {
@@ -445,8 +457,8 @@ async fn run_inner(
             }
             continue;
         }
-        if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
-            failure = Some(msg);
+        if let Err(stop) = settle(ctx, model, run_id, summary, done).await {
+            failure = Some(stop);
         }
     }
 
@@ -454,14 +466,20 @@ async fn run_inner(
     match reader.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if failure.is_none() && status == RunStatus::Succeeded => {
-            failure = Some(format!("{e}; check the model's SQL ({})", model.sql_origin));
+            failure = Some(Stop::Failed(format!(
+                "{e}; check the model's SQL ({})",
+                model.sql_origin
+            )));
         }
         Ok(Err(_)) => {}
-        Err(e) if failure.is_none() => failure = Some(format!("the warehouse reader stopped: {e}")),
+        Err(e) if failure.is_none() => {
+            failure = Some(Stop::Failed(format!("the warehouse reader stopped: {e}")))
+        }
         Err(_) => {}
     }
     match failure {
-        Some(f) => Err(f),
+        Some(Stop::Failed(f)) => Err(f),
+        Some(Stop::Shutdown) => Ok(RunStatus::Cancelled),
         None => Ok(status),
     }
 }
@@ -533,14 +551,19 @@ async fn settle(
     run_id: Option<i64>,
     summary: &mut RunSummary,
     done: Result<BatchResult, tokio::task::JoinError>,
-) -> Result<(), String> {
-    let mut r = done.map_err(|e| format!("a batch task stopped unexpectedly: {e}"))?;
+) -> Result<(), Stop> {
+    let mut r =
+        done.map_err(|e| Stop::Failed(format!("a batch task stopped unexpectedly: {e}")))?;
     summary.counters.requests += r.requests;
     summary.counters.retries += r.retries;
     if let Some(err) = r.error.take() {
-        let message = describe_failure(model, &err);
+        let stop = if r.stopped_by_shutdown {
+            Stop::Shutdown
+        } else {
+            Stop::Failed(describe_failure(model, &err))
+        };
         record_acks_only(ctx, model, run_id, summary, r).await;
-        return Err(message);
+        return Err(stop);
     }
     let BatchResult {
         batch,
@@ -561,7 +584,7 @@ async fn settle(
         ctx.state
             .settle(&model.name, id, &settlement, &summary.counters)
             .await
-            .map_err(|e| format!("could not record batch {}: {e}", batch.seq))?;
+            .map_err(|e| Stop::Failed(format!("could not record batch {}: {e}", batch.seq)))?;
     }
     Ok(())
 }
@@ -633,6 +656,7 @@ struct BatchSender {
     policy: RetryPolicy,
     /// Throttled answers seen by any batch of this run.
     throttled: Arc<AtomicU64>,
+    cancel: CancellationToken,
 }
 
 /// Requests in flight for one model: halved when Meta throttles, grown back by one after
@@ -687,6 +711,7 @@ impl BatchSender {
                 requests: 0,
                 retries: 0,
                 error: None,
+                stopped_by_shutdown: false,
                 batch: Batch::default(),
             };
             let all: Vec<usize> = (0..batch.events.len()).collect();
@@ -771,7 +796,18 @@ impl BatchSender {
                                 error = %err,
                                 "batch not accepted; retrying"
                             );
-                            tokio::time::sleep(wait).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                // Shutdown does not wait out a backoff (up to minutes when
+                                // throttled): this part was not accepted, so it is dropped
+                                // and the next run sends it from the cursor. A request
+                                // already on the wire is still awaited above: its answer may
+                                // be an acknowledgement to record.
+                                _ = self.cancel.cancelled() => {
+                                    result.stopped_by_shutdown = true;
+                                    return Err(err);
+                                }
+                            }
                         }
                         None => return Err(err),
                     }
