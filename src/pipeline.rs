@@ -297,7 +297,8 @@ async fn run_inner(
     let mut seq = 0u64;
     let mut failure: Option<Stop> = None;
     let mut status = RunStatus::Succeeded;
-    let mut seen_ids: HashSet<String> = HashSet::new();
+    // Event ids taken in this run: by which row, and a hash of the event as first read.
+    let mut seen_ids: HashMap<String, (Vec<String>, u64)> = HashMap::new();
 
     'read: loop {
         if ctx.cancel.is_cancelled() {
@@ -376,17 +377,32 @@ async fn run_inner(
                         if *fp != event.fingerprint() {
                             pending.changed.push(event.event_id.clone());
                         }
-                    } else if !seen_ids.insert(event.event_id.clone()) {
-                        pending.refused.push(refused_row(
-                            &row.key,
-                            &row.cursor_text,
-                            Refusal::new(
-                                "duplicate_event_id",
-                                "another row in this run maps to the same event_id; Meta would count only one",
-                            )
-                            .with_event_id(Some(event.event_id.clone())),
-                        ));
+                    } else if let Some((first_key, first_hash)) = seen_ids.get(&event.event_id) {
+                        if *first_key == row.key {
+                            // The same row again: it changed after its first reading and
+                            // moved further along the cursor. That reading's event is sent
+                            // (or refused by Meta) in this run; this one is neither sent
+                            // twice nor refused as a duplicate of itself.
+                            summary.counters.rows_already_sent += 1;
+                            if *first_hash != json_hash(&event.json) {
+                                pending.changed.push(event.event_id.clone());
+                            }
+                        } else {
+                            pending.refused.push(refused_row(
+                                &row.key,
+                                &row.cursor_text,
+                                Refusal::new(
+                                    "duplicate_event_id",
+                                    "another row in this run maps to the same event_id; Meta would count only one",
+                                )
+                                .with_event_id(Some(event.event_id.clone())),
+                            ));
+                        }
                     } else {
+                        seen_ids.insert(
+                            event.event_id.clone(),
+                            (row.key.clone(), json_hash(&event.json)),
+                        );
                         if summary.sample_event.is_none() {
                             summary.sample_event = Some(event.json.clone());
                         }
@@ -482,6 +498,14 @@ async fn run_inner(
         Some(Stop::Shutdown) => Ok(RunStatus::Cancelled),
         None => Ok(status),
     }
+}
+
+/// Tells two readings of one row apart within a run (cheaper to keep than a fingerprint).
+fn json_hash(json: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    json.hash(&mut h);
+    h.finish()
 }
 
 /// The ranges an incremental run reads: from a backfill point, or after the stored cursor,
