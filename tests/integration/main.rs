@@ -2,7 +2,10 @@
 
 mod cli;
 mod config_errors;
+mod crash;
 mod delivery;
 mod helpers;
+mod lives;
 mod privacy;
+mod soak;
 mod sync;
