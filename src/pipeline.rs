@@ -217,15 +217,15 @@ async fn run_inner(
         .describe(model)
         .await
         .map_err(|e| format!("{e}; check the model's SQL ({})", model.sql_origin))?;
-    let plan = ModelPlan::new(model, &columns).map_err(|problems| {
+    let plan = Arc::new(ModelPlan::new(model, &columns).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         format!(
             "the model's columns do not map to events: {}",
             list.join("; ")
         )
-    })?;
+    })?);
     let batch_size = model.batch_size;
-    let (tx_rows, mut rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
+    let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
     let warehouse = ctx.warehouse.clone();
     let reader_query = query.clone();
     let chunk = batch_size.max(100);
@@ -266,6 +266,24 @@ async fn run_inner(
             })
         }
     };
+    // Deliveries clear earlier refusals of the same rows; when the model has none (the usual
+    // backfill), that statement is skipped.
+    let clear_refused = opts.mode == RunMode::RetryRefused
+        || ctx
+            .state
+            .has_refused(&model.name)
+            .await
+            .map_err(|e| e.to_string())?;
+
+    let (tx_mapped, mut rx_mapped) = mpsc::channel::<MappedChunk>(2);
+    let mapper = tokio::spawn(map_stage(
+        plan,
+        ctx.state.clone(),
+        model.name.clone(),
+        opts.mode,
+        rx_rows,
+        tx_mapped,
+    ));
 
     let test_event_code = opts
         .test_event_code
@@ -280,6 +298,7 @@ async fn run_inner(
         throttled: Arc::new(AtomicU64::new(0)),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
+    let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
 
     let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
     let mut pending = Batch::default();
@@ -300,57 +319,38 @@ async fn run_inner(
             ));
             break;
         }
-        let chunk = tokio::select! {
-            c = rx_rows.recv() => c,
+        if let Some(e) = settler.failure() {
+            failure = Some(e);
+            break;
+        }
+        let mapped = tokio::select! {
+            c = rx_mapped.recv() => c,
             _ = ctx.cancel.cancelled() => { status = RunStatus::Cancelled; break 'read; }
         };
-        let Some(chunk) = chunk else { break };
-        summary.counters.rows_read += chunk.len() as i64;
-        let now = chrono::Utc::now().timestamp();
-
-        let mut outcomes = Vec::with_capacity(chunk.len());
-        for row in &chunk {
-            let out = plan.map_row(&row.values, &row.key, now);
-            for d in &out.dropped {
-                *summary
-                    .counters
-                    .dropped_by_field
-                    .entry(format!("{}:{}", d.field, d.reason))
-                    .or_default() += 1;
+        let Some(mapped) = mapped else { break };
+        let MappedChunkData {
+            rows,
+            outcomes,
+            dropped,
+            ledger,
+            known_refusals,
+        } = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                failure = Some(e);
+                break;
             }
-            outcomes.push(out.result);
+        };
+        summary.counters.rows_read += rows.len() as i64;
+        for d in dropped {
+            *summary
+                .counters
+                .dropped_by_field
+                .entry(format!("{}:{}", d.field, d.reason))
+                .or_default() += 1;
         }
-        let ids: Vec<String> = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().ok().map(|e| e.event_id.clone()))
-            .collect();
-        let ledger = if opts.dry_run && run_id.is_none() && ids.is_empty() {
-            HashMap::new()
-        } else {
-            ctx.state
-                .delivered_fingerprints(&model.name, &ids)
-                .await
-                .map_err(|e| e.to_string())?
-        };
 
-        // Re-read rows refused before are not recorded or counted again (lookback).
-        let known_refusals = if opts.mode == RunMode::Incremental && chunk.iter().any(|r| r.reread)
-        {
-            let keys: Vec<Vec<String>> = chunk
-                .iter()
-                .zip(&outcomes)
-                .filter(|(r, o)| r.reread && o.is_err())
-                .map(|(r, _)| r.key.clone())
-                .collect();
-            ctx.state
-                .refused_among(&model.name, &keys)
-                .await
-                .map_err(|e| e.to_string())?
-        } else {
-            HashSet::new()
-        };
-
-        for (row, outcome) in chunk.into_iter().zip(outcomes) {
+        for (row, outcome) in rows.into_iter().zip(outcomes) {
             let position = (!row.reread).then(|| row.position());
             match outcome {
                 Err(_) if known_refusals.contains(&row.key) => {}
@@ -401,7 +401,7 @@ async fn run_inner(
                 in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
                 while in_flight.len() >= pacer.limit {
                     let done = in_flight.next().await.expect("non-empty");
-                    if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
+                    if let Err(msg) = forward(&settler, model, summary, done).await {
                         failure = Some(msg);
                         break 'read;
                     }
@@ -410,7 +410,7 @@ async fn run_inner(
             }
         }
     }
-    drop(rx_rows);
+    drop(rx_mapped);
 
     // The last partial batch goes only when the read finished normally.
     if failure.is_none()
@@ -441,16 +441,20 @@ async fn run_inner(
     while let Some(done) = in_flight.next().await {
         if failure.is_some() {
             if let Ok(r) = done {
-                record_acks_only(ctx, model, run_id, summary, r).await;
+                record_acks_only(&settler, summary, r).await;
             }
             continue;
         }
-        if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
+        if let Err(msg) = forward(&settler, model, summary, done).await {
             failure = Some(msg);
         }
     }
+    if let Err(e) = settler.finish().await {
+        failure.get_or_insert(e);
+    }
 
     summary.counters.throttles = sender.throttled.load(Ordering::Relaxed) as i64;
+    let _ = mapper.await;
     match reader.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if failure.is_none() && status == RunStatus::Succeeded => {
@@ -463,6 +467,187 @@ async fn run_inner(
     match failure {
         Some(f) => Err(f),
         None => Ok(status),
+    }
+}
+
+/// A chunk of rows with what became of each, and what the ledger knows of them.
+struct MappedChunkData {
+    rows: Vec<SourceRow>,
+    outcomes: Vec<Result<MappedEvent, Refusal>>,
+    dropped: Vec<crate::mapping::DroppedValue>,
+    /// Fingerprints of the chunk's events already delivered.
+    ledger: HashMap<String, String>,
+    /// Re-read rows (lookback) already recorded as refused.
+    known_refusals: HashSet<Vec<String>>,
+}
+
+type MappedChunk = Result<MappedChunkData, String>;
+
+/// Maps chunks on blocking threads, two at a time (order kept), and looks their event ids up
+/// in the ledger, so the batching loop only assembles batches.
+async fn map_stage(
+    plan: Arc<ModelPlan>,
+    state: StateStore,
+    model: String,
+    mode: RunMode,
+    mut rx_rows: mpsc::Receiver<Vec<SourceRow>>,
+    tx_mapped: mpsc::Sender<MappedChunk>,
+) {
+    let mut jobs = FuturesOrdered::new();
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            rows = rx_rows.recv(), if input_open && jobs.len() < 2 => match rows {
+                Some(rows) => {
+                    let plan = plan.clone();
+                    let state = state.clone();
+                    let model = model.clone();
+                    jobs.push_back(async move { annotate(plan, state, model, mode, rows).await });
+                }
+                None => input_open = false,
+            },
+            Some(done) = jobs.next(), if !jobs.is_empty() => {
+                if tx_mapped.send(done).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+async fn annotate(
+    plan: Arc<ModelPlan>,
+    state: StateStore,
+    model: String,
+    mode: RunMode,
+    rows: Vec<SourceRow>,
+) -> MappedChunk {
+    let now = chrono::Utc::now().timestamp();
+    let (rows, outcomes, dropped) = tokio::task::spawn_blocking(move || {
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut dropped = Vec::new();
+        for row in &rows {
+            let out = plan.map_row(&row.values, &row.key, now);
+            dropped.extend(out.dropped);
+            outcomes.push(out.result);
+        }
+        (rows, outcomes, dropped)
+    })
+    .await
+    .map_err(|e| format!("mapping stopped unexpectedly: {e}"))?;
+    let ids: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().map(|e| e.event_id.clone()))
+        .collect();
+    let ledger = state
+        .delivered_fingerprints(&model, &ids)
+        .await
+        .map_err(|e| e.to_string())?;
+    let known_refusals = if mode == RunMode::Incremental && rows.iter().any(|r| r.reread) {
+        let keys: Vec<Vec<String>> = rows
+            .iter()
+            .zip(&outcomes)
+            .filter(|(r, o)| r.reread && o.is_err())
+            .map(|(r, _)| r.key.clone())
+            .collect();
+        state
+            .refused_among(&model, &keys)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        HashSet::new()
+    };
+    Ok(MappedChunkData {
+        rows,
+        outcomes,
+        dropped,
+        ledger,
+        known_refusals,
+    })
+}
+
+/// Commits settled batches in order on its own task, so commits overlap with sending.
+/// Batches that finish close together are merged into one transaction (group commit).
+struct Settler {
+    tx: Option<mpsc::Sender<SettleJob>>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+struct SettleJob {
+    settlement: Settlement,
+    counters: RunCounters,
+}
+
+impl Settler {
+    fn start(
+        state: StateStore,
+        model: String,
+        run_id: Option<i64>,
+        clear_refused: bool,
+    ) -> Settler {
+        let (tx, mut rx) = mpsc::channel::<SettleJob>(64);
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let failed_task = failed.clone();
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut merged = first.settlement;
+                let mut counters = first.counters;
+                while merged.delivered.len() < 20_000 {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            merged.absorb(next.settlement);
+                            counters = next.counters;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                merged.clear_refused = clear_refused;
+                let Some(id) = run_id else { continue };
+                if let Err(e) = state.settle(&model, id, &merged, &counters).await {
+                    let msg = format!(
+                        "could not record acknowledged events and the cursor: {e}; the next run resumes at the last recorded batch"
+                    );
+                    *failed_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+                    return Err(msg);
+                }
+            }
+            Ok(())
+        });
+        Settler {
+            tx: Some(tx),
+            task,
+            failed,
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn submit(&self, settlement: Settlement, counters: &RunCounters) -> Result<(), String> {
+        let job = SettleJob {
+            settlement,
+            counters: counters.clone(),
+        };
+        match &self.tx {
+            Some(tx) if tx.send(job).await.is_ok() => Ok(()),
+            _ => Err(self
+                .failure()
+                .unwrap_or_else(|| "the state writer stopped".into())),
+        }
+    }
+
+    async fn finish(mut self) -> Result<(), String> {
+        self.tx.take();
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("the state writer stopped unexpectedly: {e}")),
+        }
     }
 }
 
@@ -526,11 +711,10 @@ fn count_dry(c: &mut RunCounters, batch: &Batch) {
     }
 }
 
-/// Commits a finished batch in order; a failed batch stops the run.
-async fn settle(
-    ctx: &SyncContext,
+/// Hands a finished batch to the settler, in order; a failed batch stops the run.
+async fn forward(
+    settler: &Settler,
     model: &ModelConfig,
-    run_id: Option<i64>,
     summary: &mut RunSummary,
     done: Result<BatchResult, tokio::task::JoinError>,
 ) -> Result<(), String> {
@@ -539,7 +723,7 @@ async fn settle(
     summary.counters.retries += r.retries;
     if let Some(err) = r.error.take() {
         let message = describe_failure(model, &err);
-        record_acks_only(ctx, model, run_id, summary, r).await;
+        record_acks_only(settler, summary, r).await;
         return Err(message);
     }
     let BatchResult {
@@ -555,44 +739,28 @@ async fn settle(
         delivered,
         refused,
         changed: batch.changed,
+        clear_refused: false,
     };
     apply_counts(&mut summary.counters, &settlement, &batch.events);
-    if let Some(id) = run_id {
-        ctx.state
-            .settle(&model.name, id, &settlement, &summary.counters)
-            .await
-            .map_err(|e| format!("could not record batch {}: {e}", batch.seq))?;
-    }
-    Ok(())
+    settler.submit(settlement, &summary.counters).await
 }
 
 /// Records acknowledged events in the ledger without moving the cursor (the batch, or one
 /// before it, failed): a later run then does not send them again.
-async fn record_acks_only(
-    ctx: &SyncContext,
-    model: &ModelConfig,
-    run_id: Option<i64>,
-    summary: &mut RunSummary,
-    r: BatchResult,
-) {
+async fn record_acks_only(settler: &Settler, summary: &mut RunSummary, r: BatchResult) {
     if r.delivered.is_empty() {
         return;
     }
     summary.counters.events_sent += r.delivered.len() as i64;
-    if let Some(id) = run_id {
-        let settlement = Settlement {
-            position: None,
-            delivered: r.delivered,
-            refused: vec![],
-            changed: vec![],
-        };
-        if let Err(e) = ctx
-            .state
-            .settle(&model.name, id, &settlement, &summary.counters)
-            .await
-        {
-            warn!(model = %model.name, error = %e, "could not record acknowledged events of a failed run");
-        }
+    let settlement = Settlement {
+        position: None,
+        delivered: r.delivered,
+        refused: vec![],
+        changed: vec![],
+        clear_refused: false,
+    };
+    if let Err(e) = settler.submit(settlement, &summary.counters).await {
+        warn!(error = %e, "could not record acknowledged events of a failed run");
     }
 }
 

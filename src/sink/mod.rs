@@ -156,6 +156,7 @@ impl GraphClient {
             .timeout(meta.request_timeout)
             .connect_timeout(Duration::from_secs(10).min(meta.request_timeout))
             .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
             .user_agent(concat!("capi-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SinkError::Network(e.to_string()))?;
