@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ModelConfig};
 use crate::mapping::{MappedEvent, ModelPlan, Refusal};
+use crate::observer::RunObserver;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
 use crate::source::{SourceRow, Warehouse};
@@ -33,6 +34,20 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Overrides the model's and the global test_event_code.
     pub test_event_code: Option<String>,
+    /// Told about rows read, batches done, retries and the run's end (progress, metrics).
+    pub observer: Option<Arc<dyn RunObserver>>,
+    /// Where to start reading instead of the model's cursor (`sync --from`). The run then
+    /// settles, and moves the cursor, from there as usual.
+    pub start: Option<RunStart>,
+}
+
+/// A start position that overrides the model's cursor for one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStart {
+    /// Read every row.
+    Beginning,
+    /// Read the rows after this position.
+    After(CursorPosition),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +192,9 @@ pub async fn sync_model_once(
         }
     }
     lock.release().await;
+    if let Some(o) = &opts.observer {
+        o.run_finished(&summary);
+    }
     info!(
         model = %model.name,
         status = summary.status.as_str(),
@@ -210,11 +228,15 @@ async fn run_inner(
             list.join("; ")
         )
     })?;
-    let after = ctx
-        .state
-        .cursor(&model.name)
-        .await
-        .map_err(|e| e.to_string())?;
+    let after = match &opts.start {
+        Some(RunStart::Beginning) => None,
+        Some(RunStart::After(p)) => Some(p.clone()),
+        None => ctx
+            .state
+            .cursor(&model.name)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
 
     let batch_size = model.batch_size;
     let (tx_rows, mut rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
@@ -236,6 +258,8 @@ async fn run_inner(
         pixel_id: model.pixel_id.clone(),
         test_event_code,
         policy: RetryPolicy::new(ctx.config.meta.max_attempts),
+        model: model.name.clone(),
+        observer: opts.observer.clone(),
     };
     let concurrency = ctx.config.meta.concurrency;
 
@@ -264,6 +288,9 @@ async fn run_inner(
         };
         let Some(chunk) = chunk else { break };
         summary.counters.rows_read += chunk.len() as i64;
+        if let Some(o) = &opts.observer {
+            o.rows_read(&model.name, chunk.len() as u64);
+        }
         let now = chrono::Utc::now().timestamp();
 
         let mut outcomes = Vec::with_capacity(chunk.len());
@@ -333,7 +360,7 @@ async fn run_inner(
                 let mut batch = std::mem::take(&mut pending);
                 batch.seq = seq;
                 if opts.dry_run {
-                    count_dry(&mut summary.counters, &batch);
+                    count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
                     continue;
                 }
                 in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
@@ -358,7 +385,7 @@ async fn run_inner(
         let mut batch = std::mem::take(&mut pending);
         batch.seq = seq;
         if opts.dry_run {
-            count_dry(&mut summary.counters, &batch);
+            count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
         } else if batch.events.is_empty() {
             let empty = BatchResult {
                 batch,
@@ -402,7 +429,15 @@ async fn run_inner(
     }
 }
 
-fn count_dry(c: &mut RunCounters, batch: &Batch) {
+fn count_dry(
+    c: &mut RunCounters,
+    batch: &Batch,
+    model: &str,
+    observer: &Option<Arc<dyn RunObserver>>,
+) {
+    if let Some(o) = observer {
+        o.batch_done(model, batch.events.len() as u64, &batch.refused);
+    }
     c.events_sent += batch.events.len() as i64;
     for r in &batch.refused {
         c.rows_refused += 1;
@@ -520,12 +555,15 @@ struct BatchSender {
     pixel_id: String,
     test_event_code: Option<String>,
     policy: RetryPolicy,
+    model: String,
+    observer: Option<Arc<dyn RunObserver>>,
 }
 
 impl BatchSender {
     async fn send_batch(self, batch: Batch) -> BatchResult {
         let span = info_span!("batch", seq = batch.seq, events = batch.events.len());
         async move {
+            let started = Instant::now();
             let mut result = BatchResult {
                 delivered: Vec::with_capacity(batch.events.len()),
                 meta_refused: Vec::new(),
@@ -572,6 +610,16 @@ impl BatchSender {
                     }
                 }
             }
+            if let Some(o) = &self.observer {
+                o.batch_latency(&self.model, started.elapsed());
+                // A failed batch's refusals are not settled: the next run finds them again.
+                let mut refused = Vec::new();
+                if result.error.is_none() {
+                    refused.extend(batch.refused.iter().cloned());
+                    refused.extend(result.meta_refused.iter().cloned());
+                }
+                o.batch_done(&self.model, result.delivered.len() as u64, &refused);
+            }
             result.batch = batch;
             result
         }
@@ -606,6 +654,9 @@ impl BatchSender {
                     ) {
                         Some(wait) => {
                             result.retries += 1;
+                            if let Some(o) = &self.observer {
+                                o.retry(&self.model, class);
+                            }
                             warn!(
                                 class = ?class,
                                 attempt,
