@@ -24,7 +24,7 @@ use tracing::{info, warn};
 /// How long each database may take to answer `/readyz`'s `SELECT 1`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the service measures each model's rows waiting and cursor lag (one aggregate
-/// query per model on the warehouse).
+/// query per model on the warehouse), besides right after each run.
 pub const BACKLOG_REFRESH: Duration = Duration::from_secs(60);
 
 /// The endpoints, listening.
@@ -225,6 +225,7 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
                 refresh_backlog(&ctx, &metrics).await;
                 tokio::select! {
                     _ = tokio::time::sleep(BACKLOG_REFRESH) => {}
+                    _ = metrics.run_ended.notified() => {}
                     _ = stop.cancelled() => return,
                 }
             }

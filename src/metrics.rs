@@ -57,6 +57,9 @@ struct ModelMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     models: Mutex<BTreeMap<String, ModelMetrics>>,
+    /// Woken at the end of every run, so the rows waiting and the lag are measured again
+    /// right after a run moved the cursor.
+    pub run_ended: tokio::sync::Notify,
 }
 
 fn class_label(class: ErrorClass) -> &'static str {
@@ -362,6 +365,7 @@ impl RunObserver for Metrics {
         if summary.status == RunStatus::Succeeded {
             self.set_last_success(&summary.model, chrono::Utc::now());
         }
+        self.run_ended.notify_one();
     }
 }
 

@@ -387,6 +387,9 @@ async fn run_inner(
         if opts.dry_run {
             count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
         } else if batch.events.is_empty() {
+            if let Some(o) = &opts.observer {
+                o.batch_done(&model.name, 0, &batch.refused);
+            }
             let empty = BatchResult {
                 batch,
                 delivered: vec![],

@@ -212,19 +212,19 @@ async fn check_state(config: &Config, report: &mut Report) {
     }
 }
 
-/// What a column feeds, in words.
-fn describe_target(target: &Target, model: &ModelConfig) -> String {
+/// What a column of this type feeds, in words.
+fn describe_target(target: &Target, kind: &str, model: &ModelConfig) -> String {
     let how = match target {
         Target::UserData(UserDataKey::Hashed(f))
             if f.key() == "external_id" && model.external_id == ExternalIdMode::Raw =>
         {
-            ", sent as it is (external_id = \"raw\")"
+            "; sent as it is (external_id = \"raw\")"
         }
-        Target::UserData(UserDataKey::Hashed(_)) => ", normalized and SHA-256 hashed",
-        Target::UserData(UserDataKey::Integer(_)) => ", sent as a JSON integer",
+        Target::UserData(UserDataKey::Hashed(_)) => "; normalized and SHA-256 hashed",
+        Target::UserData(UserDataKey::Integer(_)) => "; sent as a JSON integer",
         _ => "",
     };
-    format!("{}{how}", target.path())
+    format!("maps to {} ({kind}{how})", target.path())
 }
 
 /// Where a column goes: an explicit `[models.columns]` entry, else its own name.
@@ -298,14 +298,19 @@ async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Re
             (None, Some((_, v))) => format!("the constant {v}"),
             (None, None) => {
                 required_missing.push(field.key());
+                let fix = if field == TopField::EventTime {
+                    "add a column named `event_time` (timestamp, date or Unix seconds) to the SQL, or map one in [models.columns]".to_string()
+                } else {
+                    format!(
+                        "add a column named `{0}` to the SQL, map one in [models.columns], or set [models.constants] {0}",
+                        field.key()
+                    )
+                };
                 report.push(
                     name,
                     Some(field.key()),
                     Level::Error,
-                    format!(
-                        "required, but no column or constant gives it: add a column named `{0}` to the SQL, map one in [models.columns], or set [models.constants] {0}",
-                        field.key()
-                    ),
+                    format!("required, but no column or constant gives it: {fix}"),
                 );
                 continue;
             }
@@ -387,22 +392,17 @@ fn check_column(
     let kind = col.kind.describe();
     let mut roles = Vec::new();
     if model.cursor == col.name {
-        roles.push("the cursor".to_string());
+        roles.push(format!("the cursor ({kind})"));
     }
     if model.primary_key.contains(&col.name) {
-        roles.push("the primary key".to_string());
+        roles.push(format!("the primary key ({kind})"));
     }
     if model.ignore_columns.contains(&col.name) {
-        roles.push("ignored (ignore_columns)".to_string());
+        roles.push(format!("ignored, listed in ignore_columns ({kind})"));
     } else if let Some(t) = column_target(model, &col.name) {
-        roles.push(format!("→ {}", describe_target(&t, model)));
+        roles.push(describe_target(&t, kind, model));
     }
-    report.push(
-        name,
-        Some(&col.name),
-        Level::Ok,
-        format!("{} ({kind})", roles.join(", ")),
-    );
+    report.push(name, Some(&col.name), Level::Ok, roles.join(", "));
     if model.cursor == col.name
         && !matches!(
             col.kind,

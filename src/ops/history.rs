@@ -54,10 +54,8 @@ pub fn format_runs(model: &str, records: &[RunRecord]) -> String {
                 r.id.to_string(),
                 super::utc(r.started_at),
                 r.finished_at
-                    .map(|f| {
-                        super::human_duration((f - r.started_at).num_milliseconds() as f64 / 1000.0)
-                    })
-                    .unwrap_or_else(|| "-".into()),
+                    .map(|f| took((f - r.started_at).num_milliseconds() as f64 / 1000.0))
+                    .unwrap_or_else(|| "running".into()),
                 r.status.clone(),
                 r.trigger.clone(),
                 super::group_digits(r.rows_read),
@@ -168,6 +166,15 @@ pub fn format_refused(
         out.push_str(&line(c, &widths));
     }
     out
+}
+
+/// "0.4s" for short runs, "3m 10s" for longer ones.
+fn took(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        super::human_duration(secs)
+    }
 }
 
 fn widths(header: &[&str], rows: &[Vec<String>]) -> Vec<usize> {

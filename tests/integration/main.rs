@@ -2,4 +2,5 @@
 
 mod config_errors;
 mod helpers;
+mod ops;
 mod sync;
