@@ -148,7 +148,9 @@ pub async fn sync_model_once(
             return summary;
         }
         Err(e) => {
-            summary.error = Some(format!("cannot take the model lock: {e}"));
+            summary.error = Some(format!(
+                "cannot take the model's lock in the state database ({e}); check that it is reachable (state.url, or warehouse.url when they are the same)"
+            ));
             return summary;
         }
     };
@@ -158,7 +160,10 @@ pub async fn sync_model_once(
         match ctx.state.start_run(&model.name, &opts.trigger).await {
             Ok(id) => Some(id),
             Err(e) => {
-                summary.error = Some(format!("cannot record the run: {e}"));
+                summary.error = Some(format!(
+                    "cannot record the run in schema `{}` ({e}); run `capi-sync migrate` and check that the database role may write there",
+                    ctx.config.state.schema
+                ));
                 lock.release().await;
                 return summary;
             }
@@ -216,16 +221,18 @@ async fn run_inner(
     summary: &mut RunSummary,
 ) -> Result<RunStatus, String> {
     let deadline = Instant::now() + ctx.config.service.run_deadline;
-    let (query, columns) = ctx
-        .warehouse
-        .describe(model)
-        .await
-        .map_err(|e| format!("{e}; check the model's SQL ({})", model.sql_origin))?;
+    let (query, columns) = ctx.warehouse.describe(model).await.map_err(|e| {
+        format!(
+            "{e}; check the model's SQL ({}); `capi-sync check {}` lists every problem",
+            model.sql_origin, model.name
+        )
+    })?;
     let plan = ModelPlan::new(model, &columns).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         format!(
-            "the model's columns do not map to events: {}",
-            list.join("; ")
+            "the model's columns do not map to events: {}; `capi-sync check {}` lists every problem",
+            list.join("; "),
+            model.name
         )
     })?;
     let after = match &opts.start {
@@ -235,7 +242,7 @@ async fn run_inner(
             .state
             .cursor(&model.name)
             .await
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| format!("cannot read the model's cursor ({e})"))?,
     };
 
     let batch_size = model.batch_size;
@@ -315,7 +322,7 @@ async fn run_inner(
             ctx.state
                 .delivered_fingerprints(&model.name, &ids)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
         };
 
         for (row, outcome) in chunk.into_iter().zip(outcomes) {
@@ -543,12 +550,15 @@ fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
 fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
     match err.class() {
         ErrorClass::Auth => format!(
-            "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset",
-            model.pixel_id
+            "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset (`capi-sync check {}` tests the token without sending)",
+            model.pixel_id, model.name
         ),
         ErrorClass::Throttled => format!("Meta kept throttling the requests ({err}); retries ran out, the next run resumes at the last acknowledged batch"),
         ErrorClass::Transient => format!("the Graph API did not accept the batch after retries ({err}); the next run resumes at the last acknowledged batch"),
-        ErrorClass::Invalid => format!("Meta rejected a batch ({err})"),
+        ErrorClass::Invalid => format!(
+            "Meta rejected a batch ({err}); check meta.graph_url, meta.api_version and the model's pixel_id (`capi-sync check {}` tests them)",
+            model.name
+        ),
     }
 }
 

@@ -201,6 +201,15 @@ pub async fn build(
 /// sent (compact JSON, exactly the bytes that go in `data`).
 pub fn format_text(p: &Preview, limit: usize) -> String {
     let mut out = String::new();
+    if p.rows.is_empty() {
+        return match &p.after {
+            Some(pos) => format!(
+                "{}: no rows wait after the cursor ({pos}); the next run has nothing to send\n",
+                p.model
+            ),
+            None => format!("{}: the model's query returns no rows\n", p.model),
+        };
+    }
     let from = match &p.after {
         Some(pos) => format!("after the cursor ({pos})"),
         None => "from the first row (no cursor yet)".into(),
@@ -214,9 +223,6 @@ pub fn format_text(p: &Preview, limit: usize) -> String {
             super::rows(limit as i64)
         }
     ));
-    if p.rows.is_empty() {
-        out.push_str("  no rows wait after the cursor\n");
-    }
     for r in &p.rows {
         match r {
             RowPreview::Send {
