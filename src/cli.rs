@@ -160,7 +160,7 @@ pub fn init_tracing(format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::progress::LogWriter);
     match format {
         LogFormat::Json => builder
             .json()

@@ -4,10 +4,54 @@
 
 use crate::observer::RunObserver;
 use crate::state::RefusedRow;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// The bar on screen, if any: log lines are written around it instead of through it.
+static SHOWN: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// stderr for the tracing subscriber: each log line is written whole, and while a progress
+/// bar is drawn the bar steps aside for it (otherwise the line and the bar garble each other).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+/// One log line on its way to stderr.
+pub struct LogLine(Vec<u8>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::with_capacity(256))
+    }
+}
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let bar = SHOWN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(&self.0);
+        };
+        match bar {
+            Some(b) => b.suspend(write),
+            None => write(),
+        }
+    }
+}
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +105,14 @@ impl Progress {
     /// Starts showing progress; with [`ProgressStyle::Log`], a task logs a line per interval
     /// (needs a Tokio runtime).
     pub fn start(model: &str, estimate: Option<u64>, style: ProgressStyle) -> Arc<Progress> {
+        // Nothing waits: a bar would only flash.
         let bar = match style {
-            ProgressStyle::Bar => Some(make_bar(model, estimate)),
-            ProgressStyle::Log(_) => None,
+            ProgressStyle::Bar if estimate != Some(0) => Some(make_bar(model, estimate)),
+            _ => None,
         };
+        if let Some(b) = &bar {
+            *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
+        }
         let p = Arc::new(Progress {
             model: model.to_string(),
             estimate,
@@ -126,17 +174,35 @@ impl Progress {
         if let Some(bar) = &self.bar {
             let s = self.snapshot();
             bar.set_position(s.rows_read);
-            bar.set_message(format!(
-                "{} events sent, {} refused",
-                s.events_sent, s.rows_refused
-            ));
+            bar.set_message(self.describe(&s));
         }
+    }
+
+    /// "7 500 / 30 040 rows, 7 000 events sent, 9 refused, 2 802 rows/s, ETA 8s"
+    pub fn describe(&self, s: &Snapshot) -> String {
+        use crate::ops::group_digits;
+        let n = |v: u64| group_digits(v as i64);
+        let read = match self.estimate {
+            Some(total) => format!("{} / {} rows", n(s.rows_read), n(total.max(s.rows_read))),
+            None => format!("{} rows", n(s.rows_read)),
+        };
+        let eta = s
+            .eta_secs
+            .map(|e| format!(", ETA {}", crate::ops::human_duration(e)))
+            .unwrap_or_default();
+        format!(
+            "{read}, {} events sent, {} refused, {} rows/s{eta}",
+            n(s.events_sent),
+            n(s.rows_refused),
+            n(s.rate.round() as u64)
+        )
     }
 
     /// Stops the log lines and clears the bar (the run's summary follows).
     pub fn finish(&self) {
         self.stop.cancel();
         if let Some(bar) = &self.bar {
+            SHOWN.lock().unwrap_or_else(|e| e.into_inner()).take();
             bar.finish_and_clear();
         }
     }
@@ -154,8 +220,8 @@ fn make_bar(model: &str, estimate: Option<u64>) -> indicatif::ProgressBar {
         None => indicatif::ProgressBar::new_spinner(),
     };
     let template = match estimate {
-        Some(_) => "{prefix} [{bar:30}] {human_pos}/{human_len} rows, {msg} ({per_sec}, ETA {eta})",
-        None => "{prefix} {spinner} {human_pos} rows, {msg} ({per_sec})",
+        Some(_) => "{prefix} [{bar:30}] {msg}",
+        None => "{prefix} {spinner} {msg}",
     };
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
@@ -199,6 +265,11 @@ mod tests {
         let eta = s.eta_secs.expect("an estimate gives an ETA");
         // 750 rows left at the measured rate.
         assert!((eta - 750.0 / s.rate).abs() < 1e-6, "{eta}");
+        let text = p.describe(&s);
+        assert!(
+            text.starts_with("250 / 1 000 rows, 200 events sent, 0 refused, "),
+            "{text}"
+        );
     }
 
     #[tokio::test]

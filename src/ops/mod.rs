@@ -215,6 +215,50 @@ mod tests {
         assert_eq!(rows(3120), "3 120 rows");
     }
 
+    fn model(constants: &str, sql: &str) -> ModelConfig {
+        let text = format!(
+            "[[models]]\nname = \"m\"\npixel_id = \"1\"\nschedule = \"0 * * * *\"\nsql = \"{sql}\"\nprimary_key = \"id\"\ncursor = \"u\"\n[models.constants]\n{constants}\n"
+        );
+        Config::from_toml_str(&text, std::path::Path::new("."))
+            .unwrap()
+            .models
+            .remove(0)
+    }
+
+    fn cols(names: &[&str]) -> Vec<ColumnInfo> {
+        names
+            .iter()
+            .map(|n| ColumnInfo {
+                name: n.to_string(),
+                kind: crate::mapping::ValueKind::TimestampTz,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn physical_store_events_get_metas_62_day_window() {
+        let m = model("action_source = \"physical_store\"", "SELECT 1");
+        let w = event_time_window(&m, &cols(&["id", "u", "event_time"])).unwrap();
+        assert_eq!(w.event_time_column, "event_time");
+        assert_eq!(w.days, WindowDays::Fixed(62));
+    }
+
+    #[test]
+    fn an_action_source_column_decides_the_window_row_by_row() {
+        let m = model("", "SELECT 1");
+        let w = event_time_window(&m, &cols(&["id", "u", "event_time", "action_source"])).unwrap();
+        assert_eq!(
+            w.days,
+            WindowDays::ByActionSourceColumn("action_source".into())
+        );
+    }
+
+    #[test]
+    fn an_event_time_without_a_column_cannot_be_counted() {
+        let m = model("action_source = \"crm\"", "SELECT 1");
+        assert!(event_time_window(&m, &cols(&["id", "u"])).is_err());
+    }
+
     #[test]
     fn durations_read_like_a_person_would_say_them() {
         assert_eq!(human_duration(42.4), "42s");
