@@ -1,7 +1,7 @@
 //! Commands and flags, and one function per command.
 
 use crate::config::Config;
-use crate::pipeline::{sync_model_once, RunOptions, RunStart, RunStatus, RunSummary};
+use crate::pipeline::{sync_model_once, RunOptions, RunStatus, RunSummary};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -116,6 +116,15 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Seed a demo warehouse, start the sandbox and sync the example models once.
     Demo,
+    /// Re-read a model's refused rows by key and send those that are now valid.
+    Retry { model: String },
+    /// Normalize and hash customer fields from JSON lines on stdin
+    /// (`{"field": "ph", "value": "...", "country": "gb"}`), one JSON line out per line in.
+    Normalize {
+        /// Country for national phone numbers when a line gives none.
+        #[arg(long)]
+        default_country: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -235,6 +244,16 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Migrate => cmd_migrate(&cli.config).await,
         Command::Sandbox(ref args) => cmd_sandbox(args).await,
         Command::Demo => crate::demo::run().await,
+        Command::Retry { ref model } => cmd_retry(&cli.config, model).await,
+        Command::Normalize {
+            ref default_country,
+        } => crate::mapping::normalize_cli::run(
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+            default_country.as_deref(),
+        )
+        .map(|_| exit::OK)
+        .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -309,22 +328,25 @@ async fn cmd_sync(path: &std::path::Path, names: &[String], args: SyncArgs) -> a
     let dry_run = args.dry_run;
     let mut failed = 0;
     for model in models {
-        let start = match &args.from {
-            Some(v) => Some(crate::ops::reset::backfill_start(&ctx, model, v).await?),
-            None => None,
+        // Where this run starts: a backfill's point (checked, and its rows outside Meta's
+        // window reported, before anything is read), else the stored cursor.
+        let after = match &args.from {
+            Some(v) => crate::ops::reset::backfill_start(&ctx, model, v).await?,
+            None => ctx.state.cursor(&model.name).await.ok().flatten(),
         };
-        let progress = start_progress(&ctx, model, start.as_ref(), args.json_logs).await;
+        let progress = start_progress(&ctx, model, after, args.json_logs).await;
         let opts = RunOptions {
-            trigger: if start.is_some() {
+            trigger: if args.from.is_some() {
                 "backfill"
             } else {
                 "manual"
             }
             .into(),
+            from: args.from.clone(),
             dry_run,
             test_event_code: args.test_event_code.clone(),
             observer: Some(progress.clone()),
-            start,
+            ..Default::default()
         };
         let summary = sync_model_once(&ctx, model, &opts).await;
         progress.finish();
@@ -346,18 +368,43 @@ async fn cmd_sync(path: &std::path::Path, names: &[String], args: SyncArgs) -> a
     })
 }
 
+async fn cmd_retry(path: &std::path::Path, name: &str) -> anyhow::Result<i32> {
+    let config = load_config(path)?;
+    let model = select_models(&config, &[name.to_string()])?[0];
+    let cancel = crate::app::shutdown_token();
+    let ctx = crate::app::connect(config.clone(), cancel).await?;
+    let opts = RunOptions {
+        trigger: "retry".into(),
+        mode: crate::pipeline::RunMode::RetryRefused,
+        ..Default::default()
+    };
+    let summary = sync_model_once(&ctx, model, &opts).await;
+    println!("{}", format_summary(&summary, false));
+    let missing = summary.counters.rows_requested - summary.counters.rows_read;
+    if missing > 0 {
+        println!(
+            "  {missing} refused rows are no longer returned by the model's query and stay refused"
+        );
+    }
+    if summary.status != RunStatus::Succeeded {
+        eprintln!(
+            "capi-sync: model {} {}: {}",
+            summary.model,
+            summary.status.as_str(),
+            summary.error.as_deref().unwrap_or("unknown error")
+        );
+        return Ok(exit::SYNC_FAILED);
+    }
+    Ok(exit::OK)
+}
+
 /// A progress bar or progress log lines for one run, with the rows waiting as its estimate.
 async fn start_progress(
     ctx: &crate::pipeline::SyncContext,
     model: &crate::config::ModelConfig,
-    start: Option<&RunStart>,
+    after: Option<crate::state::CursorPosition>,
     json_logs: bool,
 ) -> Arc<crate::progress::Progress> {
-    let after = match start {
-        Some(RunStart::Beginning) => None,
-        Some(RunStart::After(p)) => Some(p.clone()),
-        None => ctx.state.cursor(&model.name).await.ok().flatten(),
-    };
     // The estimate only feeds the ETA: when it cannot be had, the run goes on without one.
     let estimate = crate::ops::model_backlog(&ctx.warehouse, model, after.as_ref())
         .await

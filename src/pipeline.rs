@@ -6,10 +6,11 @@ use crate::mapping::{MappedEvent, ModelPlan, Refusal};
 use crate::observer::RunObserver;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
-use crate::source::{SourceRow, Warehouse};
+use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
 use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -26,8 +27,21 @@ pub struct SyncContext {
     pub cancel: CancellationToken,
 }
 
+/// What a run reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunMode {
+    /// Rows after the model's cursor (plus the lookback window).
+    #[default]
+    Incremental,
+    /// The model's refused rows, re-read by key; the cursor does not move.
+    RetryRefused,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    pub mode: RunMode,
+    /// Backfill: read rows whose cursor is at least this value, instead of after the cursor.
+    pub from: Option<String>,
     /// `schedule`, `manual`, `demo`, ...
     pub trigger: String,
     /// Map everything, send nothing, move no cursor.
@@ -36,18 +50,6 @@ pub struct RunOptions {
     pub test_event_code: Option<String>,
     /// Told about rows read, batches done, retries and the run's end (progress, metrics).
     pub observer: Option<Arc<dyn RunObserver>>,
-    /// Where to start reading instead of the model's cursor (`sync --from`). The run then
-    /// settles, and moves the cursor, from there as usual.
-    pub start: Option<RunStart>,
-}
-
-/// A start position that overrides the model's cursor for one run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunStart {
-    /// Read every row.
-    Beginning,
-    /// Read the rows after this position.
-    After(CursorPosition),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,25 +237,48 @@ async fn run_inner(
             model.name
         )
     })?;
-    let after = match &opts.start {
-        Some(RunStart::Beginning) => None,
-        Some(RunStart::After(p)) => Some(p.clone()),
-        None => ctx
-            .state
-            .cursor(&model.name)
-            .await
-            .map_err(|e| format!("cannot read the model's cursor ({e})"))?,
-    };
-
     let batch_size = model.batch_size;
     let (tx_rows, mut rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
     let warehouse = ctx.warehouse.clone();
     let reader_query = query.clone();
-    let reader = tokio::spawn(async move {
-        warehouse
-            .stream_rows(&reader_query, after, tx_rows, batch_size.max(100))
-            .await
-    });
+    let chunk = batch_size.max(100);
+    let reader = match opts.mode {
+        RunMode::Incremental => {
+            let stored = ctx
+                .state
+                .cursor(&model.name)
+                .await
+                .map_err(|e| format!("cannot read the model's cursor ({e})"))?;
+            let ranges = read_ranges(model, &query, stored, opts.from.clone())?;
+            tokio::spawn(async move {
+                warehouse
+                    .stream_rows(&reader_query, ranges, tx_rows, chunk)
+                    .await
+            })
+        }
+        RunMode::RetryRefused => {
+            let keys = ctx
+                .state
+                .refused_keys(&model.name)
+                .await
+                .map_err(|e| e.to_string())?;
+            summary.counters.rows_requested = keys.len() as i64;
+            tokio::spawn(async move {
+                let mut total = 0u64;
+                for part in keys.chunks(chunk) {
+                    let mut rows = warehouse.rows_by_key(&reader_query, part).await?;
+                    for r in &mut rows {
+                        r.reread = true;
+                    }
+                    total += rows.len() as u64;
+                    if tx_rows.send(rows).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(total)
+            })
+        }
+    };
 
     let test_event_code = opts
         .test_event_code
@@ -265,10 +290,11 @@ async fn run_inner(
         pixel_id: model.pixel_id.clone(),
         test_event_code,
         policy: RetryPolicy::new(ctx.config.meta.max_attempts),
+        throttled: Arc::new(AtomicU64::new(0)),
         model: model.name.clone(),
         observer: opts.observer.clone(),
     };
-    let concurrency = ctx.config.meta.concurrency;
+    let mut pacer = Pacer::new(ctx.config.meta.concurrency);
 
     let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
     let mut pending = Batch::default();
@@ -325,9 +351,27 @@ async fn run_inner(
                 .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
         };
 
+        // Re-read rows refused before are not recorded or counted again (lookback).
+        let known_refusals = if opts.mode == RunMode::Incremental && chunk.iter().any(|r| r.reread)
+        {
+            let keys: Vec<Vec<String>> = chunk
+                .iter()
+                .zip(&outcomes)
+                .filter(|(r, o)| r.reread && o.is_err())
+                .map(|(r, _)| r.key.clone())
+                .collect();
+            ctx.state
+                .refused_among(&model.name, &keys)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            HashSet::new()
+        };
+
         for (row, outcome) in chunk.into_iter().zip(outcomes) {
-            let position = row.position();
+            let position = (!row.reread).then(|| row.position());
             match outcome {
+                Err(_) if known_refusals.contains(&row.key) => {}
                 Err(refusal) => {
                     pending
                         .refused
@@ -361,7 +405,9 @@ async fn run_inner(
                     }
                 }
             }
-            pending.last = Some(position);
+            if position.is_some() {
+                pending.last = position;
+            }
             if pending.events.len() >= batch_size {
                 seq += 1;
                 let mut batch = std::mem::take(&mut pending);
@@ -371,12 +417,13 @@ async fn run_inner(
                     continue;
                 }
                 in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
-                while in_flight.len() >= concurrency {
+                while in_flight.len() >= pacer.limit {
                     let done = in_flight.next().await.expect("non-empty");
                     if let Err(msg) = settle(ctx, model, run_id, summary, done).await {
                         failure = Some(msg);
                         break 'read;
                     }
+                    pacer.after_batch(sender.throttled.load(Ordering::Relaxed), &model.name);
                 }
             }
         }
@@ -386,7 +433,7 @@ async fn run_inner(
     // The last partial batch goes only when the read finished normally.
     if failure.is_none()
         && status == RunStatus::Succeeded
-        && (!pending.events.is_empty() || pending.last.is_some())
+        && (!pending.events.is_empty() || pending.last.is_some() || !pending.refused.is_empty())
     {
         seq += 1;
         let mut batch = std::mem::take(&mut pending);
@@ -424,6 +471,7 @@ async fn run_inner(
         }
     }
 
+    summary.counters.throttles = sender.throttled.load(Ordering::Relaxed) as i64;
     match reader.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if failure.is_none() && status == RunStatus::Succeeded => {
@@ -437,6 +485,53 @@ async fn run_inner(
         Some(f) => Err(f),
         None => Ok(status),
     }
+}
+
+/// The ranges an incremental run reads: from a backfill point, or after the stored cursor,
+/// plus the lookback window behind it for rows committed late with an earlier cursor value.
+fn read_ranges(
+    model: &ModelConfig,
+    query: &crate::source::ModelQuery,
+    stored: Option<CursorPosition>,
+    from: Option<String>,
+) -> Result<Vec<ReadRange>, String> {
+    if !model.lookback.is_zero() && !query.cursor_is_time() {
+        return Err(format!(
+            "model `{}` sets lookback, but its cursor `{}` is not a timestamp or date column; remove lookback or use a time cursor",
+            model.name, model.cursor
+        ));
+    }
+    if let Some(v) = from {
+        return Ok(vec![ReadRange {
+            lower: LowerBound::CursorAtLeast(v),
+            upper: None,
+            reread: false,
+        }]);
+    }
+    let Some(stored) = stored else {
+        return Ok(vec![ReadRange {
+            lower: LowerBound::Beginning,
+            upper: None,
+            reread: false,
+        }]);
+    };
+    let mut ranges = Vec::new();
+    if !model.lookback.is_zero() {
+        ranges.push(ReadRange {
+            lower: LowerBound::CursorWithin {
+                cursor_value: stored.cursor_value.clone(),
+                lookback: model.lookback,
+            },
+            upper: Some(stored.clone()),
+            reread: true,
+        });
+    }
+    ranges.push(ReadRange {
+        lower: LowerBound::After(stored),
+        upper: None,
+        reread: false,
+    });
+    Ok(ranges)
 }
 
 fn count_dry(
@@ -568,8 +663,52 @@ struct BatchSender {
     pixel_id: String,
     test_event_code: Option<String>,
     policy: RetryPolicy,
+    /// Throttled answers seen by any batch of this run.
+    throttled: Arc<AtomicU64>,
     model: String,
     observer: Option<Arc<dyn RunObserver>>,
+}
+
+/// Requests in flight for one model: halved when Meta throttles, grown back by one after
+/// a run of calm batches (additive increase, multiplicative decrease).
+struct Pacer {
+    limit: usize,
+    max: usize,
+    seen_throttles: u64,
+    calm: u32,
+}
+
+impl Pacer {
+    fn new(max: usize) -> Pacer {
+        Pacer {
+            limit: max.max(1),
+            max: max.max(1),
+            seen_throttles: 0,
+            calm: 0,
+        }
+    }
+
+    fn after_batch(&mut self, throttles: u64, model: &str) {
+        if throttles > self.seen_throttles {
+            self.seen_throttles = throttles;
+            self.calm = 0;
+            let lower = (self.limit / 2).max(1);
+            if lower < self.limit {
+                warn!(
+                    model,
+                    in_flight = lower,
+                    "Meta is throttling; lowering requests in flight"
+                );
+            }
+            self.limit = lower;
+        } else if self.limit < self.max {
+            self.calm += 1;
+            if self.calm >= 8 {
+                self.calm = 0;
+                self.limit += 1;
+            }
+        }
+    }
 }
 
 impl BatchSender {
@@ -667,6 +806,9 @@ impl BatchSender {
                     ) {
                         Some(wait) => {
                             result.retries += 1;
+                            if class == ErrorClass::Throttled {
+                                self.throttled.fetch_add(1, Ordering::Relaxed);
+                            }
                             if let Some(o) = &self.observer {
                                 o.retry(&self.model, class);
                             }
@@ -707,5 +849,26 @@ fn meta_refusal(e: &PendingEvent, err: &SinkError) -> RefusedRow {
         meta_code: Some(g.code as i32),
         meta_subcode: g.error_subcode.map(|s| s as i32),
         cursor_value: Some(e.cursor_text.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_halves_on_throttling_and_recovers_slowly() {
+        let mut p = Pacer::new(16);
+        p.after_batch(1, "m");
+        assert_eq!(p.limit, 8);
+        p.after_batch(3, "m");
+        assert_eq!(p.limit, 4);
+        for _ in 0..8 {
+            p.after_batch(3, "m");
+        }
+        assert_eq!(p.limit, 5);
+        let mut floor = Pacer::new(1);
+        floor.after_batch(5, "m");
+        assert_eq!(floor.limit, 1);
     }
 }

@@ -3,6 +3,7 @@
 pub mod event;
 pub mod json;
 pub mod normalize;
+pub mod normalize_cli;
 pub mod params;
 pub mod rules;
 pub mod value;

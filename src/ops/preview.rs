@@ -4,7 +4,7 @@
 
 use crate::config::{Config, ModelConfig};
 use crate::mapping::ModelPlan;
-use crate::source::{SourceRow, Warehouse};
+use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
 use crate::state::{CursorPosition, StateStore};
 use anyhow::Context;
 use std::collections::{HashMap, HashSet};
@@ -105,9 +105,17 @@ pub async fn build(
     let reader_wh = warehouse.clone();
     let reader_query = query.clone();
     let reader_after = after.clone();
+    let range = ReadRange {
+        lower: match reader_after {
+            Some(p) => LowerBound::After(p),
+            None => LowerBound::Beginning,
+        },
+        upper: None,
+        reread: false,
+    };
     let reader = tokio::spawn(async move {
         reader_wh
-            .stream_rows(&reader_query, reader_after, tx, limit)
+            .stream_rows(&reader_query, vec![range], tx, limit)
             .await
     });
     let mut rows: Vec<SourceRow> = Vec::with_capacity(limit);

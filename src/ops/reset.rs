@@ -4,7 +4,7 @@
 
 use super::UsageError;
 use crate::config::{Config, ModelConfig};
-use crate::pipeline::{RunStart, SyncContext};
+use crate::pipeline::SyncContext;
 use crate::source::{SourceError, Warehouse};
 use crate::state::CursorPosition;
 use anyhow::Context;
@@ -29,21 +29,20 @@ async fn start_at(
     Ok((position, report))
 }
 
-/// For `sync --from VALUE`: the run's start, after printing what the backfill reads.
+/// For `sync --from VALUE`: checks that VALUE fits the cursor's type and prints what the
+/// backfill reads, before anything is read. Returns the position just before VALUE (None:
+/// from the first row); the run itself reads `cursor >= VALUE`, the same rows.
 pub async fn backfill_start(
     ctx: &SyncContext,
     model: &ModelConfig,
     value: &str,
-) -> anyhow::Result<RunStart> {
+) -> anyhow::Result<Option<CursorPosition>> {
     let (position, report) = start_at(&ctx.warehouse, model, value).await?;
     println!(
         "{}: backfilling from {} = {value}: {report}",
         model.name, model.cursor
     );
-    Ok(match position {
-        Some(p) => RunStart::After(p),
-        None => RunStart::Beginning,
-    })
+    Ok(position)
 }
 
 pub async fn run(config: &Config, model: &str, to: Option<&str>, yes: bool) -> anyhow::Result<i32> {

@@ -3,7 +3,7 @@
 //! they are, where a backfill from a cursor value starts, and how many rows a run would find
 //! outside Meta's window. Nothing here reads a customer value.
 
-use super::{db_message, quote_ident, ModelQuery, Result, SourceError, Warehouse};
+use super::{db_message, quote_ident, LowerBound, ModelQuery, Result, SourceError, Warehouse};
 use crate::config::ModelConfig;
 use crate::mapping::ValueKind;
 use crate::state::CursorPosition;
@@ -119,8 +119,15 @@ impl Warehouse {
     /// Plans the keyset page queries without reading a row: proves that the cursor and key
     /// columns can be ordered and compared with the stored position.
     pub async fn plan_paging(&self, query: &ModelQuery) -> Result<()> {
+        // Planning needs only the statements' text; these parameters are never bound.
+        let somewhere = CursorPosition {
+            cursor_value: String::new(),
+            row_key: vec![String::new(); query.key_indexes.len()],
+        };
+        let first = query.page_sql(&LowerBound::Beginning, None).0;
+        let next = query.page_sql(&LowerBound::After(somewhere), None).0;
         let mut tx = self.read_only_tx().await?;
-        for sql in [&query.first_page_sql, &query.next_page_sql] {
+        for sql in [&first, &next] {
             tx.prepare(sql.as_str())
                 .await
                 .map_err(|e| SourceError::Model {

@@ -54,10 +54,42 @@ pub struct ModelQuery {
     /// Index of the cursor and key columns among `columns`.
     cursor_index: usize,
     key_indexes: Vec<usize>,
-    first_page_sql: String,
-    next_page_sql: String,
+    /// `SELECT ... FROM (model sql) AS t WHERE <cursor and keys not null>`.
+    base_sql: String,
+    /// `t."cursor", t."key1", ...`
+    order_by: String,
     by_key_sql: String,
     page_size: u32,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LowerBound {
+    /// Every row.
+    Beginning,
+    /// Rows strictly after this (cursor, key) position.
+    After(CursorPosition),
+    /// Rows whose cursor is at least this value (a backfill from a point).
+    CursorAtLeast(String),
+    /// Rows whose cursor is later than this value minus the lookback (late-row re-reads).
+    CursorWithin {
+        cursor_value: String,
+        lookback: Duration,
+    },
+}
+
+/// A read: rows above `lower` and, when `upper` is set, at or below that position.
+#[derive(Debug, Clone)]
+pub struct ReadRange {
+    pub lower: LowerBound,
+    pub upper: Option<CursorPosition>,
+    /// Marks the rows as re-reads of the already-settled range (lookback).
+    pub reread: bool,
+}
+
+enum Param {
+    Text(String),
+    Seconds(f64),
 }
 
 /// One row as read: the mapped values, and the row's position in text form.
@@ -66,6 +98,8 @@ pub struct SourceRow {
     pub values: Vec<Value>,
     pub cursor_text: String,
     pub key: Vec<String>,
+    /// Read again from the range behind the stored cursor (lookback), not new.
+    pub reread: bool,
 }
 
 impl SourceRow {
@@ -171,66 +205,67 @@ impl Warehouse {
         Ok((q, infos))
     }
 
-    /// Streams the rows after `after` (all rows when None), page by page, into `tx_rows` as
-    /// chunks. Returns when the model has no more rows or the receiver is gone.
+    /// Streams the rows of each range in order, page by page, into `tx_rows` as chunks.
+    /// Returns the number of rows read, when the ranges are exhausted or the receiver is gone.
     pub async fn stream_rows(
         &self,
         query: &ModelQuery,
-        after: Option<CursorPosition>,
+        ranges: Vec<ReadRange>,
         tx_rows: mpsc::Sender<Vec<SourceRow>>,
         chunk: usize,
     ) -> Result<u64> {
-        let mut position = after;
         let mut total = 0u64;
-        loop {
-            let mut tx = self.read_only_tx().await?;
-            let sql = match &position {
-                None => query.first_page_sql.as_str(),
-                Some(_) => query.next_page_sql.as_str(),
-            };
-            let mut q = sqlx::query(sql);
-            if let Some(p) = &position {
-                q = q.bind(&p.cursor_value);
-                for k in &p.row_key {
-                    q = q.bind(k);
+        for range in ranges {
+            let mut lower = range.lower.clone();
+            loop {
+                let (sql, params) = query.page_sql(&lower, range.upper.as_ref());
+                let mut tx = self.read_only_tx().await?;
+                let mut q = sqlx::query(&sql);
+                for p in &params {
+                    q = match p {
+                        Param::Text(t) => q.bind(t.as_str()),
+                        Param::Seconds(s) => q.bind(*s),
+                    };
                 }
-            }
-            let mut stream = q.fetch(&mut *tx);
-            let mut in_page = 0u64;
-            let mut buf = Vec::with_capacity(chunk);
-            let mut last: Option<CursorPosition> = None;
-            while let Some(row) = stream.try_next().await.map_err(|e| SourceError::Query {
-                model: query.model.clone(),
-                message: db_message(&e),
-            })? {
-                let r = query.decode(&row)?;
-                in_page += 1;
-                buf.push(r);
-                if buf.len() >= chunk {
+                let mut stream = q.fetch(&mut *tx);
+                let mut in_page = 0u64;
+                let mut buf = Vec::with_capacity(chunk);
+                let mut last: Option<CursorPosition> = None;
+                while let Some(row) = stream.try_next().await.map_err(|e| SourceError::Query {
+                    model: query.model.clone(),
+                    message: db_message(&e),
+                })? {
+                    let mut r = query.decode(&row)?;
+                    r.reread = range.reread;
+                    in_page += 1;
+                    buf.push(r);
+                    if buf.len() >= chunk {
+                        last = buf.last().map(SourceRow::position);
+                        if tx_rows
+                            .send(std::mem::replace(&mut buf, Vec::with_capacity(chunk)))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(total + in_page);
+                        }
+                    }
+                }
+                drop(stream);
+                tx.commit().await?;
+                if !buf.is_empty() {
                     last = buf.last().map(SourceRow::position);
-                    if tx_rows
-                        .send(std::mem::replace(&mut buf, Vec::with_capacity(chunk)))
-                        .await
-                        .is_err()
-                    {
+                    if tx_rows.send(buf).await.is_err() {
                         return Ok(total + in_page);
                     }
                 }
-            }
-            drop(stream);
-            tx.commit().await?;
-            if !buf.is_empty() {
-                last = buf.last().map(SourceRow::position);
-                if tx_rows.send(buf).await.is_err() {
-                    return Ok(total + in_page);
+                total += in_page;
+                match last {
+                    Some(p) if in_page >= query.page_size as u64 => lower = LowerBound::After(p),
+                    _ => break,
                 }
             }
-            total += in_page;
-            if in_page < query.page_size as u64 || last.is_none() {
-                return Ok(total);
-            }
-            position = last;
         }
+        Ok(total)
     }
 
     /// Reads specific rows by primary key (for re-trying refused rows).
@@ -320,22 +355,11 @@ impl ModelQuery {
         let mut order = vec![cursor_col.clone()];
         order.extend(key_cols.iter().cloned());
         let not_null: Vec<String> = order.iter().map(|c| format!("{c} IS NOT NULL")).collect();
-        let mut params = vec![format!("$1::text::{}", columns[cursor_index].sql_type)];
-        for (i, ki) in key_indexes.iter().enumerate() {
-            params.push(format!("${}::text::{}", i + 2, columns[*ki].sql_type));
-        }
         let base = format!(
             "SELECT {} FROM (\n{}\n) AS t WHERE {}",
             select.join(", "),
             model.sql,
             not_null.join(" AND ")
-        );
-        let first_page_sql = format!("{base} ORDER BY {} LIMIT {page_size}", order.join(", "));
-        let next_page_sql = format!(
-            "{base} AND ({}) > ({}) ORDER BY {} LIMIT {page_size}",
-            order.join(", "),
-            params.join(", "),
-            order.join(", ")
         );
         let key_match: Vec<String> = key_cols
             .iter()
@@ -354,8 +378,8 @@ impl ModelQuery {
             columns,
             cursor_index,
             key_indexes,
-            first_page_sql,
-            next_page_sql,
+            base_sql: base,
+            order_by: order.join(", "),
             by_key_sql,
             page_size,
         })
@@ -363,6 +387,74 @@ impl ModelQuery {
 
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// One page's SQL and parameters. Positions travel as text and are cast back to the
+    /// column types, so any orderable cursor and key type round-trips exactly.
+    fn page_sql(&self, lower: &LowerBound, upper: Option<&CursorPosition>) -> (String, Vec<Param>) {
+        let mut params: Vec<Param> = Vec::new();
+        let mut sql = self.base_sql.clone();
+        let cursor_type = &self.columns[self.cursor_index].sql_type;
+        let cursor_col = self
+            .order_by
+            .split(", ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let tuple = |params: &mut Vec<Param>, p: &CursorPosition| -> String {
+            let mut parts = Vec::new();
+            params.push(Param::Text(p.cursor_value.clone()));
+            parts.push(format!("${}::text::{cursor_type}", params.len()));
+            for (i, k) in p.row_key.iter().enumerate() {
+                params.push(Param::Text(k.clone()));
+                let ty = &self.columns[self.key_indexes[i]].sql_type;
+                parts.push(format!("${}::text::{ty}", params.len()));
+            }
+            parts.join(", ")
+        };
+        match lower {
+            LowerBound::Beginning => {}
+            LowerBound::After(p) => {
+                let t = tuple(&mut params, p);
+                sql.push_str(&format!(" AND ({}) > ({t})", self.order_by));
+            }
+            LowerBound::CursorAtLeast(v) => {
+                params.push(Param::Text(v.clone()));
+                sql.push_str(&format!(
+                    " AND {cursor_col} >= ${}::text::{cursor_type}",
+                    params.len()
+                ));
+            }
+            LowerBound::CursorWithin {
+                cursor_value,
+                lookback,
+            } => {
+                params.push(Param::Text(cursor_value.clone()));
+                params.push(Param::Seconds(lookback.as_secs_f64()));
+                sql.push_str(&format!(
+                    " AND {cursor_col} > (${}::text::{cursor_type} - make_interval(secs => ${}))",
+                    params.len() - 1,
+                    params.len()
+                ));
+            }
+        }
+        if let Some(p) = upper {
+            let t = tuple(&mut params, p);
+            sql.push_str(&format!(" AND ({}) <= ({t})", self.order_by));
+        }
+        sql.push_str(&format!(
+            " ORDER BY {} LIMIT {}",
+            self.order_by, self.page_size
+        ));
+        (sql, params)
+    }
+
+    /// True when the cursor column is a time, so a lookback can be subtracted from it.
+    pub fn cursor_is_time(&self) -> bool {
+        matches!(
+            self.columns[self.cursor_index].kind,
+            ValueKind::Date | ValueKind::Timestamp | ValueKind::TimestampTz
+        )
     }
 
     pub fn cursor_sql_type(&self) -> &str {
@@ -397,6 +489,7 @@ impl ModelQuery {
             values,
             cursor_text,
             key,
+            reread: false,
         })
     }
 }

@@ -9,7 +9,7 @@ use crate::config::Secret;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -64,7 +64,11 @@ pub struct RunCounters {
     pub events_sent: i64,
     pub rows_refused: i64,
     pub rows_already_sent: i64,
+    /// Retry runs: refused rows asked for.
+    pub rows_requested: i64,
     pub requests: i64,
+    /// Throttled answers (not persisted; for logs and metrics).
+    pub throttles: i64,
     pub retries: i64,
     pub refused_by_reason: std::collections::BTreeMap<String, i64>,
     pub dropped_by_field: std::collections::BTreeMap<String, i64>,
@@ -255,6 +259,37 @@ impl StateStore {
         .bind(trigger)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// Every refused row key of a model, oldest first.
+    pub async fn refused_keys(&self, model: &str) -> Result<Vec<Vec<String>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT row_key FROM refused_rows WHERE model = $1 ORDER BY refused_at, row_key",
+        )
+        .bind(model)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Which of these row keys are already recorded as refused.
+    pub async fn refused_among(
+        &self,
+        model: &str,
+        keys: &[Vec<String>],
+    ) -> Result<HashSet<Vec<String>>> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let encoded: Vec<String> = keys.iter().map(|k| encode_key(k)).collect();
+        let rows: Vec<Vec<String>> = sqlx::query_scalar(
+            "SELECT r.row_key FROM UNNEST($2::text[]) AS u(k)
+             JOIN refused_rows r ON r.model = $1 AND r.row_key = ARRAY(SELECT json_array_elements_text(u.k::json))",
+        )
+        .bind(model)
+        .bind(&encoded)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// The ledger's fingerprints for these event ids (those already delivered).

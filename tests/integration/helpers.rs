@@ -145,7 +145,7 @@ pub async fn seed_leads(pool: &PgPool, n: i64, updated_at_sql: &str, event_time_
     .unwrap();
     let sql = format!(
         "INSERT INTO crm.leads (id, stage, email, phone, happened_at, updated_at)
-         SELECT g, 'Lead', ' Person.' || g || '@Example.com ', '+1 (650) 555-' || lpad((g % 10000)::text, 4, '0'),
+         SELECT g, 'Lead', ' Person.' || g || '@Example.com ', '+1 (650) 253-' || lpad((g % 10000)::text, 4, '0'),
                 {event_time_sql}, {updated_at_sql}
          FROM generate_series((SELECT coalesce(max(id), 0) + 1 FROM crm.leads),
                               (SELECT coalesce(max(id), 0) + {n} FROM crm.leads)) AS g"
