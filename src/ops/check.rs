@@ -346,6 +346,17 @@ async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Re
         report.push(name, Some("constants"), Level::Ok, shown.join(", "));
     }
 
+    if !model.lookback.is_zero() && !query.cursor_is_time() {
+        report.push(
+            name,
+            Some("lookback"),
+            Level::Error,
+            format!(
+                "is set, but the cursor `{}` is not a timestamp or date column, so no time can be subtracted from it; remove lookback or use a time cursor",
+                model.cursor
+            ),
+        );
+    }
     if problems
         .iter()
         .all(|p| p.column.as_deref() != Some(&model.cursor))

@@ -254,6 +254,25 @@ async fn check_catches_a_primary_key_that_cannot_be_ordered() {
 }
 
 #[tokio::test]
+async fn check_catches_a_lookback_on_an_integer_cursor() {
+    let db = TestDb::new().await;
+    seed(&db, 3).await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    let models = LEADS_MODEL.replace(
+        "cursor = \"updated_at\"",
+        "cursor = \"id\"\nlookback = \"1h\"",
+    );
+    let cfg = config_file(&db, &sandbox.base_url(), &models, "");
+    let out = cli(&cfg.path, &["check", "--offline"]).await;
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stdout.contains("leads: lookback: error — is set, but the cursor `id` is not a timestamp or date column"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
 async fn check_reports_a_token_meta_refuses_without_printing_it() {
     let db = TestDb::new().await;
     seed(&db, 3).await;
