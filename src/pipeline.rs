@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ModelConfig};
 use crate::mapping::{MappedEvent, ModelPlan, Refusal};
+use crate::observer::RunObserver;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
 use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Overrides the model's and the global test_event_code.
     pub test_event_code: Option<String>,
+    /// Told about rows read, batches done, retries and the run's end (progress, metrics).
+    pub observer: Option<Arc<dyn RunObserver>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +150,9 @@ pub async fn sync_model_once(
             return summary;
         }
         Err(e) => {
-            summary.error = Some(format!("cannot take the model lock: {e}"));
+            summary.error = Some(format!(
+                "cannot take the model's lock in the state database ({e}); check that it is reachable (state.url, or warehouse.url when they are the same)"
+            ));
             return summary;
         }
     };
@@ -157,7 +162,10 @@ pub async fn sync_model_once(
         match ctx.state.start_run(&model.name, &opts.trigger).await {
             Ok(id) => Some(id),
             Err(e) => {
-                summary.error = Some(format!("cannot record the run: {e}"));
+                summary.error = Some(format!(
+                    "cannot record the run in schema `{}` ({e}); run `capi-sync migrate` and check that the database role may write there",
+                    ctx.config.state.schema
+                ));
                 lock.release().await;
                 return summary;
             }
@@ -191,6 +199,9 @@ pub async fn sync_model_once(
         }
     }
     lock.release().await;
+    if let Some(o) = &opts.observer {
+        o.run_finished(&summary);
+    }
     info!(
         model = %model.name,
         status = summary.status.as_str(),
@@ -212,16 +223,18 @@ async fn run_inner(
     summary: &mut RunSummary,
 ) -> Result<RunStatus, String> {
     let deadline = Instant::now() + ctx.config.service.run_deadline;
-    let (query, columns) = ctx
-        .warehouse
-        .describe(model)
-        .await
-        .map_err(|e| format!("{e}; check the model's SQL ({})", model.sql_origin))?;
+    let (query, columns) = ctx.warehouse.describe(model).await.map_err(|e| {
+        format!(
+            "{e}; check the model's SQL ({}); `capi-sync check {}` lists every problem",
+            model.sql_origin, model.name
+        )
+    })?;
     let plan = Arc::new(ModelPlan::new(model, &columns).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         format!(
-            "the model's columns do not map to events: {}",
-            list.join("; ")
+            "the model's columns do not map to events: {}; `capi-sync check {}` lists every problem",
+            list.join("; "),
+            model.name
         )
     })?);
     let batch_size = model.batch_size;
@@ -235,7 +248,7 @@ async fn run_inner(
                 .state
                 .cursor(&model.name)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("cannot read the model's cursor ({e})"))?;
             let ranges = read_ranges(model, &query, stored, opts.from.clone())?;
             tokio::spawn(async move {
                 warehouse
@@ -296,6 +309,8 @@ async fn run_inner(
         test_event_code,
         policy: RetryPolicy::new(ctx.config.meta.max_attempts),
         throttled: Arc::new(AtomicU64::new(0)),
+        model: model.name.clone(),
+        observer: opts.observer.clone(),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
     let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
@@ -342,6 +357,9 @@ async fn run_inner(
             }
         };
         summary.counters.rows_read += rows.len() as i64;
+        if let Some(o) = &opts.observer {
+            o.rows_read(&model.name, rows.len() as u64);
+        }
         for d in dropped {
             *summary
                 .counters
@@ -395,7 +413,7 @@ async fn run_inner(
                 let mut batch = std::mem::take(&mut pending);
                 batch.seq = seq;
                 if opts.dry_run {
-                    count_dry(&mut summary.counters, &batch);
+                    count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
                     continue;
                 }
                 in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
@@ -421,8 +439,11 @@ async fn run_inner(
         let mut batch = std::mem::take(&mut pending);
         batch.seq = seq;
         if opts.dry_run {
-            count_dry(&mut summary.counters, &batch);
+            count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
         } else if batch.events.is_empty() {
+            if let Some(o) = &opts.observer {
+                o.batch_done(&model.name, 0, &batch.refused);
+            }
             let empty = BatchResult {
                 batch,
                 delivered: vec![],
@@ -543,7 +564,7 @@ async fn annotate(
     let ledger = state
         .delivered_fingerprints(&model, &ids)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot read the delivery ledger ({e})"))?;
     let known_refusals = if mode == RunMode::Incremental && rows.iter().any(|r| r.reread) {
         let keys: Vec<Vec<String>> = rows
             .iter()
@@ -698,7 +719,15 @@ fn read_ranges(
     Ok(ranges)
 }
 
-fn count_dry(c: &mut RunCounters, batch: &Batch) {
+fn count_dry(
+    c: &mut RunCounters,
+    batch: &Batch,
+    model: &str,
+    observer: &Option<Arc<dyn RunObserver>>,
+) {
+    if let Some(o) = observer {
+        o.batch_done(model, batch.events.len() as u64, &batch.refused);
+    }
     c.events_sent += batch.events.len() as i64;
     for r in &batch.refused {
         c.rows_refused += 1;
@@ -784,12 +813,15 @@ fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
 fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
     match err.class() {
         ErrorClass::Auth => format!(
-            "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset",
-            model.pixel_id
+            "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset (`capi-sync check {}` tests the token without sending)",
+            model.pixel_id, model.name
         ),
         ErrorClass::Throttled => format!("Meta kept throttling the requests ({err}); retries ran out, the next run resumes at the last acknowledged batch"),
         ErrorClass::Transient => format!("the Graph API did not accept the batch after retries ({err}); the next run resumes at the last acknowledged batch"),
-        ErrorClass::Invalid => format!("Meta rejected a batch ({err})"),
+        ErrorClass::Invalid => format!(
+            "Meta rejected a batch ({err}); check meta.graph_url, meta.api_version and the model's pixel_id (`capi-sync check {}` tests them)",
+            model.name
+        ),
     }
 }
 
@@ -801,6 +833,8 @@ struct BatchSender {
     policy: RetryPolicy,
     /// Throttled answers seen by any batch of this run.
     throttled: Arc<AtomicU64>,
+    model: String,
+    observer: Option<Arc<dyn RunObserver>>,
 }
 
 /// Requests in flight for one model: halved when Meta throttles, grown back by one after
@@ -849,6 +883,7 @@ impl BatchSender {
     async fn send_batch(self, batch: Batch) -> BatchResult {
         let span = info_span!("batch", seq = batch.seq, events = batch.events.len());
         async move {
+            let started = Instant::now();
             let mut result = BatchResult {
                 delivered: Vec::with_capacity(batch.events.len()),
                 meta_refused: Vec::new(),
@@ -895,6 +930,16 @@ impl BatchSender {
                     }
                 }
             }
+            if let Some(o) = &self.observer {
+                o.batch_latency(&self.model, started.elapsed());
+                // A failed batch's refusals are not settled: the next run finds them again.
+                let mut refused = Vec::new();
+                if result.error.is_none() {
+                    refused.extend(batch.refused.iter().cloned());
+                    refused.extend(result.meta_refused.iter().cloned());
+                }
+                o.batch_done(&self.model, result.delivered.len() as u64, &refused);
+            }
             result.batch = batch;
             result
         }
@@ -931,6 +976,9 @@ impl BatchSender {
                             result.retries += 1;
                             if class == ErrorClass::Throttled {
                                 self.throttled.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Some(o) = &self.observer {
+                                o.retry(&self.model, class);
                             }
                             warn!(
                                 class = ?class,

@@ -1,6 +1,7 @@
 //! The Graph API side: one request per batch, the answer classified by Meta's error code
 //! (never by message text), and the retry policy.
 
+mod probe;
 pub mod retry;
 
 use crate::config::{MetaSettings, Secret};

@@ -1,6 +1,10 @@
 //! Our own tables: cursors, run history, the delivery ledger, refused rows, and the per-model
 //! lock. All live in one schema (`state.schema`), created and upgraded by embedded migrations.
 
+mod report;
+
+pub use report::CursorRecord;
+
 use crate::config::Secret;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

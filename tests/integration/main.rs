@@ -4,5 +4,6 @@ mod cli;
 mod config_errors;
 mod delivery;
 mod helpers;
+mod ops;
 mod privacy;
 mod sync;
