@@ -237,6 +237,7 @@ async fn run_inner(
             model.name
         )
     })?);
+    let plan_maps_event_id = plan.maps_event_id();
     let batch_size = model.batch_size;
     let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
     let warehouse = ctx.warehouse.clone();
@@ -288,9 +289,22 @@ async fn run_inner(
             .await
             .map_err(|e| e.to_string())?;
 
+    // Rows read in this run cannot be in the ledger when the model has never delivered an
+    // event (a first backfill): then the per-chunk lookups are skipped.
+    let ledger_state = if ctx
+        .state
+        .has_deliveries(&model.name)
+        .await
+        .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
+    {
+        Some(ctx.state.clone())
+    } else {
+        None
+    };
     let (tx_mapped, mut rx_mapped) = mpsc::channel::<MappedChunk>(2);
     let mapper = tokio::spawn(map_stage(
         plan,
+        ledger_state,
         ctx.state.clone(),
         model.name.clone(),
         opts.mode,
@@ -320,6 +334,9 @@ async fn run_inner(
     let mut seq = 0u64;
     let mut failure: Option<String> = None;
     let mut status = RunStatus::Succeeded;
+    // Derived ids are unique per (key, event name); only a model's own event_id column can
+    // repeat one within a run.
+    let check_duplicates = plan_maps_event_id;
     let mut seen_ids: HashSet<String> = HashSet::new();
 
     'read: loop {
@@ -368,8 +385,12 @@ async fn run_inner(
                 .or_default() += 1;
         }
 
-        for (row, outcome) in rows.into_iter().zip(outcomes) {
-            let position = (!row.reread).then(|| row.position());
+        let chunk_len = rows.len();
+        for (i, (row, outcome)) in rows.into_iter().zip(outcomes).enumerate() {
+            // The batch's position is only needed where a batch is cut and at the chunk's
+            // end; cloning it for every row cost more than mapping some fields.
+            let may_cut = outcome.is_ok() && pending.events.len() + 1 >= batch_size;
+            let position = (!row.reread && (may_cut || i + 1 == chunk_len)).then(|| row.position());
             match outcome {
                 Err(_) if known_refusals.contains(&row.key) => {}
                 Err(refusal) => {
@@ -383,7 +404,7 @@ async fn run_inner(
                         if *fp != event.fingerprint() {
                             pending.changed.push(event.event_id.clone());
                         }
-                    } else if !seen_ids.insert(event.event_id.clone()) {
+                    } else if check_duplicates && !seen_ids.insert(event.event_id.clone()) {
                         pending.refused.push(refused_row(
                             &row.key,
                             &row.cursor_text,
@@ -508,6 +529,7 @@ type MappedChunk = Result<MappedChunkData, String>;
 /// in the ledger, so the batching loop only assembles batches.
 async fn map_stage(
     plan: Arc<ModelPlan>,
+    ledger: Option<StateStore>,
     state: StateStore,
     model: String,
     mode: RunMode,
@@ -521,9 +543,10 @@ async fn map_stage(
             rows = rx_rows.recv(), if input_open && jobs.len() < 2 => match rows {
                 Some(rows) => {
                     let plan = plan.clone();
+                    let ledger = ledger.clone();
                     let state = state.clone();
                     let model = model.clone();
-                    jobs.push_back(async move { annotate(plan, state, model, mode, rows).await });
+                    jobs.push_back(async move { annotate(plan, ledger, state, model, mode, rows).await });
                 }
                 None => input_open = false,
             },
@@ -539,6 +562,7 @@ async fn map_stage(
 
 async fn annotate(
     plan: Arc<ModelPlan>,
+    ledger: Option<StateStore>,
     state: StateStore,
     model: String,
     mode: RunMode,
@@ -557,14 +581,19 @@ async fn annotate(
     })
     .await
     .map_err(|e| format!("mapping stopped unexpectedly: {e}"))?;
-    let ids: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| o.as_ref().ok().map(|e| e.event_id.clone()))
-        .collect();
-    let ledger = state
-        .delivered_fingerprints(&model, &ids)
-        .await
-        .map_err(|e| format!("cannot read the delivery ledger ({e})"))?;
+    let ledger = match ledger {
+        Some(ledger) => {
+            let ids: Vec<String> = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok().map(|e| e.event_id.clone()))
+                .collect();
+            ledger
+                .delivered_fingerprints(&model, &ids)
+                .await
+                .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
+        }
+        None => HashMap::new(),
+    };
     let known_refusals = if mode == RunMode::Incremental && rows.iter().any(|r| r.reread) {
         let keys: Vec<Vec<String>> = rows
             .iter()
@@ -608,7 +637,7 @@ impl Settler {
         run_id: Option<i64>,
         clear_refused: bool,
     ) -> Settler {
-        let (tx, mut rx) = mpsc::channel::<SettleJob>(64);
+        let (tx, mut rx) = mpsc::channel::<SettleJob>(8);
         let failed = Arc::new(std::sync::Mutex::new(None));
         let failed_task = failed.clone();
         let task = tokio::spawn(async move {

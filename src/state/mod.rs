@@ -286,6 +286,16 @@ impl StateStore {
         .await?)
     }
 
+    /// True when the ledger holds any event of the model.
+    pub async fn has_deliveries(&self, model: &str) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deliveries WHERE model = $1)")
+                .bind(model)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn has_refused(&self, model: &str) -> Result<bool> {
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refused_rows WHERE model = $1)")
@@ -325,25 +335,19 @@ impl StateStore {
         if event_ids.is_empty() {
             return Ok(HashMap::new());
         }
-        // Look up by event_id alone, through its own index, and keep this model's rows in
-        // code: with `model = $1` in the query, a plan made from stale statistics probes the
-        // primary key by model and filters every row of the model (see migration 0002).
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET LOCAL enable_seqscan = off")
             .execute(&mut *tx)
             .await?;
         let rows = sqlx::query(
-            "SELECT model, event_id, fingerprint FROM deliveries WHERE event_id = ANY($1)",
+            "SELECT event_id, fingerprint FROM deliveries WHERE event_id = ANY($1) AND model = $2",
         )
         .bind(event_ids)
+        .bind(model)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.get::<&str, _>(0) == model)
-            .map(|r| (r.get(1), r.get(2)))
-            .collect())
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Records a settled stretch and moves the cursor, atomically, with the run's counters.
