@@ -59,6 +59,56 @@ pub enum Command {
         /// Send to Events Manager's Test Events with this code.
         #[arg(long)]
         test_event_code: Option<String>,
+        /// Backfill: start this run at the rows whose cursor is VALUE or later, instead of
+        /// at the model's cursor (one model only).
+        #[arg(long, value_name = "VALUE")]
+        from: Option<String>,
+    },
+    /// Check the config, the warehouse, each model's columns and the token, sending nothing.
+    Check {
+        models: Vec<String>,
+        /// Do not ask the Graph API whether the token can reach each pixel.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Show the next rows a run would send, mapped and hashed exactly as sent; sends nothing.
+    Preview {
+        model: String,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per model: schedule, next and last run, cursor, rows waiting and lag, refused rows.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A model's recent runs, newest first.
+    Runs {
+        model: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A model's refused rows (key, event id, reason, when), newest first.
+    Refused {
+        model: String,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a model's cursor back to the start, or to just before a cursor value.
+    Reset {
+        model: String,
+        /// The next run reads the rows whose cursor is VALUE or later.
+        #[arg(long, value_name = "VALUE")]
+        to: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Create or upgrade capi-sync's own tables.
     Migrate,
@@ -119,7 +169,7 @@ pub fn init_tracing(format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::progress::LogWriter);
     match format {
         LogFormat::Json => builder
             .json()
@@ -138,7 +188,59 @@ pub async fn run(cli: Cli) -> i32 {
             ref models,
             dry_run,
             ref test_event_code,
-        } => cmd_sync(&cli.config, models, dry_run, test_event_code.clone()).await,
+            ref from,
+        } => {
+            let opts = SyncArgs {
+                dry_run,
+                test_event_code: test_event_code.clone(),
+                from: from.clone(),
+                json_logs: cli.log_format == LogFormat::Json,
+            };
+            cmd_sync(&cli.config, models, opts).await
+        }
+        Command::Check {
+            ref models,
+            offline,
+        } => match load_config(&cli.config) {
+            Ok(config) => crate::ops::check::run(&config, models, offline).await,
+            Err(e) => Err(e),
+        },
+        Command::Preview {
+            ref model,
+            limit,
+            json,
+        } => match load_config(&cli.config) {
+            Ok(config) => crate::ops::preview::run(&config, model, limit, json).await,
+            Err(e) => Err(e),
+        },
+        Command::Status { json } => match load_config(&cli.config) {
+            Ok(config) => crate::ops::status::run(&config, json).await,
+            Err(e) => Err(e),
+        },
+        Command::Runs {
+            ref model,
+            limit,
+            json,
+        } => match load_config(&cli.config) {
+            Ok(config) => crate::ops::history::runs(&config, model, limit, json).await,
+            Err(e) => Err(e),
+        },
+        Command::Refused {
+            ref model,
+            limit,
+            json,
+        } => match load_config(&cli.config) {
+            Ok(config) => crate::ops::history::refused(&config, model, limit, json).await,
+            Err(e) => Err(e),
+        },
+        Command::Reset {
+            ref model,
+            ref to,
+            yes,
+        } => match load_config(&cli.config) {
+            Ok(config) => crate::ops::reset::run(&config, model, to.as_deref(), yes).await,
+            Err(e) => Err(e),
+        },
         Command::Migrate => cmd_migrate(&cli.config).await,
         Command::Sandbox(ref args) => cmd_sandbox(args).await,
         Command::Demo => crate::demo::run().await,
@@ -158,6 +260,10 @@ pub async fn run(cli: Cli) -> i32 {
         Err(e) => {
             if let Some(ce) = e.downcast_ref::<crate::config::ConfigError>() {
                 eprintln!("{ce}");
+                return exit::BAD_CONFIG;
+            }
+            if let Some(ue) = e.downcast_ref::<crate::ops::UsageError>() {
+                eprintln!("capi-sync: {ue}");
                 return exit::BAD_CONFIG;
             }
             eprintln!("capi-sync: {e:#}");
@@ -194,30 +300,56 @@ async fn cmd_run(path: &std::path::Path) -> anyhow::Result<i32> {
     }
     let cancel = crate::app::shutdown_token();
     let ctx = crate::app::connect(config, cancel).await?;
-    crate::scheduler::run_service(ctx).await;
+    crate::http_server::run_service(ctx).await?;
     Ok(exit::OK)
 }
 
-async fn cmd_sync(
-    path: &std::path::Path,
-    names: &[String],
-    dry_run: bool,
-    test_event_code: Option<String>,
-) -> anyhow::Result<i32> {
+/// `sync`'s flags.
+#[derive(Debug, Clone, Default)]
+pub struct SyncArgs {
+    pub dry_run: bool,
+    pub test_event_code: Option<String>,
+    pub from: Option<String>,
+    pub json_logs: bool,
+}
+
+async fn cmd_sync(path: &std::path::Path, names: &[String], args: SyncArgs) -> anyhow::Result<i32> {
     let config = load_config(path)?;
     let models = select_models(&config, names)?;
+    if args.from.is_some() && models.len() != 1 {
+        return Err(crate::ops::UsageError(format!(
+            "--from takes a value of one model's cursor; name exactly one model (got {})",
+            models.len()
+        ))
+        .into());
+    }
     let cancel = crate::app::shutdown_token();
     let ctx = crate::app::connect(config.clone(), cancel).await?;
-    let opts = RunOptions {
-        trigger: "manual".into(),
-        mode: Default::default(),
-        from: None,
-        dry_run,
-        test_event_code,
-    };
+    let dry_run = args.dry_run;
     let mut failed = 0;
     for model in models {
+        // Where this run starts: a backfill's point (checked, and its rows outside Meta's
+        // window reported, before anything is read), else the stored cursor.
+        let after = match &args.from {
+            Some(v) => crate::ops::reset::backfill_start(&ctx, model, v).await?,
+            None => ctx.state.cursor(&model.name).await.ok().flatten(),
+        };
+        let progress = start_progress(&ctx, model, after, args.json_logs).await;
+        let opts = RunOptions {
+            trigger: if args.from.is_some() {
+                "backfill"
+            } else {
+                "manual"
+            }
+            .into(),
+            from: args.from.clone(),
+            dry_run,
+            test_event_code: args.test_event_code.clone(),
+            observer: Some(progress.clone()),
+            ..Default::default()
+        };
         let summary = sync_model_once(&ctx, model, &opts).await;
+        progress.finish();
         println!("{}", format_summary(&summary, dry_run));
         if matches!(summary.status, RunStatus::Failed | RunStatus::Skipped) {
             failed += 1;
@@ -264,6 +396,25 @@ async fn cmd_retry(path: &std::path::Path, name: &str) -> anyhow::Result<i32> {
         return Ok(exit::SYNC_FAILED);
     }
     Ok(exit::OK)
+}
+
+/// A progress bar or progress log lines for one run, with the rows waiting as its estimate.
+async fn start_progress(
+    ctx: &crate::pipeline::SyncContext,
+    model: &crate::config::ModelConfig,
+    after: Option<crate::state::CursorPosition>,
+    json_logs: bool,
+) -> Arc<crate::progress::Progress> {
+    // The estimate only feeds the ETA: when it cannot be had, the run goes on without one.
+    let estimate = crate::ops::model_backlog(&ctx.warehouse, model, after.as_ref())
+        .await
+        .ok()
+        .map(|b| b.rows.max(0) as u64);
+    crate::progress::Progress::start(
+        &model.name,
+        estimate,
+        crate::progress::ProgressStyle::detect(json_logs),
+    )
 }
 
 fn select_models<'a>(
@@ -347,6 +498,9 @@ pub fn format_summary(s: &RunSummary, dry_run: bool) -> String {
         if s.status != RunStatus::Succeeded {
             out.push_str(&format!("\n  error: {e}"));
         }
+    }
+    if dry_run {
+        out.push_str("\n  dry run: nothing was sent, no cursor moved, no run was recorded");
     }
     out
 }

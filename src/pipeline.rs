@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ModelConfig};
 use crate::mapping::{MappedEvent, ModelPlan, Refusal};
+use crate::observer::RunObserver;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
 use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Overrides the model's and the global test_event_code.
     pub test_event_code: Option<String>,
+    /// Told about rows read, batches done, retries and the run's end (progress, metrics).
+    pub observer: Option<Arc<dyn RunObserver>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +160,9 @@ pub async fn sync_model_once(
             return summary;
         }
         Err(e) => {
-            summary.error = Some(format!("cannot take the model lock: {e}"));
+            summary.error = Some(format!(
+                "cannot take the model's lock in the state database ({e}); check that it is reachable (state.url, or warehouse.url when they are the same)"
+            ));
             return summary;
         }
     };
@@ -167,7 +172,10 @@ pub async fn sync_model_once(
         match ctx.state.start_run(&model.name, &opts.trigger).await {
             Ok(id) => Some(id),
             Err(e) => {
-                summary.error = Some(format!("cannot record the run: {e}"));
+                summary.error = Some(format!(
+                    "cannot record the run in schema `{}` ({e}); run `capi-sync migrate` and check that the database role may write there",
+                    ctx.config.state.schema
+                ));
                 lock.release().await;
                 return summary;
             }
@@ -201,6 +209,9 @@ pub async fn sync_model_once(
         }
     }
     lock.release().await;
+    if let Some(o) = &opts.observer {
+        o.run_finished(&summary);
+    }
     info!(
         model = %model.name,
         status = summary.status.as_str(),
@@ -222,20 +233,23 @@ async fn run_inner(
     summary: &mut RunSummary,
 ) -> Result<RunStatus, String> {
     let deadline = Instant::now() + ctx.config.service.run_deadline;
-    let (query, columns) = ctx
-        .warehouse
-        .describe(model)
-        .await
-        .map_err(|e| format!("{e}; check the model's SQL ({})", model.sql_origin))?;
-    let plan = ModelPlan::new(model, &columns).map_err(|problems| {
-        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    let (query, columns) = ctx.warehouse.describe(model).await.map_err(|e| {
         format!(
-            "the model's columns do not map to events: {}",
-            list.join("; ")
+            "{e}; check the model's SQL ({}); `capi-sync check {}` lists every problem",
+            model.sql_origin, model.name
         )
     })?;
+    let plan = Arc::new(ModelPlan::new(model, &columns).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        format!(
+            "the model's columns do not map to events: {}; `capi-sync check {}` lists every problem",
+            list.join("; "),
+            model.name
+        )
+    })?);
+    let plan_maps_event_id = plan.maps_event_id();
     let batch_size = model.batch_size;
-    let (tx_rows, mut rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
+    let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
     let warehouse = ctx.warehouse.clone();
     let reader_query = query.clone();
     let chunk = batch_size.max(100);
@@ -245,7 +259,7 @@ async fn run_inner(
                 .state
                 .cursor(&model.name)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("cannot read the model's cursor ({e})"))?;
             let ranges = read_ranges(model, &query, stored, opts.from.clone())?;
             tokio::spawn(async move {
                 warehouse
@@ -276,6 +290,37 @@ async fn run_inner(
             })
         }
     };
+    // Deliveries clear earlier refusals of the same rows; when the model has none (the usual
+    // backfill), that statement is skipped.
+    let clear_refused = opts.mode == RunMode::RetryRefused
+        || ctx
+            .state
+            .has_refused(&model.name)
+            .await
+            .map_err(|e| e.to_string())?;
+
+    // Rows read in this run cannot be in the ledger when the model has never delivered an
+    // event (a first backfill): then the per-chunk lookups are skipped.
+    let ledger_state = if ctx
+        .state
+        .has_deliveries(&model.name)
+        .await
+        .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
+    {
+        Some(ctx.state.clone())
+    } else {
+        None
+    };
+    let (tx_mapped, mut rx_mapped) = mpsc::channel::<MappedChunk>(2);
+    let mapper = tokio::spawn(map_stage(
+        plan,
+        ledger_state,
+        ctx.state.clone(),
+        model.name.clone(),
+        opts.mode,
+        rx_rows,
+        tx_mapped,
+    ));
 
     let test_event_code = opts
         .test_event_code
@@ -288,17 +333,19 @@ async fn run_inner(
         test_event_code,
         policy: RetryPolicy::new(ctx.config.meta.max_attempts),
         throttled: Arc::new(AtomicU64::new(0)),
+        model: model.name.clone(),
+        observer: opts.observer.clone(),
         cancel: ctx.cancel.clone(),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
+    let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
 
     let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
     let mut pending = Batch::default();
     let mut seq = 0u64;
     let mut failure: Option<Stop> = None;
     let mut status = RunStatus::Succeeded;
-    // Event ids taken in this run: by which row, and a hash of the event as first read.
-    let mut seen_ids: HashMap<String, (Vec<String>, u64)> = HashMap::new();
+    let mut taken = TakenIds::new(plan_maps_event_id);
 
     'read: loop {
         if ctx.cancel.is_cancelled() {
@@ -312,58 +359,46 @@ async fn run_inner(
             )));
             break;
         }
-        let chunk = tokio::select! {
-            c = rx_rows.recv() => c,
+        if let Some(e) = settler.failure() {
+            failure = Some(Stop::Failed(e));
+            break;
+        }
+        let mapped = tokio::select! {
+            c = rx_mapped.recv() => c,
             _ = ctx.cancel.cancelled() => { status = RunStatus::Cancelled; break 'read; }
         };
-        let Some(chunk) = chunk else { break };
-        summary.counters.rows_read += chunk.len() as i64;
-        let now = chrono::Utc::now().timestamp();
-
-        let mut outcomes = Vec::with_capacity(chunk.len());
-        for row in &chunk {
-            let out = plan.map_row(&row.values, &row.key, now);
-            for d in &out.dropped {
-                *summary
-                    .counters
-                    .dropped_by_field
-                    .entry(format!("{}:{}", d.field, d.reason))
-                    .or_default() += 1;
+        let Some(mapped) = mapped else { break };
+        let MappedChunkData {
+            rows,
+            outcomes,
+            dropped,
+            ledger,
+            known_refusals,
+        } = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                failure = Some(Stop::Failed(e));
+                break;
             }
-            outcomes.push(out.result);
+        };
+        summary.counters.rows_read += rows.len() as i64;
+        if let Some(o) = &opts.observer {
+            o.rows_read(&model.name, rows.len() as u64);
         }
-        let ids: Vec<String> = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().ok().map(|e| e.event_id.clone()))
-            .collect();
-        let ledger = if opts.dry_run && run_id.is_none() && ids.is_empty() {
-            HashMap::new()
-        } else {
-            ctx.state
-                .delivered_fingerprints(&model.name, &ids)
-                .await
-                .map_err(|e| e.to_string())?
-        };
+        for d in dropped {
+            *summary
+                .counters
+                .dropped_by_field
+                .entry(format!("{}:{}", d.field, d.reason))
+                .or_default() += 1;
+        }
 
-        // Re-read rows refused before are not recorded or counted again (lookback).
-        let known_refusals = if opts.mode == RunMode::Incremental && chunk.iter().any(|r| r.reread)
-        {
-            let keys: Vec<Vec<String>> = chunk
-                .iter()
-                .zip(&outcomes)
-                .filter(|(r, o)| r.reread && o.is_err())
-                .map(|(r, _)| r.key.clone())
-                .collect();
-            ctx.state
-                .refused_among(&model.name, &keys)
-                .await
-                .map_err(|e| e.to_string())?
-        } else {
-            HashSet::new()
-        };
-
-        for (row, outcome) in chunk.into_iter().zip(outcomes) {
-            let position = (!row.reread).then(|| row.position());
+        let chunk_len = rows.len();
+        for (i, (row, outcome)) in rows.into_iter().zip(outcomes).enumerate() {
+            // The batch's position is only needed where a batch is cut and at the chunk's
+            // end; cloning it for every row cost more than mapping some fields.
+            let may_cut = outcome.is_ok() && pending.events.len() + 1 >= batch_size;
+            let position = (!row.reread && (may_cut || i + 1 == chunk_len)).then(|| row.position());
             match outcome {
                 Err(_) if known_refusals.contains(&row.key) => {}
                 Err(refusal) => {
@@ -377,18 +412,18 @@ async fn run_inner(
                         if *fp != event.fingerprint() {
                             pending.changed.push(event.event_id.clone());
                         }
-                    } else if let Some((first_key, first_hash)) = seen_ids.get(&event.event_id) {
-                        if *first_key == row.key {
-                            // The same row again: it changed after its first reading and
-                            // moved further along the cursor. That reading's event is sent
-                            // (or refused by Meta) in this run; this one is neither sent
-                            // twice nor refused as a duplicate of itself.
-                            summary.counters.rows_already_sent += 1;
-                            if *first_hash != json_hash(&event.json) {
-                                pending.changed.push(event.event_id.clone());
+                    } else {
+                        match taken.take(&event, &row.key) {
+                            Taken::SameRow { changed } => {
+                                // The row changed after its first reading and moved further
+                                // along the cursor. That reading's event is sent (or refused
+                                // by Meta) in this run: not sent twice, not refused either.
+                                summary.counters.rows_already_sent += 1;
+                                if changed {
+                                    pending.changed.push(event.event_id.clone());
+                                }
                             }
-                        } else {
-                            pending.refused.push(refused_row(
+                            Taken::OtherRow => pending.refused.push(refused_row(
                                 &row.key,
                                 &row.cursor_text,
                                 Refusal::new(
@@ -396,21 +431,18 @@ async fn run_inner(
                                     "another row in this run maps to the same event_id; Meta would count only one",
                                 )
                                 .with_event_id(Some(event.event_id.clone())),
-                            ));
+                            )),
+                            Taken::New => {
+                                if summary.sample_event.is_none() {
+                                    summary.sample_event = Some(event.json.clone());
+                                }
+                                pending.events.push(PendingEvent {
+                                    event,
+                                    key: row.key,
+                                    cursor_text: row.cursor_text,
+                                });
+                            }
                         }
-                    } else {
-                        seen_ids.insert(
-                            event.event_id.clone(),
-                            (row.key.clone(), json_hash(&event.json)),
-                        );
-                        if summary.sample_event.is_none() {
-                            summary.sample_event = Some(event.json.clone());
-                        }
-                        pending.events.push(PendingEvent {
-                            event,
-                            key: row.key,
-                            cursor_text: row.cursor_text,
-                        });
                     }
                 }
             }
@@ -422,13 +454,13 @@ async fn run_inner(
                 let mut batch = std::mem::take(&mut pending);
                 batch.seq = seq;
                 if opts.dry_run {
-                    count_dry(&mut summary.counters, &batch);
+                    count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
                     continue;
                 }
                 in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
                 while in_flight.len() >= pacer.limit {
                     let done = in_flight.next().await.expect("non-empty");
-                    if let Err(stop) = settle(ctx, model, run_id, summary, done).await {
+                    if let Err(stop) = forward(&settler, model, summary, done).await {
                         failure = Some(stop);
                         break 'read;
                     }
@@ -437,7 +469,7 @@ async fn run_inner(
             }
         }
     }
-    drop(rx_rows);
+    drop(rx_mapped);
 
     // The last partial batch goes only when the read finished normally.
     if failure.is_none()
@@ -448,8 +480,11 @@ async fn run_inner(
         let mut batch = std::mem::take(&mut pending);
         batch.seq = seq;
         if opts.dry_run {
-            count_dry(&mut summary.counters, &batch);
+            count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
         } else if batch.events.is_empty() {
+            if let Some(o) = &opts.observer {
+                o.batch_done(&model.name, 0, &batch.refused);
+            }
             let empty = BatchResult {
                 batch,
                 delivered: vec![],
@@ -469,16 +504,20 @@ async fn run_inner(
     while let Some(done) = in_flight.next().await {
         if failure.is_some() {
             if let Ok(r) = done {
-                record_acks_only(ctx, model, run_id, summary, r).await;
+                record_acks_only(&settler, summary, r).await;
             }
             continue;
         }
-        if let Err(stop) = settle(ctx, model, run_id, summary, done).await {
+        if let Err(stop) = forward(&settler, model, summary, done).await {
             failure = Some(stop);
         }
     }
+    if let Err(e) = settler.finish().await {
+        failure.get_or_insert(Stop::Failed(e));
+    }
 
     summary.counters.throttles = sender.throttled.load(Ordering::Relaxed) as i64;
+    let _ = mapper.await;
     match reader.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if failure.is_none() && status == RunStatus::Succeeded => {
@@ -500,12 +539,263 @@ async fn run_inner(
     }
 }
 
+/// Event ids queued in this run. A row can be read twice in one run: changed after its first
+/// reading, it moves further along the cursor and a later page returns it again, before its
+/// first event is in the ledger (still in flight, or refused by Meta). That second reading
+/// must be neither sent again nor refused as a duplicate; only another row repeating a
+/// model's own `event_id` is a duplicate.
+struct TakenIds {
+    model_maps_event_id: bool,
+    /// Derived ids (32 hex digits, unique per key and event name) as numbers: no allocation
+    /// per event. Values: a hash of the event as first read.
+    derived: HashMap<u128, u64>,
+    /// Other ids (a model's own `event_id` column), with the row that took each.
+    other: HashMap<String, (Vec<String>, u64)>,
+}
+
+enum Taken {
+    New,
+    /// The row that took the id, read again; `changed` when its event differs.
+    SameRow {
+        changed: bool,
+    },
+    OtherRow,
+}
+
+impl TakenIds {
+    fn new(model_maps_event_id: bool) -> TakenIds {
+        TakenIds {
+            model_maps_event_id,
+            derived: HashMap::new(),
+            other: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, event: &MappedEvent, key: &[String]) -> Taken {
+        use std::collections::hash_map::Entry;
+        let hash = json_hash(&event.json);
+        let derived = (!self.model_maps_event_id)
+            .then(|| u128::from_str_radix(&event.event_id, 16).ok())
+            .flatten();
+        if let Some(id) = derived {
+            return match self.derived.entry(id) {
+                Entry::Vacant(v) => {
+                    v.insert(hash);
+                    Taken::New
+                }
+                Entry::Occupied(o) => Taken::SameRow {
+                    changed: *o.get() != hash,
+                },
+            };
+        }
+        match self.other.entry(event.event_id.clone()) {
+            Entry::Vacant(v) => {
+                v.insert((key.to_vec(), hash));
+                Taken::New
+            }
+            Entry::Occupied(o) if o.get().0 == key => Taken::SameRow {
+                changed: o.get().1 != hash,
+            },
+            Entry::Occupied(_) => Taken::OtherRow,
+        }
+    }
+}
+
 /// Tells two readings of one row apart within a run (cheaper to keep than a fingerprint).
 fn json_hash(json: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     json.hash(&mut h);
     h.finish()
+}
+
+/// A chunk of rows with what became of each, and what the ledger knows of them.
+struct MappedChunkData {
+    rows: Vec<SourceRow>,
+    outcomes: Vec<Result<MappedEvent, Refusal>>,
+    dropped: Vec<crate::mapping::DroppedValue>,
+    /// Fingerprints of the chunk's events already delivered.
+    ledger: HashMap<String, String>,
+    /// Re-read rows (lookback) already recorded as refused.
+    known_refusals: HashSet<Vec<String>>,
+}
+
+type MappedChunk = Result<MappedChunkData, String>;
+
+/// Maps chunks on blocking threads, two at a time (order kept), and looks their event ids up
+/// in the ledger, so the batching loop only assembles batches.
+async fn map_stage(
+    plan: Arc<ModelPlan>,
+    ledger: Option<StateStore>,
+    state: StateStore,
+    model: String,
+    mode: RunMode,
+    mut rx_rows: mpsc::Receiver<Vec<SourceRow>>,
+    tx_mapped: mpsc::Sender<MappedChunk>,
+) {
+    let mut jobs = FuturesOrdered::new();
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            rows = rx_rows.recv(), if input_open && jobs.len() < 2 => match rows {
+                Some(rows) => {
+                    let plan = plan.clone();
+                    let ledger = ledger.clone();
+                    let state = state.clone();
+                    let model = model.clone();
+                    jobs.push_back(async move { annotate(plan, ledger, state, model, mode, rows).await });
+                }
+                None => input_open = false,
+            },
+            Some(done) = jobs.next(), if !jobs.is_empty() => {
+                if tx_mapped.send(done).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+async fn annotate(
+    plan: Arc<ModelPlan>,
+    ledger: Option<StateStore>,
+    state: StateStore,
+    model: String,
+    mode: RunMode,
+    rows: Vec<SourceRow>,
+) -> MappedChunk {
+    let now = chrono::Utc::now().timestamp();
+    let (rows, outcomes, dropped) = tokio::task::spawn_blocking(move || {
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut dropped = Vec::new();
+        for row in &rows {
+            let out = plan.map_row(&row.values, &row.key, now);
+            dropped.extend(out.dropped);
+            outcomes.push(out.result);
+        }
+        (rows, outcomes, dropped)
+    })
+    .await
+    .map_err(|e| format!("mapping stopped unexpectedly: {e}"))?;
+    let ledger = match ledger {
+        Some(ledger) => {
+            let ids: Vec<String> = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok().map(|e| e.event_id.clone()))
+                .collect();
+            ledger
+                .delivered_fingerprints(&model, &ids)
+                .await
+                .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
+        }
+        None => HashMap::new(),
+    };
+    let known_refusals = if mode == RunMode::Incremental && rows.iter().any(|r| r.reread) {
+        let keys: Vec<Vec<String>> = rows
+            .iter()
+            .zip(&outcomes)
+            .filter(|(r, o)| r.reread && o.is_err())
+            .map(|(r, _)| r.key.clone())
+            .collect();
+        state
+            .refused_among(&model, &keys)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        HashSet::new()
+    };
+    Ok(MappedChunkData {
+        rows,
+        outcomes,
+        dropped,
+        ledger,
+        known_refusals,
+    })
+}
+
+/// Commits settled batches in order on its own task, so commits overlap with sending.
+/// Batches that finish close together are merged into one transaction (group commit).
+struct Settler {
+    tx: Option<mpsc::Sender<SettleJob>>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+struct SettleJob {
+    settlement: Settlement,
+    counters: RunCounters,
+}
+
+impl Settler {
+    fn start(
+        state: StateStore,
+        model: String,
+        run_id: Option<i64>,
+        clear_refused: bool,
+    ) -> Settler {
+        let (tx, mut rx) = mpsc::channel::<SettleJob>(8);
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let failed_task = failed.clone();
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut merged = first.settlement;
+                let mut counters = first.counters;
+                while merged.delivered.len() < 20_000 {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            merged.absorb(next.settlement);
+                            counters = next.counters;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                merged.clear_refused = clear_refused;
+                let Some(id) = run_id else { continue };
+                if let Err(e) = state.settle(&model, id, &merged, &counters).await {
+                    let msg = format!(
+                        "could not record acknowledged events and the cursor: {e}; the next run resumes at the last recorded batch"
+                    );
+                    *failed_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+                    return Err(msg);
+                }
+            }
+            Ok(())
+        });
+        Settler {
+            tx: Some(tx),
+            task,
+            failed,
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn submit(&self, settlement: Settlement, counters: &RunCounters) -> Result<(), String> {
+        let job = SettleJob {
+            settlement,
+            counters: counters.clone(),
+        };
+        match &self.tx {
+            Some(tx) if tx.send(job).await.is_ok() => Ok(()),
+            _ => Err(self
+                .failure()
+                .unwrap_or_else(|| "the state writer stopped".into())),
+        }
+    }
+
+    async fn finish(mut self) -> Result<(), String> {
+        self.tx.take();
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("the state writer stopped unexpectedly: {e}")),
+        }
+    }
 }
 
 /// The ranges an incremental run reads: from a backfill point, or after the stored cursor,
@@ -555,7 +845,15 @@ fn read_ranges(
     Ok(ranges)
 }
 
-fn count_dry(c: &mut RunCounters, batch: &Batch) {
+fn count_dry(
+    c: &mut RunCounters,
+    batch: &Batch,
+    model: &str,
+    observer: &Option<Arc<dyn RunObserver>>,
+) {
+    if let Some(o) = observer {
+        o.batch_done(model, batch.events.len() as u64, &batch.refused);
+    }
     c.events_sent += batch.events.len() as i64;
     for r in &batch.refused {
         c.rows_refused += 1;
@@ -568,11 +866,10 @@ fn count_dry(c: &mut RunCounters, batch: &Batch) {
     }
 }
 
-/// Commits a finished batch in order; a failed batch stops the run.
-async fn settle(
-    ctx: &SyncContext,
+/// Hands a finished batch to the settler, in order; a failed batch stops the run.
+async fn forward(
+    settler: &Settler,
     model: &ModelConfig,
-    run_id: Option<i64>,
     summary: &mut RunSummary,
     done: Result<BatchResult, tokio::task::JoinError>,
 ) -> Result<(), Stop> {
@@ -586,7 +883,7 @@ async fn settle(
         } else {
             Stop::Failed(describe_failure(model, &err))
         };
-        record_acks_only(ctx, model, run_id, summary, r).await;
+        record_acks_only(settler, summary, r).await;
         return Err(stop);
     }
     let BatchResult {
@@ -602,44 +899,31 @@ async fn settle(
         delivered,
         refused,
         changed: batch.changed,
+        clear_refused: false,
     };
     apply_counts(&mut summary.counters, &settlement, &batch.events);
-    if let Some(id) = run_id {
-        ctx.state
-            .settle(&model.name, id, &settlement, &summary.counters)
-            .await
-            .map_err(|e| Stop::Failed(format!("could not record batch {}: {e}", batch.seq)))?;
-    }
-    Ok(())
+    settler
+        .submit(settlement, &summary.counters)
+        .await
+        .map_err(Stop::Failed)
 }
 
 /// Records acknowledged events in the ledger without moving the cursor (the batch, or one
 /// before it, failed): a later run then does not send them again.
-async fn record_acks_only(
-    ctx: &SyncContext,
-    model: &ModelConfig,
-    run_id: Option<i64>,
-    summary: &mut RunSummary,
-    r: BatchResult,
-) {
+async fn record_acks_only(settler: &Settler, summary: &mut RunSummary, r: BatchResult) {
     if r.delivered.is_empty() {
         return;
     }
     summary.counters.events_sent += r.delivered.len() as i64;
-    if let Some(id) = run_id {
-        let settlement = Settlement {
-            position: None,
-            delivered: r.delivered,
-            refused: vec![],
-            changed: vec![],
-        };
-        if let Err(e) = ctx
-            .state
-            .settle(&model.name, id, &settlement, &summary.counters)
-            .await
-        {
-            warn!(model = %model.name, error = %e, "could not record acknowledged events of a failed run");
-        }
+    let settlement = Settlement {
+        position: None,
+        delivered: r.delivered,
+        refused: vec![],
+        changed: vec![],
+        clear_refused: false,
+    };
+    if let Err(e) = settler.submit(settlement, &summary.counters).await {
+        warn!(error = %e, "could not record acknowledged events of a failed run");
     }
 }
 
@@ -663,12 +947,15 @@ fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
 fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
     match err.class() {
         ErrorClass::Auth => format!(
-            "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset",
-            model.pixel_id
+            "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset (`capi-sync check {}` tests the token without sending)",
+            model.pixel_id, model.name
         ),
         ErrorClass::Throttled => format!("Meta kept throttling the requests ({err}); retries ran out, the next run resumes at the last acknowledged batch"),
         ErrorClass::Transient => format!("the Graph API did not accept the batch after retries ({err}); the next run resumes at the last acknowledged batch"),
-        ErrorClass::Invalid => format!("Meta rejected a batch ({err})"),
+        ErrorClass::Invalid => format!(
+            "Meta rejected a batch ({err}); check meta.graph_url, meta.api_version and the model's pixel_id (`capi-sync check {}` tests them)",
+            model.name
+        ),
     }
 }
 
@@ -680,6 +967,8 @@ struct BatchSender {
     policy: RetryPolicy,
     /// Throttled answers seen by any batch of this run.
     throttled: Arc<AtomicU64>,
+    model: String,
+    observer: Option<Arc<dyn RunObserver>>,
     cancel: CancellationToken,
 }
 
@@ -729,6 +1018,7 @@ impl BatchSender {
     async fn send_batch(self, batch: Batch) -> BatchResult {
         let span = info_span!("batch", seq = batch.seq, events = batch.events.len());
         async move {
+            let started = Instant::now();
             let mut result = BatchResult {
                 delivered: Vec::with_capacity(batch.events.len()),
                 meta_refused: Vec::new(),
@@ -776,6 +1066,16 @@ impl BatchSender {
                     }
                 }
             }
+            if let Some(o) = &self.observer {
+                o.batch_latency(&self.model, started.elapsed());
+                // A failed batch's refusals are not settled: the next run finds them again.
+                let mut refused = Vec::new();
+                if result.error.is_none() {
+                    refused.extend(batch.refused.iter().cloned());
+                    refused.extend(result.meta_refused.iter().cloned());
+                }
+                o.batch_done(&self.model, result.delivered.len() as u64, &refused);
+            }
             result.batch = batch;
             result
         }
@@ -812,6 +1112,9 @@ impl BatchSender {
                             result.retries += 1;
                             if class == ErrorClass::Throttled {
                                 self.throttled.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Some(o) = &self.observer {
+                                o.retry(&self.model, class);
                             }
                             warn!(
                                 class = ?class,

@@ -2,8 +2,10 @@
 //! model never overlap, and shutdown lets the batch in flight settle first.
 
 use crate::config::{ModelConfig, Schedule};
+use crate::observer::RunObserver;
 use crate::pipeline::{sync_model_once, RunOptions, RunStatus, SyncContext};
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -18,7 +20,11 @@ pub fn delay_until_next(
 }
 
 /// One model's loop: sleep until the next fire time (waking on shutdown), run, repeat.
-pub async fn model_loop(ctx: SyncContext, model: ModelConfig) {
+pub async fn model_loop(
+    ctx: SyncContext,
+    model: ModelConfig,
+    observer: Option<Arc<dyn RunObserver>>,
+) {
     loop {
         let Some((next, wait)) = delay_until_next(&model.schedule, Utc::now()) else {
             warn!(model = %model.name, schedule = %model.schedule.expression, "the schedule has no future fire time; the model will not run");
@@ -29,7 +35,7 @@ pub async fn model_loop(ctx: SyncContext, model: ModelConfig) {
             _ = tokio::time::sleep(wait) => {}
             _ = ctx.cancel.cancelled() => return,
         }
-        tick(&ctx, &model).await;
+        tick_observed(&ctx, &model, observer.clone()).await;
         if ctx.cancel.is_cancelled() {
             return;
         }
@@ -38,8 +44,18 @@ pub async fn model_loop(ctx: SyncContext, model: ModelConfig) {
 
 /// One scheduled run of one model.
 pub async fn tick(ctx: &SyncContext, model: &ModelConfig) -> RunStatus {
+    tick_observed(ctx, model, None).await
+}
+
+/// One scheduled run of one model, watched by `observer` (the service's metrics).
+pub async fn tick_observed(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    observer: Option<Arc<dyn RunObserver>>,
+) -> RunStatus {
     let opts = RunOptions {
         trigger: "schedule".into(),
+        observer,
         ..Default::default()
     };
     let summary = sync_model_once(ctx, model, &opts).await;
@@ -54,9 +70,18 @@ pub async fn tick(ctx: &SyncContext, model: &ModelConfig) -> RunStatus {
 /// Runs every enabled model on its schedule until `ctx.cancel` fires, then waits for the
 /// runs in progress to settle.
 pub async fn run_service(ctx: SyncContext) {
+    run_service_observed(ctx, None).await
+}
+
+/// [`run_service`], with every run watched by `observer`.
+pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn RunObserver>>) {
     let mut tasks = Vec::new();
     for model in ctx.config.models.iter().filter(|m| m.enabled).cloned() {
-        tasks.push(tokio::spawn(model_loop(ctx.clone(), model)));
+        tasks.push(tokio::spawn(model_loop(
+            ctx.clone(),
+            model,
+            observer.clone(),
+        )));
     }
     let pruner_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {

@@ -651,3 +651,32 @@ fn sandbox_config_debug_redacts_the_token() {
     assert!(!shown.contains("very-secret-token"), "{shown}");
     assert!(shown.contains("redacted"), "{shown}");
 }
+
+#[tokio::test]
+async fn get_of_the_pixel_with_a_valid_token_answers_its_id_and_records_nothing() {
+    let sb = sandbox().await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v25.0/123456789012345?fields=id", sb.base_url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"id": "123456789012345"}));
+    assert_eq!(sb.stats().events_accepted, 0);
+}
+
+#[tokio::test]
+async fn get_of_the_pixel_with_a_wrong_token_is_refused_with_code_190() {
+    let sb = sandbox().await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v25.0/123456789012345?fields=id", sb.base_url()))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 190);
+}

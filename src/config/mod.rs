@@ -485,6 +485,13 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         ),
         metrics_addr: raw.service.metrics_addr,
     };
+    if let Some(addr) = service.metrics_addr.as_deref().map(str::trim) {
+        if !addr.is_empty() && addr.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "key `service.metrics_addr`: `{addr}` is not an address to listen on, like 127.0.0.1:9464 (\"\" serves no endpoints)"
+            ));
+        }
+    }
 
     let mut models = Vec::new();
     let mut seen = HashSet::new();

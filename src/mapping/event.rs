@@ -299,6 +299,13 @@ impl ModelPlan {
         &self.model
     }
 
+    /// True when a column or constant gives `event_id` (the model owns its identity).
+    pub fn maps_event_id(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.target == Target::Top(TopField::EventId))
+    }
+
     /// Maps one row. `key` is the row's primary key (text form), `now` the send time.
     pub fn map_row(&self, values: &[Value], key: &[String], now: i64) -> RowOutcome {
         let mut dropped = Vec::new();

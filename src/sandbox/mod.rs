@@ -51,6 +51,10 @@
 //! `is_transient: true` with `Retry-After: 1` (throttle); see [`Faults`].
 //!
 //! Success: HTTP 200 `{"events_received": n, "messages": [], "fbtrace_id": "..."}`.
+//!
+//! `GET /vNN.N/{numeric id}` (any query, e.g. `?fields=id`) with a valid token answers
+//! `{"id": "<id>"}`: the request `capi-sync check` makes to prove the token works without
+//! creating an event. A missing or wrong token gets the same 401/190 as a POST.
 
 mod currency;
 mod error;
@@ -116,6 +120,8 @@ pub struct SandboxStats {
     pub dropped: u64,
     /// Events accepted (and recorded).
     pub events_accepted: u64,
+    /// The `test_event_code` of the last accepted request that carried one.
+    pub last_test_event_code: Option<String>,
 }
 
 /// A running sandbox. Dropping it stops the server without waiting; prefer [`Self::shutdown`].
@@ -198,6 +204,7 @@ pub async fn start(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<S
         keep_in_memory: config.keep_in_memory,
         events: Mutex::new(Vec::new()),
         counters: Default::default(),
+        last_test_event_code: Mutex::new(None),
     });
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server::accept_loop(

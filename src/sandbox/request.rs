@@ -55,6 +55,25 @@ pub fn check_route(method: &hyper::Method, path: &str) -> Result<(), GraphError>
     Ok(())
 }
 
+/// `GET /vNN.N/{numeric id}`: reading the pixel object (what `capi-sync check` asks to prove
+/// the token works). Returns the id.
+pub fn object_route<'p>(method: &hyper::Method, path: &'p str) -> Option<&'p str> {
+    if method != hyper::Method::GET {
+        return None;
+    }
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (version, id, rest) = (parts.next()?, parts.next()?, parts.next());
+    let numeric = !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit());
+    (is_version(version) && numeric && rest.is_none()).then_some(id)
+}
+
+/// The `access_token` query parameter, if any.
+pub fn query_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
 /// `vNN.N`: a `v`, digits, a dot, digits.
 fn is_version(v: &str) -> bool {
     let Some(rest) = v.strip_prefix('v') else {

@@ -51,6 +51,8 @@ pub(super) struct Shared {
     pub keep_in_memory: bool,
     pub events: Mutex<Vec<Value>>,
     pub counters: Counters,
+    /// The `test_event_code` of the last accepted request that had one.
+    pub last_test_event_code: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -71,6 +73,18 @@ impl Shared {
             throttled: c.throttled.load(Ordering::SeqCst),
             dropped: c.dropped.load(Ordering::SeqCst),
             events_accepted: c.events_accepted.load(Ordering::SeqCst),
+            last_test_event_code: self
+                .last_test_event_code
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    fn token_ok(&self, t: &str) -> bool {
+        match &self.token {
+            Some(expected) => same_token(t, expected),
+            None => !t.is_empty(),
         }
     }
 
@@ -207,10 +221,15 @@ fn same_token(a: &str, b: &str) -> bool {
 }
 
 enum Outcome {
+    /// `GET /vNN.N/{id}` with a valid token: the object's id.
+    Object(String),
     Reject(GraphError),
     Fail,
     Throttle,
-    Accept { events: usize, drop: bool },
+    Accept {
+        events: usize,
+        drop: bool,
+    },
 }
 
 async fn handle(
@@ -225,6 +244,11 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
     }
     match outcome {
+        Outcome::Object(id) => {
+            let trace = fbtrace_id();
+            let body = serde_json::to_vec(&serde_json::json!({ "id": id })).unwrap_or_default();
+            json_response(200, body, &trace)
+        }
         Outcome::Reject(e) => {
             shared.count_rejection(&e);
             tracing::debug!(code = e.code, subcode = ?e.subcode, "sandbox: request rejected");
@@ -272,6 +296,14 @@ async fn handle(
 
 async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults) -> Outcome {
     let (parts, body) = req.into_parts();
+    if let Some(id) = request::object_route(&parts.method, parts.uri.path()) {
+        let mut tokens: Vec<String> = request::bearer_token(&parts.headers).into_iter().collect();
+        tokens.extend(request::query_token(parts.uri.query()));
+        if tokens.is_empty() || !tokens.iter().all(|t| shared.token_ok(t)) {
+            return Outcome::Reject(GraphError::invalid_token());
+        }
+        return Outcome::Object(id.to_string());
+    }
     if let Err(e) = request::check_route(&parts.method, parts.uri.path()) {
         return Outcome::Reject(e);
     }
@@ -308,14 +340,11 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
         Err(e) => return Outcome::Reject(e),
     };
     // Authentication: there must be a token, and every token given must be valid.
-    let token_ok = |t: &String| match &shared.token {
-        Some(expected) => same_token(t, expected),
-        None => !t.is_empty(),
-    };
-    if params.tokens.is_empty() || !params.tokens.iter().all(token_ok) {
+    if params.tokens.is_empty() || !params.tokens.iter().all(|t| shared.token_ok(t)) {
         return Outcome::Reject(GraphError::invalid_token());
     }
     let is_test = params.test_event_code.is_some();
+    let test_event_code = params.test_event_code.clone();
     let data_text: String;
     let data = match params.data {
         request::Data::Parsed(v) => v,
@@ -365,6 +394,12 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(values);
+    }
+    if test_event_code.is_some() {
+        *shared
+            .last_test_event_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = test_event_code;
     }
     shared
         .counters

@@ -1,6 +1,7 @@
 //! The Graph API side: one request per batch, the answer classified by Meta's error code
 //! (never by message text), and the retry policy.
 
+mod probe;
 pub mod retry;
 
 use crate::config::{MetaSettings, Secret};
@@ -156,6 +157,7 @@ impl GraphClient {
             .timeout(meta.request_timeout)
             .connect_timeout(Duration::from_secs(10).min(meta.request_timeout))
             .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
             .user_agent(concat!("capi-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SinkError::Network(e.to_string()))?;

@@ -2,6 +2,10 @@
 //! `(cursor, primary key)`, each page in a READ ONLY transaction with a statement timeout.
 //! The model's SQL is wrapped as a subquery, never edited.
 
+mod inspect;
+
+pub use inspect::{Backlog, EventTimeWindow, WindowCount, WindowDays};
+
 use crate::config::{ModelConfig, Secret};
 use crate::mapping::{ColumnInfo, Value, ValueKind};
 use crate::state::CursorPosition;
@@ -540,10 +544,46 @@ fn decode_value(row: &PgRow, i: usize, kind: ValueKind) -> std::result::Result<V
     .unwrap_or(Value::Null))
 }
 
-/// A database error's message without the query text.
+/// A database error's message without the query text, and without the offending value when
+/// Postgres quotes one (a failed cast in a model's SQL names the row's value, which may be
+/// customer data).
 pub fn db_message(e: &sqlx::Error) -> String {
     match e.as_database_error() {
-        Some(d) => d.message().to_string(),
+        Some(d) => without_quoted_value(d.code().as_deref(), d.message()),
         None => e.to_string(),
+    }
+}
+
+/// Data exceptions (SQLSTATE class 22) end their message with the value that failed, as in
+/// `invalid input syntax for type integer: "jane@example.com"`; that part is cut.
+fn without_quoted_value(code: Option<&str>, message: &str) -> String {
+    match (code, message.find(": \"")) {
+        (Some(c), Some(at)) if c.starts_with("22") => format!(
+            "{} (SQLSTATE {c}; the value is not shown because it may be customer data)",
+            &message[..at]
+        ),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_lose_the_quoted_value() {
+        let m = without_quoted_value(
+            Some("22P02"),
+            "invalid input syntax for type integer: \"jane@example.com\"",
+        );
+        assert!(!m.contains("jane"), "{m}");
+        assert!(
+            m.starts_with("invalid input syntax for type integer"),
+            "{m}"
+        );
+        assert_eq!(
+            without_quoted_value(Some("42703"), "column \"emial\" does not exist"),
+            "column \"emial\" does not exist"
+        );
     }
 }

@@ -1,6 +1,10 @@
 //! Our own tables: cursors, run history, the delivery ledger, refused rows, and the per-model
 //! lock. All live in one schema (`state.schema`), created and upgraded by embedded migrations.
 
+mod report;
+
+pub use report::CursorRecord;
+
 use crate::config::Secret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
@@ -82,6 +86,21 @@ pub struct Settlement {
     pub refused: Vec<RefusedRow>,
     /// Event ids already in the ledger whose mapped event has since changed.
     pub changed: Vec<String>,
+    /// Delete earlier refusals of the delivered rows (skipped when the model has none).
+    pub clear_refused: bool,
+}
+
+impl Settlement {
+    /// Appends a later settlement (group commit): its position wins when it has one.
+    pub fn absorb(&mut self, later: Settlement) {
+        if later.position.is_some() {
+            self.position = later.position;
+        }
+        self.delivered.extend(later.delivered);
+        self.refused.extend(later.refused);
+        self.changed.extend(later.changed);
+        self.clear_refused |= later.clear_refused;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +287,25 @@ impl StateStore {
         .await?)
     }
 
+    /// True when the ledger holds any event of the model.
+    pub async fn has_deliveries(&self, model: &str) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deliveries WHERE model = $1)")
+                .bind(model)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn has_refused(&self, model: &str) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refused_rows WHERE model = $1)")
+                .bind(model)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Which of these row keys are already recorded as refused.
     pub async fn refused_among(
         &self,
@@ -298,13 +336,18 @@ impl StateStore {
         if event_ids.is_empty() {
             return Ok(HashMap::new());
         }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
-            "SELECT event_id, fingerprint FROM deliveries WHERE model = $1 AND event_id = ANY($2)",
+            "SELECT event_id, fingerprint FROM deliveries WHERE event_id = ANY($1) AND model = $2",
         )
-        .bind(model)
         .bind(event_ids)
-        .fetch_all(&self.pool)
+        .bind(model)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -319,20 +362,20 @@ impl StateStore {
         let mut tx = self.pool.begin().await?;
         if !settlement.delivered.is_empty() {
             let d = &settlement.delivered;
-            let keys: Vec<String> = d.iter().map(|x| encode_key(&x.row_key)).collect();
+            let (keys, key_expr) = key_param(d.iter().map(|x| x.row_key.as_slice()));
             let ids: Vec<&str> = d.iter().map(|x| x.event_id.as_str()).collect();
             let names: Vec<&str> = d.iter().map(|x| x.event_name.as_str()).collect();
             let fps: Vec<&str> = d.iter().map(|x| x.fingerprint.as_str()).collect();
             let times: Vec<i64> = d.iter().map(|x| x.event_time).collect();
             let traces: Vec<Option<&str>> = d.iter().map(|x| x.fbtrace_id.as_deref()).collect();
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO deliveries (model, event_id, row_key, event_name, fingerprint, event_time, fbtrace_id, run_id)
-                 SELECT $1, id, ARRAY(SELECT json_array_elements_text(k::json)), n, fp, to_timestamp(t), tr, $8
+                 SELECT $1, id, {key_expr}, n, fp, to_timestamp(t), tr, $8
                  FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[]) AS u(id, k, n, fp, t, tr)
                  ON CONFLICT (model, event_id) DO UPDATE
                    SET fingerprint = EXCLUDED.fingerprint, delivered_at = now(), fbtrace_id = EXCLUDED.fbtrace_id,
-                       run_id = EXCLUDED.run_id, changed_at = NULL",
-            )
+                       run_id = EXCLUDED.run_id, changed_at = NULL"
+            ))
             .bind(model)
             .bind(&ids)
             .bind(&keys)
@@ -343,15 +386,17 @@ impl StateStore {
             .bind(run_id)
             .execute(&mut *tx)
             .await?;
-            // A row that was refused before and is now delivered is no longer refused.
-            sqlx::query(
-                "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
-                 WHERE r.model = $1 AND r.row_key = ARRAY(SELECT json_array_elements_text(u.k::json))",
-            )
-            .bind(model)
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await?;
+            if settlement.clear_refused {
+                // A row that was refused before and is now delivered is no longer refused.
+                sqlx::query(&format!(
+                    "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
+                     WHERE r.model = $1 AND r.row_key = {key_expr}"
+                ))
+                .bind(model)
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         if !settlement.refused.is_empty() {
             let r = &settlement.refused;
@@ -526,6 +571,20 @@ async fn write_counters(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Row keys as one text[] parameter plus the SQL that turns an element `k` back into the
+/// key array: single-column keys go as they are (the common, fast case), composite keys as
+/// JSON arrays.
+fn key_param<'a>(keys: impl Iterator<Item = &'a [String]> + Clone) -> (Vec<String>, &'static str) {
+    if keys.clone().all(|k| k.len() == 1) {
+        (keys.map(|k| k[0].clone()).collect(), "ARRAY[k]")
+    } else {
+        (
+            keys.map(encode_key).collect(),
+            "ARRAY(SELECT json_array_elements_text(k::json))",
+        )
+    }
 }
 
 /// Row keys travel through UNNEST as JSON arrays of text (Postgres cannot unnest a 2-D array

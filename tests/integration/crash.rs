@@ -111,19 +111,19 @@ async fn kill_9_at_random_points_loses_no_row_and_resends_only_batches_in_flight
     );
     // Without injected faults, a repeat can only come from a batch in flight at a kill.
     assert_eq!(audit.repeats_within_a_life, 0);
+    let window = BATCH * uncommitted_batches_at_most(CONCURRENCY);
     for (k, life) in h.lives.iter().enumerate() {
         let unsettled = audit.unsettled_at_end[&k];
         match life.ending {
             Ending::Killed => assert!(
-                unsettled <= BATCH * CONCURRENCY,
-                "life {k} died with {unsettled} recorded events not in the ledger; at most {} can be in flight",
-                BATCH * CONCURRENCY
+                unsettled <= window,
+                "life {k} died with {unsettled} recorded events not in the ledger; at most {window} can be uncommitted"
             ),
             Ending::Exited(_) => assert_eq!(unsettled, 0, "life {k} exited with unsettled events"),
         }
         assert!(audit.repeats_after_life.get(&k).copied().unwrap_or(0) <= unsettled);
     }
-    assert!(audit.repeats() <= BATCH * CONCURRENCY * kills);
+    assert!(audit.repeats() <= window * kills);
 
     // Every row is there, under exactly one id: the one derived from its key and stage.
     let expected: HashSet<String> = (1..=ROWS)

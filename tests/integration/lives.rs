@@ -44,6 +44,13 @@ pub struct Life {
     pub ledger_at_end: HashSet<String>,
 }
 
+/// Batches of one model whose events Meta may have received without their ledger rows being
+/// committed: those in flight (`meta.concurrency`), and those acknowledged and waiting for the
+/// pipeline's group commit (its queue holds 8, and the commit under way up to 9 merged).
+pub fn uncommitted_batches_at_most(concurrency: usize) -> usize {
+    concurrency + 8 + 9
+}
+
 /// Where the kill lands.
 #[derive(Debug, Clone, Copy)]
 pub enum KillPoint {
@@ -88,7 +95,9 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("capi-sync.toml");
         let text = format!(
+            // No metrics endpoint: tests and other services run side by side on one host.
             "[warehouse]\nurl = \"{url}\"\nstatement_timeout = \"20s\"\n\
+             [service]\nmetrics_addr = \"\"\n\
              [meta]\ngraph_url = \"{graph}\"\naccess_token = \"{TOKEN}\"\n{meta_toml}\n{models_toml}",
             url = db.url,
             graph = sandbox.base_url(),

@@ -6,6 +6,7 @@ mod crash;
 mod delivery;
 mod helpers;
 mod lives;
+mod ops;
 mod privacy;
 mod soak;
 mod sync;

@@ -238,7 +238,7 @@ async fn soak_every_row_delivered_once_or_refused_with_a_reason_through_faults_w
     // Repeats come only from lost acknowledgements: dropped connections within a life, batches
     // in flight when a life was killed.
     assert!(audit.repeats_within_a_life <= stats.dropped as usize * BATCH);
-    let in_flight_per_kill = MODELS as usize * BATCH * CONCURRENCY;
+    let in_flight_per_kill = MODELS as usize * BATCH * uncommitted_batches_at_most(CONCURRENCY);
     for (k, life) in h.lives.iter().enumerate() {
         let unsettled = audit.unsettled_at_end[&k];
         let bound = stats.dropped as usize * BATCH

@@ -1,0 +1,510 @@
+//! `capi-sync check [MODEL ...] [--offline]`: everything that can be known about a model
+//! before its first run, without sending an event or reading a row. One line per finding,
+//! `model: column: level — message`, OK lines included.
+
+use crate::config::{redact_url, Config, ExternalIdMode, ModelConfig};
+use crate::mapping::params::{self, Target, TopField, UserDataKey};
+use crate::mapping::{ColumnInfo, ModelPlan, PlanProblem, ValueKind};
+use crate::sink::{ErrorClass, GraphClient, SinkError};
+use crate::source::Warehouse;
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warning,
+    /// Something the operator must fix in the config or a model (exit code 2).
+    Error,
+    /// Something could not be reached (exit code 3).
+    Unreachable,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Error => "error",
+            Level::Unreachable => "error",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The model, or the part of the setup (`config`, `warehouse`, `state`, `meta`).
+    pub scope: String,
+    /// The column or parameter, when the finding is about one.
+    pub subject: Option<String>,
+    pub level: Level,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.scope)?;
+        if let Some(s) = &self.subject {
+            write!(f, "{s}: ")?;
+        }
+        write!(f, "{} — {}", self.level.as_str(), self.message)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    fn push(&mut self, scope: &str, subject: Option<&str>, level: Level, message: String) {
+        let f = Finding {
+            scope: scope.to_string(),
+            subject: subject.map(str::to_string),
+            level,
+            message,
+        };
+        println!("{f}");
+        self.findings.push(f);
+    }
+
+    fn count(&self, pred: impl Fn(Level) -> bool) -> usize {
+        self.findings.iter().filter(|f| pred(f.level)).count()
+    }
+
+    /// 2 for any config or model error, else 3 for anything unreachable, else 0.
+    pub fn exit_code(&self) -> i32 {
+        if self.count(|l| l == Level::Error) > 0 {
+            crate::cli::exit::BAD_CONFIG
+        } else if self.count(|l| l == Level::Unreachable) > 0 {
+            crate::cli::exit::UNEXPECTED
+        } else {
+            crate::cli::exit::OK
+        }
+    }
+}
+
+/// Runs every check for the selected models (all when `names` is empty), printing each
+/// finding as it is made. Returns the exit code.
+pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Result<i32> {
+    let models: Vec<&ModelConfig> = if names.is_empty() {
+        config.models.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| super::model_named(config, n))
+            .collect::<Result<_, _>>()?
+    };
+    let mut report = Report::default();
+    report.push(
+        "config",
+        None,
+        Level::Ok,
+        format!(
+            "{} is valid ({} models, {} enabled)",
+            config.source,
+            config.models.len(),
+            config.models.iter().filter(|m| m.enabled).count()
+        ),
+    );
+
+    let warehouse = match crate::app::connect_warehouse(config).await {
+        Ok(w) => {
+            report.push(
+                "warehouse",
+                None,
+                Level::Ok,
+                format!("{} answers", redact_url(config.warehouse.url.expose())),
+            );
+            Some(w)
+        }
+        Err(e) => {
+            report.push("warehouse", None, Level::Unreachable, format!("{e:#}"));
+            None
+        }
+    };
+    check_state(config, &mut report).await;
+
+    for model in &models {
+        match &warehouse {
+            Some(w) => check_model(w, model, &mut report).await,
+            None => report.push(
+                &model.name,
+                None,
+                Level::Warning,
+                "not checked: the warehouse cannot be reached".into(),
+            ),
+        }
+    }
+
+    if offline {
+        report.push(
+            "meta",
+            None,
+            Level::Ok,
+            "the Graph API was not asked (--offline)".into(),
+        );
+    } else {
+        check_graph(config, &models, &mut report).await;
+    }
+
+    let errors = report.count(|l| l >= Level::Error);
+    let warnings = report.count(|l| l == Level::Warning);
+    println!(
+        "check: {} checked, {errors} error{}, {warnings} warning{}; nothing was sent",
+        super::rows(models.len() as i64).replace("row", "model"),
+        if errors == 1 { "" } else { "s" },
+        if warnings == 1 { "" } else { "s" },
+    );
+    Ok(report.exit_code())
+}
+
+/// Our schema: reachable, and created and up to date (or not yet: the first run creates it).
+async fn check_state(config: &Config, report: &mut Report) {
+    let schema = &config.state.schema;
+    let store = match super::read_only_state(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.push("state", None, Level::Unreachable, format!("{e:#}"));
+            return;
+        }
+    };
+    let Some(store) = store else {
+        report.push(
+            "state",
+            None,
+            Level::Ok,
+            format!("schema `{schema}` has no capi-sync tables yet; `capi-sync migrate` or the first sync creates them"),
+        );
+        return;
+    };
+    let applied: Result<Vec<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(store.pool())
+            .await;
+    let known: BTreeSet<i64> = crate::state::MIGRATOR.iter().map(|m| m.version).collect();
+    match applied {
+        Ok(v) => {
+            let applied: BTreeSet<i64> = v.into_iter().collect();
+            let pending = known.difference(&applied).count();
+            if pending == 0 {
+                report.push(
+                    "state",
+                    None,
+                    Level::Ok,
+                    format!("schema `{schema}` is up to date"),
+                );
+            } else {
+                report.push(
+                    "state",
+                    None,
+                    Level::Warning,
+                    format!("schema `{schema}` lacks {pending} migration(s); `capi-sync migrate` (or the next sync) applies them"),
+                );
+            }
+        }
+        Err(e) => report.push(
+            "state",
+            None,
+            Level::Warning,
+            format!("cannot read the migration history in schema `{schema}`: {e}"),
+        ),
+    }
+}
+
+/// What a column of this type feeds, in words.
+fn describe_target(target: &Target, kind: &str, model: &ModelConfig) -> String {
+    let how = match target {
+        Target::UserData(UserDataKey::Hashed(f))
+            if f.key() == "external_id" && model.external_id == ExternalIdMode::Raw =>
+        {
+            "; sent as it is (external_id = \"raw\")"
+        }
+        Target::UserData(UserDataKey::Hashed(_)) => "; normalized and SHA-256 hashed",
+        Target::UserData(UserDataKey::Integer(_)) => "; sent as a JSON integer",
+        _ => "",
+    };
+    format!("maps to {} ({kind}{how})", target.path())
+}
+
+/// Where a column goes: an explicit `[models.columns]` entry, else its own name.
+fn column_target(model: &ModelConfig, name: &str) -> Option<Target> {
+    if let Some((t, _)) = model.columns.iter().find(|(_, c)| c == name) {
+        return Some(t.clone());
+    }
+    params::resolve(name).ok()
+}
+
+async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Report) {
+    let name = model.name.as_str();
+    if !model.enabled {
+        report.push(
+            name,
+            None,
+            Level::Ok,
+            "disabled (enabled = false): checked, but not scheduled".into(),
+        );
+    }
+    let (query, columns) = match warehouse.describe(model).await {
+        Ok(d) => d,
+        Err(e) => {
+            report.push(
+                name,
+                Some("sql"),
+                Level::Error,
+                format!("{e}; fix the model's SQL ({})", model.sql_origin),
+            );
+            return;
+        }
+    };
+    report.push(
+        name,
+        Some("sql"),
+        Level::Ok,
+        format!(
+            "the query plans in the warehouse ({} columns; no row was read)",
+            columns.len()
+        ),
+    );
+    let problems = ModelPlan::new(model, &columns).err().unwrap_or_default();
+
+    for col in &columns {
+        check_column(model, col, &problems, report);
+    }
+    for p in problems.iter().filter(|p| {
+        p.column
+            .as_ref()
+            .is_some_and(|c| !columns.iter().any(|x| &x.name == c))
+    }) {
+        // A cursor, key or [models.columns] entry that names a column the query lacks.
+        report.push(name, p.column.as_deref(), Level::Error, p.message.clone());
+    }
+
+    let mut required_missing = Vec::new();
+    for field in [
+        TopField::EventName,
+        TopField::EventTime,
+        TopField::ActionSource,
+    ] {
+        let target = Target::Top(field);
+        let from_column = columns.iter().find(|c| {
+            !model.ignore_columns.contains(&c.name)
+                && column_target(model, &c.name).as_ref() == Some(&target)
+        });
+        let constant = model.constants.iter().find(|(t, _)| *t == target);
+        let message = match (from_column, constant) {
+            (Some(c), Some((_, v))) => format!("from column `{}`, else the constant {v}", c.name),
+            (Some(c), None) => format!("from column `{}`", c.name),
+            (None, Some((_, v))) => format!("the constant {v}"),
+            (None, None) => {
+                required_missing.push(field.key());
+                let fix = if field == TopField::EventTime {
+                    "add a column named `event_time` (timestamp, date or Unix seconds) to the SQL, or map one in [models.columns]".to_string()
+                } else {
+                    format!(
+                        "add a column named `{0}` to the SQL, map one in [models.columns], or set [models.constants] {0}",
+                        field.key()
+                    )
+                };
+                report.push(
+                    name,
+                    Some(field.key()),
+                    Level::Error,
+                    format!("required, but no column or constant gives it: {fix}"),
+                );
+                continue;
+            }
+        };
+        report.push(
+            name,
+            Some(field.key()),
+            Level::Ok,
+            format!("required field, {message}"),
+        );
+    }
+    // Problems not about one returned column (constants that cannot be used, ...), except
+    // the missing required fields reported just above.
+    for p in problems.iter().filter(|p| p.column.is_none()) {
+        if required_missing
+            .iter()
+            .any(|f| p.message.contains(&format!("`{f}`")))
+        {
+            continue;
+        }
+        report.push(name, Some("constants"), Level::Error, p.message.clone());
+    }
+    if !model.constants.is_empty() {
+        let shown: Vec<String> = model
+            .constants
+            .iter()
+            .map(|(t, v)| match t {
+                // A hashed field's constant is customer data; it is sent hashed, never shown.
+                Target::UserData(UserDataKey::Hashed(_)) => format!("{} = (hashed)", t.path()),
+                _ => format!("{} = {v}", t.path()),
+            })
+            .collect();
+        report.push(name, Some("constants"), Level::Ok, shown.join(", "));
+    }
+
+    if !model.lookback.is_zero() && !query.cursor_is_time() {
+        report.push(
+            name,
+            Some("lookback"),
+            Level::Error,
+            format!(
+                "is set, but the cursor `{}` is not a timestamp or date column, so no time can be subtracted from it; remove lookback or use a time cursor",
+                model.cursor
+            ),
+        );
+    }
+    if problems
+        .iter()
+        .all(|p| p.column.as_deref() != Some(&model.cursor))
+        && columns.iter().any(|c| c.name == model.cursor)
+    {
+        match warehouse.plan_paging(&query).await {
+            Ok(()) => report.push(
+                name,
+                Some(&model.cursor),
+                Level::Ok,
+                format!(
+                    "pages on (cursor, primary key) = ({}, {}) plan in the warehouse",
+                    model.cursor,
+                    model.primary_key.join(", ")
+                ),
+            ),
+            Err(e) => report.push(
+                name,
+                Some(&model.cursor),
+                Level::Error,
+                format!("{e}; use a timestamp, date or integer cursor and an orderable key"),
+            ),
+        }
+    }
+}
+
+fn check_column(
+    model: &ModelConfig,
+    col: &ColumnInfo,
+    problems: &[PlanProblem],
+    report: &mut Report,
+) {
+    let name = model.name.as_str();
+    let mine: Vec<&PlanProblem> = problems
+        .iter()
+        .filter(|p| p.column.as_deref() == Some(col.name.as_str()))
+        .collect();
+    if !mine.is_empty() {
+        for p in mine {
+            report.push(name, Some(&col.name), Level::Error, p.message.clone());
+        }
+        return;
+    }
+    let kind = col.kind.describe();
+    let mut roles = Vec::new();
+    if model.cursor == col.name {
+        roles.push(format!("the cursor ({kind})"));
+    }
+    if model.primary_key.contains(&col.name) {
+        roles.push(format!("the primary key ({kind})"));
+    }
+    if model.ignore_columns.contains(&col.name) {
+        roles.push(format!("ignored, listed in ignore_columns ({kind})"));
+    } else if let Some(t) = column_target(model, &col.name) {
+        roles.push(describe_target(&t, kind, model));
+    }
+    report.push(name, Some(&col.name), Level::Ok, roles.join(", "));
+    if model.cursor == col.name
+        && !matches!(
+            col.kind,
+            ValueKind::Int | ValueKind::Date | ValueKind::Timestamp | ValueKind::TimestampTz
+        )
+    {
+        report.push(
+            name,
+            Some(&col.name),
+            Level::Warning,
+            format!(
+                "the cursor is {kind}: it works if its values sort in the order rows change, but a timestamp, date or integer is safer (text sorts '10' before '9')"
+            ),
+        );
+    }
+}
+
+/// Asks the Graph API for each pixel with the token, which proves both without an event.
+async fn check_graph(config: &Config, models: &[&ModelConfig], report: &mut Report) {
+    if config.meta.access_token.is_empty() {
+        report.push(
+            "meta",
+            Some("access_token"),
+            Level::Error,
+            "is empty: set CAPI_SYNC_META__ACCESS_TOKEN or meta.access_token_file (or run check with --offline)".into(),
+        );
+        return;
+    }
+    let graph = match GraphClient::new(&config.meta) {
+        Ok(g) => g,
+        Err(e) => {
+            report.push(
+                "meta",
+                None,
+                Level::Unreachable,
+                format!("cannot build the HTTP client: {e}"),
+            );
+            return;
+        }
+    };
+    let mut asked: Vec<(String, Result<(), String>, Level)> = Vec::new();
+    for model in models {
+        let subject = format!("pixel {}", model.pixel_id);
+        let known = asked.iter().find(|(p, _, _)| *p == model.pixel_id).cloned();
+        let (result, level) = match known {
+            Some((_, r, l)) => (r, l),
+            None => {
+                let (r, l) = match graph.check_pixel(&model.pixel_id).await {
+                    Ok(()) => (Ok(()), Level::Ok),
+                    Err(e) => {
+                        let (msg, level) = describe_graph_error(&graph, &model.pixel_id, &e);
+                        (Err(msg), level)
+                    }
+                };
+                asked.push((model.pixel_id.clone(), r.clone(), l));
+                (r, l)
+            }
+        };
+        match result {
+            Ok(()) => report.push(
+                &model.name,
+                Some(&subject),
+                Level::Ok,
+                format!(
+                    "{} answers with the token (nothing was sent)",
+                    graph.pixel_url(&model.pixel_id)
+                ),
+            ),
+            Err(msg) => report.push(&model.name, Some(&subject), level, msg),
+        }
+    }
+}
+
+fn describe_graph_error(graph: &GraphClient, pixel: &str, e: &SinkError) -> (String, Level) {
+    let url = graph.pixel_url(pixel);
+    match e.class() {
+        ErrorClass::Auth => (
+            format!(
+                "Meta refused the token for {url} ({e}); check meta.access_token, and that the token's system user has access to this pixel or dataset"
+            ),
+            Level::Error,
+        ),
+        ErrorClass::Invalid => (
+            format!("Meta refused the request for {url} ({e}); check the model's pixel_id and meta.api_version"),
+            Level::Error,
+        ),
+        ErrorClass::Transient | ErrorClass::Throttled => (
+            format!(
+                "cannot reach the Graph API at {url} ({e}); check meta.graph_url and the network, or run check with --offline"
+            ),
+            Level::Unreachable,
+        ),
+    }
+}
