@@ -738,6 +738,10 @@ impl Settler {
         let failed = Arc::new(std::sync::Mutex::new(None));
         let failed_task = failed.clone();
         let task = tokio::spawn(async move {
+            // Once this run has refused a row, a later delivery of that row in this run (it was
+            // fixed, or moved to a new stage) must clear the refusal, even when the model had
+            // none when the run started.
+            let mut clear_refused = clear_refused;
             while let Some(first) = rx.recv().await {
                 let mut merged = first.settlement;
                 let mut counters = first.counters;
@@ -759,6 +763,7 @@ impl Settler {
                     *failed_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
                     return Err(msg);
                 }
+                clear_refused |= !merged.refused.is_empty();
             }
             Ok(())
         });

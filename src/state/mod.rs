@@ -96,6 +96,18 @@ impl Settlement {
         if later.position.is_some() {
             self.position = later.position;
         }
+        // A row refused earlier and delivered later is no longer refused. `settle` clears
+        // refusals of delivered rows before it writes the new ones, so within one merged
+        // transaction the earlier refusal must be dropped here instead.
+        if !later.delivered.is_empty() && !self.refused.is_empty() {
+            let delivered: HashSet<&[String]> = later
+                .delivered
+                .iter()
+                .map(|d| d.row_key.as_slice())
+                .collect();
+            self.refused
+                .retain(|r| !delivered.contains(r.row_key.as_slice()));
+        }
         self.delivered.extend(later.delivered);
         self.refused.extend(later.refused);
         self.changed.extend(later.changed);
@@ -591,4 +603,56 @@ fn key_param<'a>(keys: impl Iterator<Item = &'a [String]> + Clone) -> (Vec<Strin
 /// of rows with different key lengths).
 fn encode_key(key: &[String]) -> String {
     serde_json::to_string(key).unwrap_or_else(|_| "[]".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(key: &str) -> RefusedRow {
+        RefusedRow {
+            row_key: vec![key.into()],
+            event_id: None,
+            reason: "no_customer_information".into(),
+            detail: "no identifier left".into(),
+            meta_code: None,
+            meta_subcode: None,
+            cursor_value: None,
+        }
+    }
+
+    fn delivered(key: &str) -> Delivered {
+        Delivered {
+            row_key: vec![key.into()],
+            event_id: format!("id-{key}"),
+            event_name: "Lead".into(),
+            event_time: 0,
+            fingerprint: String::new(),
+            fbtrace_id: None,
+        }
+    }
+
+    #[test]
+    fn a_group_commit_drops_a_refusal_superseded_by_a_later_delivery_of_the_row() {
+        let mut merged = Settlement {
+            refused: vec![refused("1"), refused("2")],
+            ..Default::default()
+        };
+        merged.absorb(Settlement {
+            delivered: vec![delivered("1")],
+            ..Default::default()
+        });
+        // Refused after its delivery: that later verdict stands.
+        merged.absorb(Settlement {
+            refused: vec![refused("3")],
+            delivered: vec![delivered("3")],
+            ..Default::default()
+        });
+        let keys: Vec<&str> = merged
+            .refused
+            .iter()
+            .map(|r| r.row_key[0].as_str())
+            .collect();
+        assert_eq!(keys, ["2", "3"]);
+    }
 }

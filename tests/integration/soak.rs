@@ -408,3 +408,60 @@ async fn rows_changed_after_their_batch_was_sent_are_read_again_in_that_run_with
             .unwrap();
     assert_eq!(changed, vec![vec!["1".to_string()]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_refused_then_fixed_and_delivered_in_the_same_run_is_no_longer_refused() {
+    let db = TestDb::new().await;
+    seed_leads(
+        &db.pool,
+        2000,
+        "now() - interval '1 day' + g * interval '1 ms'",
+        "now() - interval '2 hours'",
+    )
+    .await;
+    // Row 1 has no customer information: refused before sending, in the model's first run,
+    // when the model has no refused rows yet.
+    sqlx::query("UPDATE crm.leads SET email = NULL, phone = NULL WHERE id = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let sandbox = start_sandbox(Faults {
+        slow_ms: 100,
+        ..Faults::default()
+    })
+    .await;
+    let model = LEADS_MODEL.replace(
+        "cursor = \"updated_at\"",
+        "cursor = \"updated_at\"\npage_size = 100\nbatch_size = 100",
+    );
+    let ctx = context(config(&db, &sandbox.base_url(), &model)).await;
+    let run = tokio::spawn(async move { sync(&ctx, "leads").await });
+    let stats = &sandbox;
+    wait_until("the first batch in flight", Duration::from_secs(20), || {
+        stats.stats().requests > 0
+    })
+    .await;
+    // The CRM fills the email in; this run reads the row again at its new position.
+    sqlx::query(
+        "UPDATE crm.leads SET email = 'fixed@example.com', updated_at = now() WHERE id = 1",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let summary = run.await.unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded, "{:?}", summary.error);
+    assert_eq!(summary.counters.rows_read, 2001, "row 1 was read twice");
+
+    let counts = event_id_counts(&sandbox.events());
+    assert_eq!(counts.len(), 2000, "row 1 delivered after its fix");
+    let refused: Vec<(Vec<String>, String)> =
+        sqlx::query_as("SELECT row_key, reason FROM capi_sync.refused_rows")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        refused,
+        vec![],
+        "a delivered row is still listed as refused"
+    );
+}
