@@ -6,4 +6,5 @@ mod delivery;
 mod helpers;
 mod ops;
 mod privacy;
+mod shapes;
 mod sync;
