@@ -603,10 +603,7 @@ impl TakenIds {
 
 /// Tells two readings of one row apart within a run (cheaper to keep than a fingerprint).
 fn json_hash(json: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    json.hash(&mut h);
-    h.finish()
+    xxhash_rust::xxh3::xxh3_64(json.as_bytes())
 }
 
 /// A chunk of rows with what became of each, and what the ledger knows of them.
@@ -938,13 +935,26 @@ fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
         c.rows_refused += 1;
         *c.refused_by_reason.entry(r.reason.clone()).or_default() += 1;
     }
-    let delivered: HashSet<&str> = s.delivered.iter().map(|d| d.event_id.as_str()).collect();
-    for e in events
-        .iter()
-        .filter(|e| delivered.contains(e.event.event_id.as_str()))
-    {
-        for name in e.event.identifiers.names() {
-            *c.coverage.entry(name.to_string()).or_default() += 1;
+    // Count identifier bits in a fixed array and touch the map once per batch: this runs for
+    // every event of a backfill.
+    let mut bits = [0i64; crate::mapping::event::IDENTIFIER_NAMES.len()];
+    let mut add = |e: &PendingEvent| {
+        for (i, n) in bits.iter_mut().enumerate() {
+            *n += i64::from(e.event.identifiers.0 >> i & 1 == 1);
+        }
+    };
+    if s.delivered.len() == events.len() {
+        events.iter().for_each(&mut add);
+    } else {
+        let delivered: HashSet<&str> = s.delivered.iter().map(|d| d.event_id.as_str()).collect();
+        events
+            .iter()
+            .filter(|e| delivered.contains(e.event.event_id.as_str()))
+            .for_each(&mut add);
+    }
+    for (name, n) in crate::mapping::event::IDENTIFIER_NAMES.iter().zip(bits) {
+        if n > 0 {
+            *c.coverage.entry(name.to_string()).or_default() += n;
         }
     }
 }

@@ -122,9 +122,12 @@ pub struct MappedEvent {
 }
 
 impl MappedEvent {
-    /// A fingerprint of what was sent, for the delivery ledger.
+    /// A fingerprint of what was sent, for the delivery ledger: 128-bit XXH3 of the event's
+    /// JSON in hex. It only tells a changed event from an unchanged one, so it needs no
+    /// cryptographic strength, and SHA-256 over every event's whole JSON cost as much as
+    /// hashing all its customer fields.
     pub fn fingerprint(&self) -> String {
-        normalize::sha256_hex(&self.json)
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(self.json.as_bytes()))
     }
 }
 
@@ -692,16 +695,27 @@ fn hash_values(
     }
 }
 
+/// Hashes (or raw external ids) as a JSON string or array.
 fn write_string_or_array(out: &mut String, items: &[String]) {
+    let one = |out: &mut String, s: &str| {
+        if normalize::is_sha256_hex(s) {
+            // Lowercase hex needs no escaping.
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        } else {
+            write_str(out, s);
+        }
+    };
     if items.len() == 1 {
-        write_str(out, &items[0]);
+        one(out, &items[0]);
     } else {
         out.push('[');
         for (i, s) in items.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            write_str(out, s);
+            one(out, s);
         }
         out.push(']');
     }

@@ -8,5 +8,6 @@ mod helpers;
 mod lives;
 mod ops;
 mod privacy;
+mod shapes;
 mod soak;
 mod sync;
