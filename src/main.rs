@@ -18,6 +18,13 @@ fn main() {
     // set (about 85 MiB instead of 145 MiB at 200k rows) for a few percent of CPU.
     // SAFETY: mi_option_set only stores an option value; no other thread exists yet.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // `capi-sync status | head` should end quietly when head closes the pipe, like any Unix
+    // tool, instead of panicking in println!.
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = capi_sync::cli::Cli::parse();
     capi_sync::cli::init_tracing(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

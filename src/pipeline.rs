@@ -987,6 +987,9 @@ struct BatchSender {
     cancel: CancellationToken,
 }
 
+/// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
+const NEAR_LIMIT_PERCENT: u32 = 90;
+
 /// Requests in flight for one model: halved when Meta throttles, grown back by one after
 /// a run of calm batches (additive increase, multiplicative decrease).
 struct Pacer {
@@ -1114,7 +1117,18 @@ impl BatchSender {
             result.requests += 1;
             let body = self.graph.body(&events, self.test_event_code.as_deref());
             match self.graph.send(&self.pixel_id, body, events.len()).await {
-                Ok(ack) => return Ok(ack.fbtrace_id),
+                Ok(ack) => {
+                    // Meta's usage headers warn before it throttles: near the limit, slow
+                    // down as if throttled so the pixel is never blocked.
+                    if ack.usage_percent.is_some_and(|p| p >= NEAR_LIMIT_PERCENT) {
+                        self.throttled.fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            usage_percent = ack.usage_percent,
+                            "Meta reports rate-limit usage near its limit; lowering requests in flight"
+                        );
+                    }
+                    return Ok(ack.fbtrace_id);
+                }
                 Err(err) => {
                     let class = err.class();
                     match self.policy.delay(

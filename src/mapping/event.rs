@@ -89,6 +89,12 @@ impl Identifiers {
             .unwrap_or(OTHER_IDENTIFIER_BIT)
     }
 
+    /// Marks a hashed field: its bit is its position in `PiiField::ALL`, which
+    /// `IDENTIFIER_NAMES` starts with.
+    pub fn set_hashed(&mut self, field: PiiField) {
+        self.0 |= 1 << (field as u32);
+    }
+
     pub fn set(&mut self, name: &str) {
         self.0 |= Self::bit(name);
     }
@@ -359,7 +365,7 @@ impl ModelPlan {
                         hash_values(*field, value, &ctx, &mut hashes, &mut dropped);
                     }
                     if !hashes.is_empty() {
-                        identifiers.set(field.key());
+                        identifiers.set_hashed(*field);
                         write_string_or_array(ud.key(field.key()), &hashes);
                     }
                 }
@@ -881,5 +887,21 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
             )),
         },
         _ => Ok(json_of(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_field_bits_match_identifier_names() {
+        for f in PiiField::ALL {
+            let mut by_field = Identifiers::default();
+            by_field.set_hashed(f);
+            let mut by_name = Identifiers::default();
+            by_name.set(f.key());
+            assert_eq!(by_field, by_name, "{f:?}");
+        }
     }
 }

@@ -134,6 +134,47 @@ pub fn classify(status: u16, e: &GraphError) -> ErrorClass {
 pub struct Ack {
     pub events_received: u64,
     pub fbtrace_id: Option<String>,
+    /// The highest usage percentage Meta reported in its rate-limit headers, if any.
+    pub usage_percent: Option<u32>,
+}
+
+/// Usage headers Meta attaches to Marketing API answers (rate-limiting page): JSON whose
+/// values carry `call_count`, `total_cputime` and `total_time` percentages, flat
+/// (`X-App-Usage`, `X-Ad-Account-Usage`) or per business id in arrays
+/// (`X-Business-Use-Case-Usage`).
+pub const USAGE_HEADERS: [&str; 3] = [
+    "x-business-use-case-usage",
+    "x-app-usage",
+    "x-ad-account-usage",
+];
+
+/// The highest percentage in a usage header's JSON.
+pub fn usage_percent(header_json: &str) -> Option<u32> {
+    fn walk(v: &serde_json::Value, best: &mut Option<u32>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    if matches!(
+                        k.as_str(),
+                        "call_count" | "total_cputime" | "total_time" | "acc_id_util_pct"
+                    ) {
+                        if let Some(p) = x.as_f64() {
+                            let p = p.clamp(0.0, 1000.0) as u32;
+                            *best = Some(best.map_or(p, |b| b.max(p)));
+                        }
+                    } else {
+                        walk(x, best);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, best)),
+            _ => {}
+        }
+    }
+    let v: serde_json::Value = serde_json::from_str(header_json).ok()?;
+    let mut best = None;
+    walk(&v, &mut best);
+    best
 }
 
 /// Sends batches to `POST {graph_url}/{api_version}/{pixel_id}/events`.
@@ -222,6 +263,12 @@ impl GraphClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        let usage = USAGE_HEADERS
+            .iter()
+            .filter_map(|h| resp.headers().get(*h))
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(usage_percent)
+            .max();
         let bytes = resp.bytes().await.map_err(map_reqwest)?;
         if (200..300).contains(&status) {
             let ok: SuccessBody = serde_json::from_slice(&bytes).map_err(|_| SinkError::Http {
@@ -238,6 +285,7 @@ impl GraphClient {
             return Ok(Ack {
                 events_received: received,
                 fbtrace_id: ok.fbtrace_id,
+                usage_percent: usage,
             });
         }
         match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
@@ -280,6 +328,22 @@ mod tests {
             error_subcode: sub,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn usage_headers_give_their_highest_percentage() {
+        assert_eq!(
+            usage_percent(r#"{"call_count": 12, "total_cputime": 95, "total_time": 40}"#),
+            Some(95)
+        );
+        assert_eq!(
+            usage_percent(
+                r#"{"1234": [{"type": "ads_management", "call_count": 3, "total_cputime": 7, "total_time": 91, "estimated_time_to_regain_access": 0}]}"#
+            ),
+            Some(91)
+        );
+        assert_eq!(usage_percent("not json"), None);
+        assert_eq!(usage_percent("{}"), None);
     }
 
     #[test]
