@@ -400,7 +400,9 @@ async fn run_inner(
             let may_cut = outcome.is_ok() && pending.events.len() + 1 >= batch_size;
             let position = (!row.reread && (may_cut || i + 1 == chunk_len)).then(|| row.position());
             match outcome {
-                Err(_) if known_refusals.contains(&row.key) => {}
+                // A re-read row refused before (by us or by Meta) keeps its verdict until it
+                // changes or `retry` is asked for; it is neither re-sent nor re-recorded.
+                _ if row.reread && known_refusals.contains(&row.key) => {}
                 Err(refusal) => {
                     pending
                         .refused
@@ -692,7 +694,7 @@ async fn annotate(
         let keys: Vec<Vec<String>> = rows
             .iter()
             .zip(&outcomes)
-            .filter(|(r, o)| r.reread && o.is_err())
+            .filter(|(r, _)| r.reread)
             .map(|(r, _)| r.key.clone())
             .collect();
         state
@@ -731,7 +733,7 @@ impl Settler {
         run_id: Option<i64>,
         clear_refused: bool,
     ) -> Settler {
-        let (tx, mut rx) = mpsc::channel::<SettleJob>(8);
+        let (tx, mut rx) = mpsc::channel::<SettleJob>(2);
         let failed = Arc::new(std::sync::Mutex::new(None));
         let failed_task = failed.clone();
         let task = tokio::spawn(async move {

@@ -279,7 +279,18 @@ impl StateStore {
         Ok(())
     }
 
+    /// Starts a run. Called with the model's lock held, so any run of the model still marked
+    /// `running` belongs to a process that died (kill -9, a lost machine): it is closed as
+    /// `interrupted` (its acknowledged batches were committed as they came).
     pub async fn start_run(&self, model: &str, trigger: &str) -> Result<i64> {
+        sqlx::query(
+            "UPDATE runs SET status = 'interrupted', finished_at = now(),
+                 error = coalesce(error, 'the process stopped before the run finished; the next run resumed at the last committed batch')
+             WHERE model = $1 AND status = 'running'",
+        )
+        .bind(model)
+        .execute(&self.pool)
+        .await?;
         Ok(sqlx::query_scalar(
             "INSERT INTO runs (model, trigger, status) VALUES ($1, $2, 'running') RETURNING id",
         )

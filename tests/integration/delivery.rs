@@ -181,3 +181,53 @@ async fn lookback_on_an_integer_cursor_is_a_clear_error() {
     assert_eq!(run.status, RunStatus::Failed);
     assert!(run.error.unwrap().contains("lookback"));
 }
+
+#[tokio::test]
+async fn a_run_left_running_by_a_dead_process_is_marked_interrupted_by_the_next_run() {
+    let db = TestDb::new().await;
+    seed_leads(&db.pool, 2, "now()", "now() - interval '1 hour'").await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
+    let dead = ctx.state.start_run("leads", "schedule").await.unwrap();
+    assert_eq!(sync(&ctx, "leads").await.status, RunStatus::Succeeded);
+    let status: String = sqlx::query_scalar("SELECT status FROM capi_sync.runs WHERE id = $1")
+        .bind(dead)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "interrupted");
+}
+
+#[tokio::test]
+async fn lookback_does_not_resend_rows_meta_rejected() {
+    let db = TestDb::new().await;
+    seed_leads(
+        &db.pool,
+        6,
+        "now() - interval '1 hour' + g * interval '1 second'",
+        "now() - interval '2 hours'",
+    )
+    .await;
+    let bad = capi_sync::mapping::derive_event_id("leads", &["3".to_string()], "Lead");
+    let sandbox = start_sandbox(Faults {
+        reject_event_ids: [bad.clone()].into_iter().collect(),
+        ..Default::default()
+    })
+    .await;
+    let ctx = context(config(&db, &sandbox.base_url(), &with_lookback("2h"))).await;
+    let first = sync(&ctx, "leads").await;
+    assert_eq!(
+        first.counters.refused_by_reason.get("rejected_by_meta"),
+        Some(&1)
+    );
+    let requests_before = sandbox.stats().requests;
+    let second = sync(&ctx, "leads").await;
+    assert_eq!(second.status, RunStatus::Succeeded);
+    assert_eq!(second.counters.events_sent, 0);
+    assert_eq!(second.counters.rows_refused, 0);
+    assert_eq!(
+        sandbox.stats().requests,
+        requests_before,
+        "nothing was sent again"
+    );
+}

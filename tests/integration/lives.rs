@@ -45,10 +45,11 @@ pub struct Life {
 }
 
 /// Batches of one model whose events Meta may have received without their ledger rows being
-/// committed: those in flight (`meta.concurrency`), and those acknowledged and waiting for the
-/// pipeline's group commit (its queue holds 8, and the commit under way up to 9 merged).
+/// committed: those in flight (`meta.concurrency`), one finished batch waiting to be queued,
+/// and those acknowledged and waiting for the group commit (its queue holds 2, and the commit
+/// under way merges at most what the queue held plus the one it took).
 pub fn uncommitted_batches_at_most(concurrency: usize) -> usize {
-    concurrency + 8 + 9
+    concurrency + 1 + 2 + 3
 }
 
 /// Where the kill lands.
