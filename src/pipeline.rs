@@ -249,7 +249,7 @@ async fn run_inner(
     })?);
     let plan_maps_event_id = plan.maps_event_id();
     let batch_size = model.batch_size;
-    let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(4);
+    let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(2);
     let warehouse = ctx.warehouse.clone();
     let reader_query = query.clone();
     let chunk = batch_size.max(100);
@@ -393,6 +393,20 @@ async fn run_inner(
                 .or_default() += 1;
         }
 
+        let suspects = taken.suspects(
+            outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok())
+                .filter(|e| !ledger.contains_key(&e.event_id)),
+        );
+        let older: Older = if suspects.is_empty() {
+            HashMap::new()
+        } else {
+            ctx.state
+                .delivered_rows(&model.name, &suspects)
+                .await
+                .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
+        };
         let chunk_len = rows.len();
         for (i, (row, outcome)) in rows.into_iter().zip(outcomes).enumerate() {
             // The batch's position is only needed where a batch is cut and at the chunk's
@@ -415,7 +429,7 @@ async fn run_inner(
                             pending.changed.push(event.event_id.clone());
                         }
                     } else {
-                        match taken.take(&event, &row.key) {
+                        match taken.take(&event, &row.key, &older) {
                             Taken::SameRow { changed } => {
                                 // The row changed after its first reading and moved further
                                 // along the cursor. That reading's event is sent (or refused
@@ -453,6 +467,7 @@ async fn run_inner(
             }
             if pending.events.len() >= batch_size {
                 seq += 1;
+                taken.batch_cut();
                 let mut batch = std::mem::take(&mut pending);
                 batch.seq = seq;
                 if opts.dry_run {
@@ -546,14 +561,37 @@ async fn run_inner(
 /// first event is in the ledger (still in flight, or refused by Meta). That second reading
 /// must be neither sent again nor refused as a duplicate; only another row repeating a
 /// model's own `event_id` is a duplicate.
+///
+/// Memory stays constant whatever the run's size: ids of the last batches are kept exactly
+/// (two generations, rotated every `RECENT_BATCHES` batches, which covers every batch not yet
+/// committed), and every id of the run goes into a fixed 8 MiB Bloom filter. An id the
+/// filter may have seen but that is not recent is settled by the ledger (`suspects` and
+/// `take`'s `older` argument); a false positive is then found new and sent.
 struct TakenIds {
     model_maps_event_id: bool,
-    /// Derived ids (32 hex digits, unique per key and event name) as numbers: no allocation
-    /// per event. Values: a hash of the event as first read.
-    derived: HashMap<u128, u64>,
-    /// Other ids (a model's own `event_id` column), with the row that took each.
-    other: HashMap<String, (Vec<String>, u64)>,
+    bloom: Vec<u64>,
+    current: HashMap<IdKey, Reading>,
+    previous: HashMap<IdKey, Reading>,
+    batches_in_current: u64,
 }
+
+/// Derived ids (32 hex digits) as numbers, other ids as text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum IdKey {
+    Derived(u128),
+    Other(String),
+}
+
+#[derive(Debug, Clone)]
+struct Reading {
+    /// The row that took the id (own event ids only; derived ids embed their row).
+    key: Option<Vec<String>>,
+    /// A hash of the event as first read.
+    hash: u64,
+}
+
+/// What the ledger says of an id the run may have taken earlier: its row and fingerprint.
+type Older = HashMap<String, (Vec<String>, String)>;
 
 enum Taken {
     New,
@@ -564,42 +602,116 @@ enum Taken {
     OtherRow,
 }
 
+const BLOOM_BITS: usize = 1 << 26;
+const BLOOM_PROBES: u64 = 8;
+/// Exact ids are kept for two generations of this many batches: far more than can be in
+/// flight or waiting for their commit.
+const RECENT_BATCHES: u64 = 32;
+
 impl TakenIds {
     fn new(model_maps_event_id: bool) -> TakenIds {
         TakenIds {
             model_maps_event_id,
-            derived: HashMap::new(),
-            other: HashMap::new(),
+            bloom: Vec::new(),
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            batches_in_current: 0,
         }
     }
 
-    fn take(&mut self, event: &MappedEvent, key: &[String]) -> Taken {
-        use std::collections::hash_map::Entry;
-        let hash = json_hash(&event.json);
-        let derived = (!self.model_maps_event_id)
-            .then(|| u128::from_str_radix(&event.event_id, 16).ok())
-            .flatten();
-        if let Some(id) = derived {
-            return match self.derived.entry(id) {
-                Entry::Vacant(v) => {
-                    v.insert(hash);
-                    Taken::New
+    fn id_key(&self, id: &str) -> IdKey {
+        if !self.model_maps_event_id {
+            if let Ok(n) = u128::from_str_radix(id, 16) {
+                if id.len() == 32 {
+                    return IdKey::Derived(n);
                 }
-                Entry::Occupied(o) => Taken::SameRow {
-                    changed: *o.get() != hash,
+            }
+        }
+        IdKey::Other(id.to_string())
+    }
+
+    fn probes(key: &IdKey) -> (u64, u64) {
+        let h = match key {
+            IdKey::Derived(n) => *n,
+            IdKey::Other(s) => xxhash_rust::xxh3::xxh3_128(s.as_bytes()),
+        };
+        (h as u64, (h >> 64) as u64 | 1)
+    }
+
+    /// The filter's bits for an id: all in one 512-bit block (one cache line), so a check
+    /// or an insert costs one memory access.
+    fn bloom_bits(key: &IdKey) -> impl Iterator<Item = usize> {
+        let (a, b) = Self::probes(key);
+        let block = (a as usize % (BLOOM_BITS / 512)) * 512;
+        (0..BLOOM_PROBES).map(move |i| block + ((b.wrapping_mul(2 * i + 1) >> 55) as usize))
+    }
+
+    fn bloom_may_contain(&self, key: &IdKey) -> bool {
+        !self.bloom.is_empty()
+            && Self::bloom_bits(key).all(|bit| self.bloom[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    fn bloom_insert(&mut self, key: &IdKey) {
+        if self.bloom.is_empty() {
+            self.bloom = vec![0u64; BLOOM_BITS / 64];
+        }
+        for bit in Self::bloom_bits(key) {
+            self.bloom[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    fn recent(&self, key: &IdKey) -> Option<&Reading> {
+        self.current.get(key).or_else(|| self.previous.get(key))
+    }
+
+    /// Ids of these events that this run may have taken before, not among the recent ones:
+    /// the caller asks the ledger about them.
+    fn suspects<'a>(&self, events: impl Iterator<Item = &'a MappedEvent>) -> Vec<String> {
+        events
+            .filter(|e| {
+                let k = self.id_key(&e.event_id);
+                self.recent(&k).is_none() && self.bloom_may_contain(&k)
+            })
+            .map(|e| e.event_id.clone())
+            .collect()
+    }
+
+    /// Called when a batch is cut: rotates the exact generations.
+    fn batch_cut(&mut self) {
+        self.batches_in_current += 1;
+        if self.batches_in_current >= RECENT_BATCHES {
+            self.previous = std::mem::take(&mut self.current);
+            self.batches_in_current = 0;
+        }
+    }
+
+    fn take(&mut self, event: &MappedEvent, key: &[String], older: &Older) -> Taken {
+        let hash = json_hash(&event.json);
+        let id = self.id_key(&event.event_id);
+        if let Some(first) = self.recent(&id) {
+            return match &first.key {
+                Some(k) if k.as_slice() != key => Taken::OtherRow,
+                _ => Taken::SameRow {
+                    changed: first.hash != hash,
                 },
             };
         }
-        match self.other.entry(event.event_id.clone()) {
-            Entry::Vacant(v) => {
-                v.insert((key.to_vec(), hash));
-                Taken::New
-            }
-            Entry::Occupied(o) if o.get().0 == key => Taken::SameRow {
-                changed: o.get().1 != hash,
-            },
-            Entry::Occupied(_) => Taken::OtherRow,
+        if let Some((row_key, fingerprint)) = older.get(&event.event_id) {
+            return if row_key.as_slice() == key {
+                Taken::SameRow {
+                    changed: *fingerprint != event.fingerprint(),
+                }
+            } else {
+                Taken::OtherRow
+            };
         }
+        self.bloom_insert(&id);
+        let reading = Reading {
+            key: matches!(id, IdKey::Other(_)).then(|| key.to_vec()),
+            hash,
+        };
+        self.current.insert(id, reading);
+        Taken::New
     }
 }
 
@@ -1201,6 +1313,96 @@ fn meta_refusal(e: &PendingEvent, err: &SinkError) -> RefusedRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(id: &str, json: &str) -> MappedEvent {
+        MappedEvent {
+            event_id: id.into(),
+            event_name: "Lead".into(),
+            event_time: 1,
+            json: json.into(),
+            identifiers: Default::default(),
+        }
+    }
+
+    fn derived(i: u32) -> String {
+        crate::mapping::derive_event_id("m", &[i.to_string()], "Lead")
+    }
+
+    #[test]
+    fn a_row_read_again_soon_is_the_same_row() {
+        let mut t = TakenIds::new(false);
+        let none = Older::new();
+        let id = derived(1);
+        assert!(matches!(
+            t.take(&event(&id, "{a}"), &["1".into()], &none),
+            Taken::New
+        ));
+        assert!(matches!(
+            t.take(&event(&id, "{b}"), &["1".into()], &none),
+            Taken::SameRow { changed: true }
+        ));
+    }
+
+    #[test]
+    fn an_old_id_is_settled_by_the_ledger_not_kept_in_memory() {
+        let mut t = TakenIds::new(false);
+        let none = Older::new();
+        let id = derived(7);
+        assert!(matches!(
+            t.take(&event(&id, "{a}"), &["7".into()], &none),
+            Taken::New
+        ));
+        for _ in 0..(2 * RECENT_BATCHES) {
+            t.batch_cut();
+        }
+        assert!(t.current.is_empty() && t.previous.is_empty());
+        // The filter still remembers it, so the ledger is asked.
+        assert_eq!(t.suspects([event(&id, "{a}")].iter()), vec![id.clone()]);
+        let e = event(&id, "{a}");
+        let mut older = Older::new();
+        older.insert(id.clone(), (vec!["7".into()], e.fingerprint()));
+        assert!(matches!(
+            t.take(&e, &["7".into()], &older),
+            Taken::SameRow { changed: false }
+        ));
+    }
+
+    #[test]
+    fn another_row_with_the_same_own_event_id_is_a_duplicate() {
+        let mut t = TakenIds::new(true);
+        let none = Older::new();
+        assert!(matches!(
+            t.take(&event("order-9", "{a}"), &["1".into()], &none),
+            Taken::New
+        ));
+        assert!(matches!(
+            t.take(&event("order-9", "{a}"), &["2".into()], &none),
+            Taken::OtherRow
+        ));
+    }
+
+    #[test]
+    fn the_filter_rarely_suspects_a_new_id() {
+        let mut t = TakenIds::new(false);
+        let none = Older::new();
+        for i in 0..200_000 {
+            t.take(&event(&derived(i), "{}"), &[i.to_string()], &none);
+        }
+        for _ in 0..(2 * RECENT_BATCHES) {
+            t.batch_cut();
+        }
+        let fresh: Vec<MappedEvent> = (200_000..300_000)
+            .map(|i| event(&derived(i), "{}"))
+            .collect();
+        let false_hits = t.suspects(fresh.iter()).len();
+        assert!(false_hits < 100, "{false_hits} of 100000 new ids suspected");
+        let old: Vec<MappedEvent> = (0..1000).map(|i| event(&derived(i), "{}")).collect();
+        assert_eq!(
+            t.suspects(old.iter()).len(),
+            1000,
+            "no taken id may be missed"
+        );
+    }
 
     #[test]
     fn pacer_halves_on_throttling_and_recovers_slowly() {

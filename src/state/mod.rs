@@ -310,6 +310,25 @@ impl StateStore {
         .await?)
     }
 
+    /// Row key and fingerprint of these event ids, where the ledger has them.
+    pub async fn delivered_rows(
+        &self,
+        model: &str,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, (Vec<String>, String)>> {
+        let rows = sqlx::query(
+            "SELECT event_id, row_key, fingerprint FROM deliveries WHERE event_id = ANY($1) AND model = $2",
+        )
+        .bind(event_ids)
+        .bind(model)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect())
+    }
+
     /// True when the ledger holds any event of the model.
     pub async fn has_deliveries(&self, model: &str) -> Result<bool> {
         Ok(
