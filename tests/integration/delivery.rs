@@ -231,3 +231,75 @@ async fn lookback_does_not_resend_rows_meta_rejected() {
         "nothing was sent again"
     );
 }
+
+#[tokio::test]
+async fn pruning_removes_ledger_entries_older_than_the_retention_only() {
+    let db = TestDb::new().await;
+    seed_leads(&db.pool, 3, "now()", "now() - interval '1 hour'").await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
+    sync(&ctx, "leads").await;
+    sqlx::query("UPDATE capi_sync.deliveries SET delivered_at = now() - interval '15 days' WHERE row_key = ARRAY['1']")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pruned = ctx
+        .state
+        .prune_ledger(std::time::Duration::from_secs(14 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.deliveries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 2);
+}
+
+#[tokio::test]
+async fn a_hung_graph_endpoint_times_out_instead_of_hanging_the_run() {
+    let db = TestDb::new().await;
+    seed_leads(&db.pool, 3, "now()", "now() - interval '1 hour'").await;
+    let sandbox = start_sandbox(Faults {
+        slow_ms: 5_000,
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = config(&db, &sandbox.base_url(), LEADS_MODEL);
+    cfg.meta.request_timeout = std::time::Duration::from_millis(300);
+    cfg.meta.max_attempts = 1;
+    let ctx = context(cfg).await;
+    let started = std::time::Instant::now();
+    let run = sync(&ctx, "leads").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("timed out"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    let cursor: Option<Vec<String>> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors")
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        cursor, None,
+        "nothing was acknowledged, so the cursor did not move"
+    );
+}
+
+#[tokio::test]
+async fn a_run_past_its_deadline_stops_at_the_last_acknowledged_batch() {
+    let db = TestDb::new().await;
+    seed_leads(
+        &db.pool,
+        50,
+        "now() - interval '1 hour' + g * interval '1 second'",
+        "now() - interval '2 hours'",
+    )
+    .await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    let mut cfg = config(&db, &sandbox.base_url(), LEADS_MODEL);
+    cfg.service.run_deadline = std::time::Duration::ZERO;
+    let ctx = context(cfg).await;
+    let run = sync(&ctx, "leads").await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("deadline"));
+    assert!(sandbox.events().is_empty());
+}
