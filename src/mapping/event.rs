@@ -366,7 +366,10 @@ impl ModelPlan {
                     }
                     if !hashes.is_empty() {
                         identifiers.set_hashed(*field);
-                        write_string_or_array(ud.key(field.key()), &hashes);
+                        // Only a raw external_id can hold characters JSON must escape; hashes
+                        // are lowercase hex.
+                        let raw = *field == PiiField::ExternalId && self.external_id_raw;
+                        write_string_or_array(ud.key(field.key()), &hashes, raw);
                     }
                 }
                 Target::UserData(UserDataKey::Plain(k)) => match plain_user_data(k, value) {
@@ -701,16 +704,15 @@ fn hash_values(
     }
 }
 
-/// Hashes (or raw external ids) as a JSON string or array.
-fn write_string_or_array(out: &mut String, items: &[String]) {
+/// Hashes (or raw external ids, which may need escaping) as a JSON string or array.
+fn write_string_or_array(out: &mut String, items: &[String], escape: bool) {
     let one = |out: &mut String, s: &str| {
-        if normalize::is_sha256_hex(s) {
-            // Lowercase hex needs no escaping.
+        if escape {
+            write_str(out, s);
+        } else {
             out.push('"');
             out.push_str(s);
             out.push('"');
-        } else {
-            write_str(out, s);
         }
     };
     if items.len() == 1 {
