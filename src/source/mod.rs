@@ -465,16 +465,16 @@ impl ModelQuery {
         let n = self.columns.len();
         let mut values = Vec::with_capacity(n);
         for (i, c) in self.columns.iter().enumerate() {
-            values.push(
-                decode_value(row, i, c.kind).map_err(|e| SourceError::Model {
+            values.push(decode_value(row, i, c.kind, &c.sql_type).map_err(|e| {
+                SourceError::Model {
                     model: self.model.clone(),
                     message: format!(
                         "column `{}` could not be read as {}: {e}",
                         c.name,
                         c.kind.describe()
                     ),
-                })?,
-            );
+                }
+            })?);
         }
         let cursor_text: String = row.try_get(n)?;
         let mut key = Vec::with_capacity(self.key_indexes.len());
@@ -490,28 +490,27 @@ impl ModelQuery {
     }
 }
 
-fn decode_value(row: &PgRow, i: usize, kind: ValueKind) -> std::result::Result<Value, sqlx::Error> {
+/// `sql_type` is the column's `format_type` name, decided once per run, so the integer and
+/// float widths need no per-value type lookup.
+fn decode_value(
+    row: &PgRow,
+    i: usize,
+    kind: ValueKind,
+    sql_type: &str,
+) -> std::result::Result<Value, sqlx::Error> {
     Ok(match kind {
         ValueKind::Bool => row.try_get::<Option<bool>, _>(i)?.map(Value::Bool),
-        ValueKind::Int => {
-            let raw = row.try_get_raw(i)?;
-            let ty = sqlx::ValueRef::type_info(&raw).name().to_string();
-            drop(raw);
-            match ty.as_str() {
-                "INT2" => row
-                    .try_get::<Option<i16>, _>(i)?
-                    .map(|v| Value::Int(v.into())),
-                "INT4" => row
-                    .try_get::<Option<i32>, _>(i)?
-                    .map(|v| Value::Int(v.into())),
-                _ => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
-            }
-        }
+        ValueKind::Int => match sql_type {
+            "smallint" => row
+                .try_get::<Option<i16>, _>(i)?
+                .map(|v| Value::Int(v.into())),
+            "integer" => row
+                .try_get::<Option<i32>, _>(i)?
+                .map(|v| Value::Int(v.into())),
+            _ => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
+        },
         ValueKind::Float => {
-            let raw = row.try_get_raw(i)?;
-            let ty = sqlx::ValueRef::type_info(&raw).name().to_string();
-            drop(raw);
-            if ty == "FLOAT4" {
+            if sql_type == "real" {
                 row.try_get::<Option<f32>, _>(i)?
                     .map(|v| Value::Float(v.into()))
             } else {

@@ -123,3 +123,41 @@ action_source = "other"
             .timestamp()
     );
 }
+
+#[tokio::test]
+async fn integer_widths_and_floats_decode_by_their_column_types() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "CREATE TABLE public.sales (id integer PRIMARY KEY, pos smallint, score real, ratio double precision,
+            amount integer, email text, at timestamptz)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO public.sales VALUES (1, 7, 1.5, 2.25, 1999, 'a@example.com', now() - interval '1 hour')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let models = r#"
+[[models]]
+name = "sales"
+pixel_id = "123456789012345"
+schedule = "0 * * * *"
+sql = "SELECT id, pos AS \"custom_data.pos\", score AS \"custom_data.score\", ratio AS \"custom_data.ratio\", amount AS value, email AS em, at AS event_time FROM public.sales"
+primary_key = "id"
+cursor = "id"
+[models.constants]
+event_name = "Purchase"
+action_source = "physical_store"
+"custom_data.currency" = "USD"
+"#;
+    let sandbox = start_sandbox(Faults::default()).await;
+    let ctx = context(config(&db, &sandbox.base_url(), models)).await;
+    let run = sync(&ctx, "sales").await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    let e = &sandbox.events()[0];
+    assert_eq!(e["custom_data"]["pos"], 7);
+    assert_eq!(e["custom_data"]["score"], 1.5);
+    assert_eq!(e["custom_data"]["ratio"], 2.25);
+    assert_eq!(e["custom_data"]["value"], 1999);
+}
