@@ -82,18 +82,16 @@ async fn lookback_re_reads_do_not_move_the_cursor_back_or_recount_refusals() {
     let ctx = context(config(&db, &sandbox.base_url(), &with_lookback("2h"))).await;
     let first = sync(&ctx, "leads").await;
     assert_eq!(first.counters.rows_refused, 1);
-    let cursor_before: Vec<String> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors")
-        .fetch_one(&db.pool)
+    let cursor_before = cursor_key(&db.pool, "leads")
         .await
-        .unwrap();
+        .expect("a stored cursor");
     let second = sync(&ctx, "leads").await;
     assert_eq!(second.counters.rows_read, 4);
     assert_eq!(second.counters.rows_refused, 0);
     assert_eq!(second.counters.events_sent, 0);
-    let cursor_after: Vec<String> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors")
-        .fetch_one(&db.pool)
+    let cursor_after = cursor_key(&db.pool, "leads")
         .await
-        .unwrap();
+        .expect("a stored cursor");
     assert_eq!(cursor_before, cursor_after);
     assert_eq!(cursor_after, vec!["4".to_string()]);
 }
@@ -122,10 +120,9 @@ async fn retry_sends_refused_rows_that_were_fixed_and_keeps_the_others() {
             .get("no_customer_information"),
         Some(&2)
     );
-    let cursor_before: Vec<String> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors")
-        .fetch_one(&db.pool)
+    let cursor_before = cursor_key(&db.pool, "leads")
         .await
-        .unwrap();
+        .expect("a stored cursor");
 
     // The data team fixes row 2 (without touching updated_at); row 4 stays broken.
     sqlx::query("UPDATE crm.leads SET email = 'fixed@example.com' WHERE id = 2")
@@ -154,10 +151,9 @@ async fn retry_sends_refused_rows_that_were_fixed_and_keeps_the_others() {
             .await
             .unwrap();
     assert_eq!(refused, vec![vec!["4".to_string()]]);
-    let cursor_after: Vec<String> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors")
-        .fetch_one(&db.pool)
+    let cursor_after = cursor_key(&db.pool, "leads")
         .await
-        .unwrap();
+        .expect("a stored cursor");
     assert_eq!(
         cursor_before, cursor_after,
         "a retry never moves the cursor"
@@ -274,10 +270,7 @@ async fn a_hung_graph_endpoint_times_out_instead_of_hanging_the_run() {
     assert_eq!(run.status, RunStatus::Failed);
     assert!(run.error.unwrap().contains("timed out"));
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
-    let cursor: Option<Vec<String>> = sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors")
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap();
+    let cursor = cursor_key(&db.pool, "leads").await;
     assert_eq!(
         cursor, None,
         "nothing was acknowledged, so the cursor did not move"

@@ -175,3 +175,12 @@ pub fn event_id_counts(events: &[serde_json::Value]) -> std::collections::HashMa
     }
     m
 }
+
+/// The stored cursor's row key of a model, if it has one.
+pub async fn cursor_key(pool: &PgPool, model: &str) -> Option<Vec<String>> {
+    sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = $1")
+        .bind(model)
+        .fetch_optional(pool)
+        .await
+        .expect("read the cursor")
+}

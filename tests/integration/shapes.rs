@@ -73,11 +73,9 @@ action_source = "physical_store"
     .unwrap();
     let next = sync(&ctx, "orders").await;
     assert_eq!(next.counters.events_sent, 1);
-    let key: Vec<String> =
-        sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = 'orders'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let key = cursor_key(&db.pool, "orders")
+        .await
+        .expect("a stored cursor");
     assert_eq!(key[0], "S9");
 }
 

@@ -188,11 +188,9 @@ async fn a_row_older_than_the_window_is_refused_and_later_rows_still_go() {
     assert!(row.get::<String, _>(2).contains("7 days"));
     assert!(row.get::<Option<String>, _>(3).is_some());
     // The cursor moved past the refused row and the rows after it.
-    let cursor: Vec<String> =
-        sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = 'leads'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let cursor = cursor_key(&db.pool, "leads")
+        .await
+        .expect("a stored cursor");
     assert_eq!(cursor, vec!["5".to_string()]);
 }
 
@@ -223,11 +221,9 @@ async fn an_http_failure_mid_run_leaves_the_cursor_at_the_last_acknowledged_batc
         .as_deref()
         .unwrap_or("")
         .contains("resumes at the last acknowledged batch"));
-    let cursor: Vec<String> =
-        sqlx::query_scalar("SELECT row_key FROM capi_sync.cursors WHERE model = 'leads'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let cursor = cursor_key(&db.pool, "leads")
+        .await
+        .expect("a stored cursor");
     assert_eq!(cursor, vec!["200".to_string()]);
     let status: String =
         sqlx::query_scalar("SELECT status FROM capi_sync.runs ORDER BY id LIMIT 1")
