@@ -2,7 +2,7 @@
 //! with messy CRM and store rows, starts the sandbox in-process, syncs the example models
 //! once and prints what happened.
 
-use crate::config::{redact_url, Config, Secret};
+use crate::config::{redact_url, Config};
 use crate::pipeline::{sync_model_once, RunOptions};
 use anyhow::Context;
 use sqlx::postgres::PgPoolOptions;
@@ -465,9 +465,4 @@ pub async fn seed(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> anyhow::
         lead_events: lead_rows,
         sales,
     })
-}
-
-/// For tests: a demo config whose warehouse is `url`, sending to `graph_url`.
-pub fn demo_secret_token() -> Secret {
-    Secret::new(DEMO_TOKEN)
 }

@@ -155,23 +155,7 @@ impl Warehouse {
         let age = age_secs_sql(query.cursor_sql_type(), &format!("min({cursor})"))
             .unwrap_or_else(|| "NULL::float8".into());
         let what = format!("count(*), min({cursor})::text, max({cursor})::text, {age}");
-        let mut sql = query.wrapped(&model.sql, &what);
-        if after.is_some() {
-            sql.push_str(&query.after_condition(1));
-        }
-        let mut tx = self.read_only_tx().await?;
-        let mut q = sqlx::query(&sql);
-        if let Some(p) = after {
-            q = q.bind(&p.cursor_value);
-            for k in &p.row_key {
-                q = q.bind(k);
-            }
-        }
-        let row = q
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| query_error(query, &e))?;
-        tx.rollback().await?;
+        let row = self.aggregate_after(model, query, &what, after).await?;
         Ok(Backlog {
             rows: row.try_get(0)?,
             oldest: row.try_get(1)?,
@@ -254,7 +238,25 @@ impl Warehouse {
         let what = format!(
             "count(*), count(*) FILTER (WHERE {event_time} < now() - make_interval(days => {days}))"
         );
-        let mut sql = query.wrapped(&model.sql, &what);
+        let row = self.aggregate_after(model, query, &what, after).await?;
+        Ok(Some(WindowCount {
+            rows: row.try_get(0)?,
+            outside_window: row.try_get(1)?,
+        }))
+    }
+}
+
+impl Warehouse {
+    /// One row of aggregates (`what`) over the model's rows after `after` (all rows when
+    /// None), in a read-only transaction.
+    async fn aggregate_after(
+        &self,
+        model: &ModelConfig,
+        query: &ModelQuery,
+        what: &str,
+        after: Option<&CursorPosition>,
+    ) -> Result<sqlx::postgres::PgRow> {
+        let mut sql = query.wrapped(&model.sql, what);
         if after.is_some() {
             sql.push_str(&query.after_condition(1));
         }
@@ -271,10 +273,7 @@ impl Warehouse {
             .await
             .map_err(|e| query_error(query, &e))?;
         tx.rollback().await?;
-        Ok(Some(WindowCount {
-            rows: row.try_get(0)?,
-            outside_window: row.try_get(1)?,
-        }))
+        Ok(row)
     }
 }
 

@@ -457,10 +457,6 @@ impl ModelQuery {
         &self.columns[self.cursor_index].sql_type
     }
 
-    pub fn key_count(&self) -> usize {
-        self.key_indexes.len()
-    }
-
     fn decode(&self, row: &PgRow) -> Result<SourceRow> {
         let n = self.columns.len();
         let mut values = Vec::with_capacity(n);

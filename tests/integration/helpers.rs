@@ -90,9 +90,10 @@ pub async fn start_sandbox(faults: Faults) -> SandboxHandle {
     .expect("start sandbox")
 }
 
-/// A config with the given `[[models]]` TOML, pointed at `db` and `graph_url`.
-pub fn config(db: &TestDb, graph_url: &str, models_toml: &str) -> Config {
-    let text = format!(
+/// The TOML of a test config pointed at `db` and `graph_url`: `extra` goes before the
+/// `[[models]]` tables (e.g. a `[service]` section).
+pub fn config_text(db: &TestDb, graph_url: &str, extra: &str, models_toml: &str) -> String {
+    format!(
         r#"
 [warehouse]
 url = "{url}"
@@ -102,12 +103,20 @@ graph_url = "{graph_url}"
 access_token = "{TOKEN}"
 max_attempts = 2
 request_timeout = "5s"
+{extra}
 {models_toml}
 "#,
         url = db.url
-    );
-    Config::from_toml_str(&text, std::path::Path::new("."))
-        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
+    )
+}
+
+/// A config with the given `[[models]]` TOML, pointed at `db` and `graph_url`.
+pub fn config(db: &TestDb, graph_url: &str, models_toml: &str) -> Config {
+    Config::from_toml_str(
+        &config_text(db, graph_url, "", models_toml),
+        std::path::Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("test config invalid: {e}"))
 }
 
 pub async fn context(config: Config) -> SyncContext {

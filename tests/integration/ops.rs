@@ -40,21 +40,11 @@ struct ConfigFile {
 fn config_file(db: &TestDb, graph_url: &str, models_toml: &str, service: &str) -> ConfigFile {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ops-test.toml");
-    let text = format!(
-        r#"
-[warehouse]
-url = "{url}"
-statement_timeout = "20s"
-[meta]
-graph_url = "{graph_url}"
-access_token = "{TOKEN}"
-max_attempts = 2
-request_timeout = "5s"
-[service]
-metrics_addr = "{service}"
-{models_toml}
-"#,
-        url = db.url
+    let text = config_text(
+        db,
+        graph_url,
+        &format!("[service]\nmetrics_addr = \"{service}\""),
+        models_toml,
     );
     std::fs::write(&path, text).unwrap();
     ConfigFile { _dir: dir, path }
