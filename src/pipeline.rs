@@ -971,15 +971,8 @@ fn count_dry(
         o.batch_done(model, batch.events.len() as u64, &batch.refused);
     }
     c.events_sent += batch.events.len() as i64;
-    for r in &batch.refused {
-        c.rows_refused += 1;
-        *c.refused_by_reason.entry(r.reason.clone()).or_default() += 1;
-    }
-    for e in &batch.events {
-        for name in e.event.identifiers.names() {
-            *c.coverage.entry(name.to_string()).or_default() += 1;
-        }
-    }
+    count_refused(c, &batch.refused);
+    count_coverage(c, batch.events.iter());
 }
 
 /// Hands a finished batch to the settler, in order; a failed batch stops the run.
@@ -1045,26 +1038,35 @@ async fn record_acks_only(settler: &Settler, summary: &mut RunSummary, r: BatchR
 
 fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
     c.events_sent += s.delivered.len() as i64;
-    for r in &s.refused {
+    count_refused(c, &s.refused);
+    if s.delivered.len() == events.len() {
+        count_coverage(c, events.iter());
+    } else {
+        let delivered: HashSet<&str> = s.delivered.iter().map(|d| d.event_id.as_str()).collect();
+        count_coverage(
+            c,
+            events
+                .iter()
+                .filter(|e| delivered.contains(e.event.event_id.as_str())),
+        );
+    }
+}
+
+fn count_refused(c: &mut RunCounters, refused: &[RefusedRow]) {
+    for r in refused {
         c.rows_refused += 1;
         *c.refused_by_reason.entry(r.reason.clone()).or_default() += 1;
     }
-    // Count identifier bits in a fixed array and touch the map once per batch: this runs for
-    // every event of a backfill.
+}
+
+/// Counts identifier bits in a fixed array and touches the map once per batch: this runs for
+/// every event of a backfill.
+fn count_coverage<'a>(c: &mut RunCounters, events: impl Iterator<Item = &'a PendingEvent>) {
     let mut bits = [0i64; crate::mapping::event::IDENTIFIER_NAMES.len()];
-    let mut add = |e: &PendingEvent| {
+    for e in events {
         for (i, n) in bits.iter_mut().enumerate() {
             *n += i64::from(e.event.identifiers.0 >> i & 1 == 1);
         }
-    };
-    if s.delivered.len() == events.len() {
-        events.iter().for_each(&mut add);
-    } else {
-        let delivered: HashSet<&str> = s.delivered.iter().map(|d| d.event_id.as_str()).collect();
-        events
-            .iter()
-            .filter(|e| delivered.contains(e.event.event_id.as_str()))
-            .for_each(&mut add);
     }
     for (name, n) in crate::mapping::event::IDENTIFIER_NAMES.iter().zip(bits) {
         if n > 0 {
