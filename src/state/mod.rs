@@ -1,6 +1,7 @@
 //! Our own tables: cursors, run history, the delivery ledger, refused rows, and the per-model
 //! lock. All live in one schema (`state.schema`), created and upgraded by embedded migrations.
 
+mod copy;
 mod report;
 
 pub use report::CursorRecord;
@@ -404,32 +405,10 @@ impl StateStore {
         let mut tx = self.pool.begin().await?;
         if !settlement.delivered.is_empty() {
             let d = &settlement.delivered;
-            let (keys, key_expr) = key_param(d.iter().map(|x| x.row_key.as_slice()));
-            let ids: Vec<&str> = d.iter().map(|x| x.event_id.as_str()).collect();
-            let names: Vec<&str> = d.iter().map(|x| x.event_name.as_str()).collect();
-            let fps: Vec<&str> = d.iter().map(|x| x.fingerprint.as_str()).collect();
-            let times: Vec<i64> = d.iter().map(|x| x.event_time).collect();
-            let traces: Vec<Option<&str>> = d.iter().map(|x| x.fbtrace_id.as_deref()).collect();
-            sqlx::query(&format!(
-                "INSERT INTO deliveries (model, event_id, row_key, event_name, fingerprint, event_time, fbtrace_id, run_id)
-                 SELECT $1, id, {key_expr}, n, fp, to_timestamp(t), tr, $8
-                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[]) AS u(id, k, n, fp, t, tr)
-                 ON CONFLICT (model, event_id) DO UPDATE
-                   SET fingerprint = EXCLUDED.fingerprint, delivered_at = now(), fbtrace_id = EXCLUDED.fbtrace_id,
-                       run_id = EXCLUDED.run_id, changed_at = NULL"
-            ))
-            .bind(model)
-            .bind(&ids)
-            .bind(&keys)
-            .bind(&names)
-            .bind(&fps)
-            .bind(&times)
-            .bind(&traces)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+            record_deliveries(&mut tx, model, run_id, d).await?;
             if settlement.clear_refused {
                 // A row that was refused before and is now delivered is no longer refused.
+                let (keys, key_expr) = key_param(d.iter().map(|x| x.row_key.as_slice()));
                 sqlx::query(&format!(
                     "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
                      WHERE r.model = $1 AND r.row_key = {key_expr}"
@@ -618,6 +597,70 @@ async fn write_counters(
 /// Row keys as one text[] parameter plus the SQL that turns an element `k` back into the
 /// key array: single-column keys go as they are (the common, fast case), composite keys as
 /// JSON arrays.
+/// Appends ledger rows with one binary `COPY`. An event id the ledger already holds (an event
+/// sent again after a crash lost its acknowledgement) fails the `COPY` as a whole: the savepoint
+/// undoes it and the upsert records the stretch instead.
+async fn record_deliveries(
+    conn: &mut PgConnection,
+    model: &str,
+    run_id: i64,
+    rows: &[Delivered],
+) -> Result<()> {
+    let data = copy::deliveries(model, run_id, rows);
+    let mut savepoint = conn.begin().await?;
+    let copied = async {
+        let mut copy_in = savepoint.copy_in_raw(copy::DELIVERIES_COPY).await?;
+        copy_in.send(data).await?;
+        copy_in.finish().await
+    }
+    .await;
+    match copied {
+        Ok(_) => Ok(savepoint.commit().await?),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            savepoint.rollback().await?;
+            upsert_deliveries(conn, model, run_id, rows).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SQLSTATE of a duplicate key.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// Ledger rows that may already be there: the acknowledgement now recorded wins.
+async fn upsert_deliveries(
+    conn: &mut PgConnection,
+    model: &str,
+    run_id: i64,
+    d: &[Delivered],
+) -> Result<()> {
+    let (keys, key_expr) = key_param(d.iter().map(|x| x.row_key.as_slice()));
+    let ids: Vec<&str> = d.iter().map(|x| x.event_id.as_str()).collect();
+    let names: Vec<&str> = d.iter().map(|x| x.event_name.as_str()).collect();
+    let fps: Vec<&str> = d.iter().map(|x| x.fingerprint.as_str()).collect();
+    let times: Vec<i64> = d.iter().map(|x| x.event_time).collect();
+    let traces: Vec<Option<&str>> = d.iter().map(|x| x.fbtrace_id.as_deref()).collect();
+    sqlx::query(&format!(
+        "INSERT INTO deliveries (model, event_id, row_key, event_name, fingerprint, event_time, fbtrace_id, run_id)
+         SELECT $1, id, {key_expr}, n, fp, to_timestamp(t), tr, $8
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[]) AS u(id, k, n, fp, t, tr)
+         ON CONFLICT (model, event_id) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, delivered_at = now(), fbtrace_id = EXCLUDED.fbtrace_id,
+               run_id = EXCLUDED.run_id, changed_at = NULL"
+    ))
+    .bind(model)
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&names)
+    .bind(&fps)
+    .bind(&times)
+    .bind(&traces)
+    .bind(run_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 fn key_param<'a>(keys: impl Iterator<Item = &'a [String]> + Clone) -> (Vec<String>, &'static str) {
     if keys.clone().all(|k| k.len() == 1) {
         (keys.map(|k| k[0].clone()).collect(), "ARRAY[k]")

@@ -5,6 +5,7 @@ mod config_errors;
 mod crash;
 mod delivery;
 mod helpers;
+mod ledger;
 mod lives;
 mod ops;
 mod privacy;

@@ -1,0 +1,134 @@
+//! The delivery ledger as written by `settle`: the bulk COPY path and its fallback when an
+//! event id is already there.
+
+use crate::helpers::TestDb;
+use capi_sync::config::Secret;
+use capi_sync::state::{CursorPosition, Delivered, RunCounters, Settlement, StateStore};
+
+fn delivered(id: &str, key: &[&str], fingerprint: &str, trace: Option<&str>) -> Delivered {
+    Delivered {
+        row_key: key.iter().map(|s| s.to_string()).collect(),
+        event_id: id.into(),
+        event_name: "Closed Won".into(),
+        event_time: 1_764_000_000,
+        fingerprint: fingerprint.into(),
+        fbtrace_id: trace.map(str::to_string),
+    }
+}
+
+async fn store(db: &TestDb) -> StateStore {
+    let store = StateStore::connect(&Secret::new(db.url.clone()), "capi_sync")
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+type LedgerRow = (
+    String,
+    Vec<String>,
+    String,
+    String,
+    i64,
+    Option<String>,
+    i64,
+);
+
+async fn ledger(db: &TestDb) -> Vec<LedgerRow> {
+    sqlx::query_as(
+        "SELECT event_id, row_key, event_name, fingerprint, extract(epoch FROM event_time)::bigint,
+                fbtrace_id, run_id
+         FROM capi_sync.deliveries WHERE model = 'crm' ORDER BY event_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("ledger")
+}
+
+#[tokio::test]
+async fn settled_rows_land_in_the_ledger_field_for_field() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    let settlement = Settlement {
+        position: Some(CursorPosition {
+            cursor_value: "2026-11-28 10:00:00+00".into(),
+            row_key: vec!["b\t\"x\"".into(), "7".into()],
+        }),
+        delivered: vec![
+            // Keys with characters text formats would have to escape, and a non-ASCII name.
+            delivered("a1", &["b\t\"x\"", "7"], "f1", Some("trace-1")),
+            delivered("a2", &["c,{}\\", "ü"], "f2", None),
+        ],
+        ..Default::default()
+    };
+    store
+        .settle("crm", run, &settlement, &RunCounters::default())
+        .await
+        .expect("settle");
+    let rows = ledger(&db).await;
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "a1".into(),
+                vec!["b\t\"x\"".into(), "7".into()],
+                "Closed Won".into(),
+                "f1".into(),
+                1_764_000_000,
+                Some("trace-1".into()),
+                run
+            ),
+            (
+                "a2".into(),
+                vec!["c,{}\\".into(), "ü".into()],
+                "Closed Won".into(),
+                "f2".into(),
+                1_764_000_000,
+                None,
+                run
+            ),
+        ]
+    );
+    let cursor = store.cursor("crm").await.expect("cursor").expect("moved");
+    assert_eq!(cursor.row_key, vec!["b\t\"x\"".to_string(), "7".into()]);
+}
+
+#[tokio::test]
+async fn an_event_id_already_in_the_ledger_is_updated_and_the_rest_of_the_stretch_recorded() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let first = store.start_run("crm", "manual").await.expect("run");
+    let once = Settlement {
+        delivered: vec![delivered("a1", &["1"], "old", Some("t1"))],
+        ..Default::default()
+    };
+    store
+        .settle("crm", first, &once, &RunCounters::default())
+        .await
+        .expect("first settle");
+    // Sent again (its acknowledgement was lost with a crash), next to a new event.
+    let second = store.start_run("crm", "manual").await.expect("run");
+    let again = Settlement {
+        position: Some(CursorPosition {
+            cursor_value: "5".into(),
+            row_key: vec!["2".into()],
+        }),
+        delivered: vec![
+            delivered("a1", &["1"], "new", Some("t2")),
+            delivered("a2", &["2"], "f2", None),
+        ],
+        ..Default::default()
+    };
+    store
+        .settle("crm", second, &again, &RunCounters::default())
+        .await
+        .expect("second settle falls back to the upsert");
+    let rows = ledger(&db).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[0].3.as_str(), rows[0].6), ("new", second));
+    assert_eq!(rows[0].5.as_deref(), Some("t2"));
+    assert_eq!((rows[1].0.as_str(), rows[1].6), ("a2", second));
+    let cursor = store.cursor("crm").await.expect("cursor").expect("moved");
+    assert_eq!(cursor.cursor_value, "5");
+}
