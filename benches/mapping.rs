@@ -78,6 +78,20 @@ fn normalize_hash(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Each field alone (same rows), to see where the time goes.
+    let mut g = c.benchmark_group("normalize_hash_field");
+    g.throughput(Throughput::Elements(rows.len() as u64));
+    for (i, field) in FIELDS.iter().enumerate() {
+        g.bench_function(field.key(), |b| {
+            b.iter(|| {
+                for row in &rows {
+                    let _ = black_box(normalize_and_hash(*field, PiiInput::Text(&row[i]), &ctx));
+                }
+            })
+        });
+    }
+    g.finish();
 }
 
 fn map_rows(c: &mut Criterion) {

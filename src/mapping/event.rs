@@ -2,7 +2,7 @@
 //! decided once per run) and the per-row mapping with Meta's pre-flight rules.
 
 use super::json::{write_str, ObjectWriter};
-use super::normalize::{self, NormalizeContext, PiiField, PiiInput};
+use super::normalize::{self, Hashed, NormalizeContext, PiiField, PiiInput};
 use super::params::{Target, TopField, UserDataKey};
 use super::rules::{self, Refusal};
 use super::value::{Value, ValueKind};
@@ -39,7 +39,7 @@ struct Slot {
     column: Option<usize>,
     constant: Option<Value>,
     /// Pre-computed hashes of a hashed-field constant.
-    constant_hashes: Option<Vec<String>>,
+    constant_hashes: Option<Vec<Hashed>>,
 }
 
 /// How one model's rows become events; built once per run from the model's config and the
@@ -340,6 +340,7 @@ impl ModelPlan {
         let mut nested: Vec<(&'static str, &str, String)> = Vec::new();
         let mut lead_id_digits: Option<String> = None;
         let mut refusal: Option<Refusal> = None;
+        let mut hashes: Vec<Hashed> = Vec::new();
 
         for slot in &self.slots {
             let from_column = slot
@@ -356,7 +357,7 @@ impl ModelPlan {
             match &slot.target {
                 Target::Top(f) => top[*f as usize] = Some(value),
                 Target::UserData(UserDataKey::Hashed(field)) => {
-                    let mut hashes = Vec::new();
+                    hashes.clear();
                     if use_constant_hashes {
                         if let Some(h) = &slot.constant_hashes {
                             hashes.extend(h.iter().cloned());
@@ -658,7 +659,7 @@ fn hash_values(
     field: PiiField,
     value: &Value,
     ctx: &NormalizeContext<'_>,
-    hashes: &mut Vec<String>,
+    hashes: &mut Vec<Hashed>,
     dropped: &mut Vec<DroppedValue>,
 ) {
     let mut one = |input: PiiInput<'_>| match normalize::normalize_and_hash(field, input, ctx) {
@@ -705,7 +706,7 @@ fn hash_values(
 }
 
 /// Hashes (or raw external ids, which may need escaping) as a JSON string or array.
-fn write_string_or_array(out: &mut String, items: &[String], escape: bool) {
+fn write_string_or_array(out: &mut String, items: &[Hashed], escape: bool) {
     let one = |out: &mut String, s: &str| {
         if escape {
             write_str(out, s);

@@ -20,6 +20,7 @@
 
 mod date;
 mod geo;
+mod memo;
 mod person;
 mod phone;
 mod phone_meta;
@@ -138,6 +139,14 @@ impl Normalized {
         }
     }
 
+    /// What is sent for it: the SHA-256 of plain text, or the digest it already is.
+    pub fn digest(&self) -> HexDigest {
+        match self {
+            Normalized::Plain(p) => HexDigest::of(p),
+            Normalized::AlreadyHashed(h) => HexDigest::from_hex(h),
+        }
+    }
+
     pub fn into_string(self) -> String {
         match self {
             Normalized::Plain(s) | Normalized::AlreadyHashed(s) => s,
@@ -226,37 +235,131 @@ pub fn normalize_and_hash(
     field: PiiField,
     input: PiiInput<'_>,
     ctx: &NormalizeContext<'_>,
-) -> Result<String, DropReason> {
+) -> Result<Hashed, DropReason> {
+    if let PiiInput::Text(raw) = input {
+        if let Some(table) = memo::memoized(field).filter(|_| raw.len() <= memo::MAX_INPUT) {
+            return memo::get_or_insert(table, raw, || {
+                normalize(field, input, ctx).map(|n| n.digest())
+            })
+            .map(Hashed::Digest);
+        }
+    }
+    normalize_and_hash_uncached(field, input, ctx)
+}
+
+fn normalize_and_hash_uncached(
+    field: PiiField,
+    input: PiiInput<'_>,
+    ctx: &NormalizeContext<'_>,
+) -> Result<Hashed, DropReason> {
     match normalize(field, input, ctx)? {
-        Normalized::AlreadyHashed(h) => Ok(h),
-        Normalized::Plain(p) if field == PiiField::ExternalId && ctx.external_id_raw => Ok(p),
-        Normalized::Plain(p) => Ok(sha256_hex(&p)),
+        Normalized::Plain(p) if field == PiiField::ExternalId && ctx.external_id_raw => {
+            Ok(Hashed::Raw(p))
+        }
+        n => Ok(Hashed::Digest(n.digest())),
     }
 }
 
-/// Two lowercase hex digits for each byte value.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
-        i += 1;
+/// What goes into `user_data` for one value: a digest, or (raw `external_id` only) the value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Hashed {
+    Digest(HexDigest),
+    Raw(String),
+}
+
+impl std::ops::Deref for Hashed {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Hashed::Digest(d) => d.as_str(),
+            Hashed::Raw(s) => s,
+        }
     }
-    t
-};
+}
+
+impl fmt::Debug for Hashed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq<&str> for Hashed {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
+    }
+}
+
+impl PartialEq<String> for Hashed {
+    fn eq(&self, other: &String) -> bool {
+        **self == **other
+    }
+}
+
+/// A SHA-256 digest as 64 lowercase hex digits, kept inline: mapping writes it straight into
+/// the event, without a heap string per field.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    /// The digest of the UTF-8 bytes of `s`.
+    pub fn of(s: &str) -> HexDigest {
+        let digest: [u8; 32] = Sha256::digest(s.as_bytes()).into();
+        HexDigest(hex_lower(&digest))
+    }
+
+    /// A digest already in hex (64 hex digits, any case), lowercased. Anything else hashes.
+    fn from_hex(h: &str) -> HexDigest {
+        match <[u8; 64]>::try_from(h.as_bytes()) {
+            Ok(mut bytes) if bytes.iter().all(u8::is_ascii_hexdigit) => {
+                bytes.make_ascii_lowercase();
+                HexDigest(bytes)
+            }
+            _ => HexDigest::of(h),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored, so this never fails.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for HexDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lowercase hex of 32 bytes, eight at a time: each byte's two nibbles are spread into two
+/// bytes of a `u128`, then every nibble becomes its ASCII digit at once (`'0' + n`, plus 39 more
+/// for `a`-`f`). A table lookup per byte cost more than the SHA-256 of a short value.
+fn hex_lower(bytes: &[u8; 32]) -> [u8; 64] {
+    const ONES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    let mut out = [0u8; 64];
+    for (src, dst) in bytes.chunks_exact(8).zip(out.chunks_exact_mut(16)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(src);
+        let x = u64::from_be_bytes(word);
+        let nibbles = (spread_bytes((x >> 4) & 0x0f0f_0f0f_0f0f_0f0f) << 8)
+            | spread_bytes(x & 0x0f0f_0f0f_0f0f_0f0f);
+        let letters = ((nibbles + 6 * ONES) >> 4) & ONES;
+        let ascii = nibbles + 0x30 * ONES + letters * 39;
+        dst.copy_from_slice(&ascii.to_be_bytes());
+    }
+    out
+}
+
+/// The eight bytes of `x` into the low byte of each 16-bit lane of a `u128`, order kept.
+fn spread_bytes(x: u64) -> u128 {
+    let mut v = u128::from(x);
+    v = (v | (v << 32)) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+    v = (v | (v << 16)) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+    (v | (v << 8)) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff
+}
 
 /// Lowercase hex SHA-256 of the UTF-8 bytes of `s`.
 pub fn sha256_hex(s: &str) -> String {
-    let digest: [u8; 32] = Sha256::digest(s.as_bytes()).into();
-    let mut out = [0u8; 64];
-    for (pair, &b) in out.chunks_exact_mut(2).zip(digest.iter()) {
-        pair.copy_from_slice(&HEX_PAIRS[b as usize]);
-    }
-    // Only ASCII hex digits were written, so this never fails.
-    std::str::from_utf8(&out)
-        .map(str::to_owned)
-        .unwrap_or_default()
+    HexDigest::of(s).as_str().to_owned()
 }
 
 /// True for exactly 64 hex chars (any case) after trimming.

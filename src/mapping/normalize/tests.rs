@@ -378,3 +378,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn hex_digits_of_every_byte_value_in_every_position() {
+    for start in 0..=255u8 {
+        let bytes: [u8; 32] = std::array::from_fn(|i| start.wrapping_add((i * 37) as u8));
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            std::str::from_utf8(&super::hex_lower(&bytes)).unwrap(),
+            want
+        );
+    }
+}
+
+#[test]
+fn memoized_results_equal_fresh_ones_on_hits_misses_and_evictions() {
+    // Far more distinct inputs than the memo has slots, each seen several times, including
+    // values that drop and values that differ only in case or spacing.
+    let mut inputs: Vec<String> = (0..2500)
+        .map(|i| match i % 5 {
+            0 => format!(" Name{} ", i % 900),
+            1 => format!("NAME{}", i % 900),
+            2 => format!("19{:02}-0{}-1{}", i % 100, 1 + i % 9, i % 10),
+            3 => "??".to_string(),
+            _ => [
+                "US",
+                "United States",
+                "Texas",
+                "tx",
+                "São Paulo",
+                "F",
+                "male",
+            ][i % 7]
+                .into(),
+        })
+        .collect();
+    inputs.push("x".repeat(super::memo::MAX_INPUT));
+    inputs.push("y".repeat(super::memo::MAX_INPUT + 1));
+    let c = ctx();
+    for _ in 0..2 {
+        for f in [
+            PiiField::Fn,
+            PiiField::Ln,
+            PiiField::Ct,
+            PiiField::St,
+            PiiField::Country,
+            PiiField::Db,
+            PiiField::Ge,
+        ] {
+            for s in &inputs {
+                assert_eq!(
+                    normalize_and_hash(f, PiiInput::Text(s), &c),
+                    super::normalize_and_hash_uncached(f, PiiInput::Text(s), &c),
+                    "{f} {s:?}"
+                );
+            }
+        }
+    }
+}
