@@ -345,7 +345,7 @@ async fn run_inner(
     let mut seq = 0u64;
     let mut failure: Option<Stop> = None;
     let mut status = RunStatus::Succeeded;
-    let mut taken = TakenIds::new(plan_maps_event_id);
+    let mut taken = TakenIds::new(plan_maps_event_id, ctx.config.meta.concurrency);
 
     'read: loop {
         if ctx.cancel.is_cancelled() {
@@ -563,8 +563,8 @@ async fn run_inner(
 /// model's own `event_id` is a duplicate.
 ///
 /// Memory stays constant whatever the run's size: ids of the last batches are kept exactly
-/// (two generations, rotated every `RECENT_BATCHES` batches, which covers every batch not yet
-/// committed), and every id of the run goes into a fixed 8 MiB Bloom filter. An id the
+/// (two generations, rotated every `batches_per_generation` batches, which covers every batch
+/// not yet committed), and every id of the run goes into a fixed 8 MiB Bloom filter. An id the
 /// filter may have seen but that is not recent is settled by the ledger (`suspects` and
 /// `take`'s `older` argument); a false positive is then found new and sent.
 struct TakenIds {
@@ -573,6 +573,7 @@ struct TakenIds {
     current: HashMap<IdKey, Reading>,
     previous: HashMap<IdKey, Reading>,
     batches_in_current: u64,
+    batches_per_generation: u64,
 }
 
 /// Derived ids (32 hex digits) as numbers, other ids as text.
@@ -604,18 +605,22 @@ enum Taken {
 
 const BLOOM_BITS: usize = 1 << 26;
 const BLOOM_PROBES: u64 = 8;
-/// Exact ids are kept for two generations of this many batches: far more than can be in
-/// flight or waiting for their commit.
-const RECENT_BATCHES: u64 = 32;
+/// Batches not yet committed, beyond those in flight: the settle queue, the job being
+/// committed, the batch being cut, and a margin.
+const UNCOMMITTED_BEYOND_IN_FLIGHT: u64 = 8;
 
 impl TakenIds {
-    fn new(model_maps_event_id: bool) -> TakenIds {
+    /// `max_in_flight`: the most batches sent and not yet answered. An id stays recent for at
+    /// least one generation after its batch is cut, so a generation spans every batch that
+    /// can be uncommitted at once.
+    fn new(model_maps_event_id: bool, max_in_flight: usize) -> TakenIds {
         TakenIds {
             model_maps_event_id,
             bloom: Vec::new(),
             current: HashMap::new(),
             previous: HashMap::new(),
             batches_in_current: 0,
+            batches_per_generation: max_in_flight as u64 + UNCOMMITTED_BEYOND_IN_FLIGHT,
         }
     }
 
@@ -679,8 +684,10 @@ impl TakenIds {
     /// Called when a batch is cut: rotates the exact generations.
     fn batch_cut(&mut self) {
         self.batches_in_current += 1;
-        if self.batches_in_current >= RECENT_BATCHES {
-            self.previous = std::mem::take(&mut self.current);
+        if self.batches_in_current >= self.batches_per_generation {
+            // Swapped and cleared, not reallocated: the maps keep their capacity.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
             self.batches_in_current = 0;
         }
     }
@@ -1332,7 +1339,7 @@ mod tests {
 
     #[test]
     fn a_row_read_again_soon_is_the_same_row() {
-        let mut t = TakenIds::new(false);
+        let mut t = TakenIds::new(false, 4);
         let none = Older::new();
         let id = derived(1);
         assert!(matches!(
@@ -1347,14 +1354,14 @@ mod tests {
 
     #[test]
     fn an_old_id_is_settled_by_the_ledger_not_kept_in_memory() {
-        let mut t = TakenIds::new(false);
+        let mut t = TakenIds::new(false, 4);
         let none = Older::new();
         let id = derived(7);
         assert!(matches!(
             t.take(&event(&id, "{a}"), &["7".into()], &none),
             Taken::New
         ));
-        for _ in 0..(2 * RECENT_BATCHES) {
+        for _ in 0..(2 * t.batches_per_generation) {
             t.batch_cut();
         }
         assert!(t.current.is_empty() && t.previous.is_empty());
@@ -1371,7 +1378,7 @@ mod tests {
 
     #[test]
     fn another_row_with_the_same_own_event_id_is_a_duplicate() {
-        let mut t = TakenIds::new(true);
+        let mut t = TakenIds::new(true, 4);
         let none = Older::new();
         assert!(matches!(
             t.take(&event("order-9", "{a}"), &["1".into()], &none),
@@ -1385,12 +1392,12 @@ mod tests {
 
     #[test]
     fn the_filter_rarely_suspects_a_new_id() {
-        let mut t = TakenIds::new(false);
+        let mut t = TakenIds::new(false, 4);
         let none = Older::new();
         for i in 0..200_000 {
             t.take(&event(&derived(i), "{}"), &[i.to_string()], &none);
         }
-        for _ in 0..(2 * RECENT_BATCHES) {
+        for _ in 0..(2 * t.batches_per_generation) {
             t.batch_cut();
         }
         let fresh: Vec<MappedEvent> = (200_000..300_000)

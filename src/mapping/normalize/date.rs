@@ -121,6 +121,17 @@ fn is_sep(c: char) -> bool {
 
 /// Text → `YYYYMMDD`.
 pub(super) fn from_text(t: &str) -> Result<String, DropReason> {
+    // The common shape first: ISO `YYYY-MM-DD`, as SQL writes a date.
+    if let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2] = *t.as_bytes() {
+        let digits = [y1, y2, y3, y4, m1, m2, d1, d2];
+        if digits.iter().all(u8::is_ascii_digit) {
+            let n = |ds: &[u8]| {
+                ds.iter()
+                    .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+            };
+            return ymd(n(&digits[..4]), n(&digits[4..6]), n(&digits[6..]));
+        }
+    }
     if t.contains(['年', '月', '日', '년', '월', '일']) {
         return labelled(t);
     }

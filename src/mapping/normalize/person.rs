@@ -25,6 +25,14 @@ fn is_email(e: &str) -> bool {
     let Some((local, domain)) = e.split_once('@') else {
         return false;
     };
+    if e.is_ascii() {
+        is_ascii_email(local, domain)
+    } else {
+        is_unicode_email(local, domain)
+    }
+}
+
+fn is_unicode_email(local: &str, domain: &str) -> bool {
     if local.is_empty() || local.len() > 64 || domain.len() > 253 {
         return false;
     }
@@ -77,6 +85,41 @@ fn is_email(e: &str) -> bool {
         last = label;
     }
     let tld_ok = (last.chars().count() >= 2 && last.chars().all(char::is_alphabetic))
+        || (last.len() > 4 && last.starts_with("xn--"));
+    labels >= 2 && tld_ok
+}
+
+/// [`is_unicode_email`] for an all-ASCII address, byte by byte (the same rules).
+fn is_ascii_email(local: &str, domain: &str) -> bool {
+    if local.is_empty() || local.len() > 64 || domain.len() > 253 {
+        return false;
+    }
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return false;
+    }
+    let local_ok = local
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
+    if !local_ok {
+        return false;
+    }
+    let mut labels = 0;
+    let mut last = "";
+    for label in domain.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return false;
+        }
+        labels += 1;
+        last = label;
+    }
+    let tld_ok = (last.len() >= 2 && last.bytes().all(|b| b.is_ascii_alphabetic()))
         || (last.len() > 4 && last.starts_with("xn--"));
     labels >= 2 && tld_ok
 }
@@ -214,6 +257,17 @@ pub(super) fn external_id(t: &str) -> Result<String, DropReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_ascii_email_check_agrees_with_the_general_one(
+            local in "[a-z0-9.!#%+_'~-]{0,12}",
+            domain in "[a-z0-9.-]{0,16}",
+        ) {
+            prop_assert_eq!(is_ascii_email(&local, &domain), is_unicode_email(&local, &domain));
+        }
+    }
 
     #[test]
     fn emails() {
