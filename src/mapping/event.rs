@@ -125,15 +125,35 @@ pub struct MappedEvent {
     /// The event object as JSON.
     pub json: String,
     pub identifiers: Identifiers,
+    /// 128-bit XXH3 of `json`, taken once when the event is made (see [`MappedEvent::fingerprint`]).
+    pub digest: u128,
 }
 
 impl MappedEvent {
+    pub fn new(
+        event_id: String,
+        event_name: String,
+        event_time: i64,
+        json: String,
+        identifiers: Identifiers,
+    ) -> MappedEvent {
+        let digest = xxhash_rust::xxh3::xxh3_128(json.as_bytes());
+        MappedEvent {
+            event_id,
+            event_name,
+            event_time,
+            json,
+            identifiers,
+            digest,
+        }
+    }
+
     /// A fingerprint of what was sent, for the delivery ledger: 128-bit XXH3 of the event's
     /// JSON in hex. It only tells a changed event from an unchanged one, so it needs no
     /// cryptographic strength, and SHA-256 over every event's whole JSON cost as much as
     /// hashing all its customer fields.
     pub fn fingerprint(&self) -> String {
-        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(self.json.as_bytes()))
+        format!("{:032x}", self.digest)
     }
 }
 
@@ -333,8 +353,8 @@ impl ModelPlan {
         };
 
         let mut top: [Option<&Value>; TopField::ALL.len()] = [None; TopField::ALL.len()];
-        let mut user_data = String::with_capacity(512);
-        let mut ud = ObjectWriter::new(&mut user_data);
+        let mut user_data = ScratchBuffer::take();
+        let mut ud = ObjectWriter::new(&mut user_data.0);
         let mut identifiers = Identifiers::default();
         let mut custom: Vec<(&str, String)> = Vec::new();
         let mut nested: Vec<(&'static str, &str, String)> = Vec::new();
@@ -494,7 +514,7 @@ impl ModelPlan {
             return refuse(r, dropped, Some(event_id));
         }
 
-        let mut json = String::with_capacity(256 + user_data.len());
+        let mut json = String::with_capacity(256 + user_data.0.len());
         let mut ev = ObjectWriter::new(&mut json);
         ev.str("event_name", &event_name);
         ev.int("event_time", event_time);
@@ -526,7 +546,7 @@ impl ModelPlan {
                 ev.raw(f.key(), &d);
             }
         }
-        ev.raw("user_data", &user_data);
+        ev.raw("user_data", &user_data.0);
         if !custom.is_empty() {
             let out = ev.key("custom_data");
             let mut cd = ObjectWriter::new(out);
@@ -548,15 +568,39 @@ impl ModelPlan {
         ev.finish();
 
         RowOutcome {
-            result: Ok(MappedEvent {
+            result: Ok(MappedEvent::new(
                 event_id,
                 event_name,
                 event_time,
                 json,
                 identifiers,
-            }),
+            )),
             dropped,
         }
+    }
+}
+
+thread_local! {
+    static USER_DATA: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The `user_data` object of the row being mapped: built apart (its fields decide whether the
+/// event goes at all), then copied into the event. One buffer per thread, lent for a row and
+/// given back on drop, instead of a kilobyte allocated and freed per event.
+struct ScratchBuffer(String);
+
+impl ScratchBuffer {
+    fn take() -> ScratchBuffer {
+        let mut buf = USER_DATA.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        buf.clear();
+        ScratchBuffer(buf)
+    }
+}
+
+impl Drop for ScratchBuffer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        USER_DATA.with(|b| *b.borrow_mut() = buf);
     }
 }
 

@@ -374,7 +374,11 @@ fn is_trim_char(c: char) -> bool {
 }
 
 fn trim(s: &str) -> &str {
-    s.trim_matches(is_trim_char)
+    // Most values start and end with a visible ASCII character: nothing to trim.
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(&a), Some(&b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => s,
+        _ => s.trim_matches(is_trim_char),
+    }
 }
 
 /// Unicode NFC; borrows when the input is ASCII or already NFC.
