@@ -1,6 +1,6 @@
 //! A small per-thread memo of recent results for fields whose values repeat across rows.
 //!
-//! Countries, states, cities, first and last names, birth dates and genders take few distinct
+//! Countries, states, cities, first and last names and genders take few distinct
 //! values in a customer table, so the same input is normalized and hashed again and again. A
 //! direct-mapped table per field remembers the last result for each slot: a hit costs one
 //! short hash and a compare instead of normalization and SHA-256; a miss costs the same plus
@@ -16,7 +16,8 @@ pub(super) const MAX_INPUT: usize = 30;
 const SLOTS: usize = 512;
 
 /// Fields whose result depends on the input alone and whose values repeat. Email, phone,
-/// external_id (unique per person) and zip (depends on the row's country) are left out.
+/// external_id and birth date (nearly unique per person) and zip (depends on the row's
+/// country) are left out.
 pub(super) fn memoized(field: PiiField) -> Option<usize> {
     match field {
         PiiField::Fn => Some(0),
@@ -24,12 +25,11 @@ pub(super) fn memoized(field: PiiField) -> Option<usize> {
         PiiField::Ct => Some(2),
         PiiField::St => Some(3),
         PiiField::Country => Some(4),
-        PiiField::Db => Some(5),
-        PiiField::Ge => Some(6),
+        PiiField::Ge => Some(5),
         _ => None,
     }
 }
-const TABLES: usize = 7;
+const TABLES: usize = 6;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -51,13 +51,9 @@ pub(super) fn get_or_insert(
 ) -> Result<HexDigest, DropReason> {
     let bytes = input.as_bytes();
     let slot = table * SLOTS + (xxhash_rust::xxh3::xxh3_64(bytes) as usize % SLOTS);
-    let hit = MEMO.with(|m| {
-        m.borrow()
-            .get(slot)
-            .copied()
-            .flatten()
-            .filter(|e| e.input[..usize::from(e.len)] == *bytes)
-            .map(|e| e.result)
+    let hit = MEMO.with(|m| match m.borrow().get(slot) {
+        Some(Some(e)) if e.input[..usize::from(e.len)] == *bytes => Some(e.result),
+        _ => None,
     });
     if let Some(result) = hit {
         return result;
