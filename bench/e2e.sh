@@ -92,11 +92,15 @@ trap stop_sandbox EXIT
 
 reset_state() { psql "$PG/$DB" -qtAc "DROP SCHEMA IF EXISTS capi_sync CASCADE" >/dev/null; }
 
-echo "timing COPY of the model's query..."
-COPY_START=$(date +%s.%N)
-psql "$PG/$DB" -qtAc "COPY ($MODEL_SQL) TO STDOUT" > /dev/null
-COPY_END=$(date +%s.%N)
-COPY_S=$(echo "$COPY_END - $COPY_START" | bc -l)
+echo "timing COPY of the model's query (median of three)..."
+COPY_TIMES=()
+for _ in 1 2 3; do
+  COPY_START=$(date +%s.%N)
+  psql "$PG/$DB" -qtAc "COPY ($MODEL_SQL) TO STDOUT" > /dev/null
+  COPY_END=$(date +%s.%N)
+  COPY_TIMES+=("$(echo "$COPY_END - $COPY_START" | bc -l)")
+done
+COPY_S=$(printf '%s\n' "${COPY_TIMES[@]}" | sort -n | sed -n 2p)
 
 run_sync() { # $1 label, $2 concurrency, $3 expected rows
   write_config "$2" "$OUT/bench.toml"
