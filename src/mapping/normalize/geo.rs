@@ -206,6 +206,34 @@ fn is_us(ctx: &NormalizeContext<'_>) -> bool {
 /// spaces, no dash, US: first 5 digits"; the Parameter Builder keeps inner spaces and nobody
 /// cuts a 9-digit ZIP). Other characters are kept as they are.
 pub(super) fn zip(t: &str, ctx: &NormalizeContext<'_>) -> Result<String, DropReason> {
+    finish_zip(zip_text(t), ctx)
+}
+
+/// Lowercased, whitespace removed, cut at the first dash (ZIP+4 and the like).
+fn zip_text(t: &str) -> String {
+    if t.is_ascii() {
+        ascii_zip_text(t)
+    } else {
+        any_zip_text(t)
+    }
+}
+
+/// [`any_zip_text`] byte by byte, for ASCII input (no lowercased copy first).
+fn ascii_zip_text(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    for b in t.bytes() {
+        if b == b'-' {
+            break;
+        }
+        // char::is_whitespace on ASCII (it includes vertical tab, u8's version does not).
+        if !matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r') {
+            out.push(char::from(b.to_ascii_lowercase()));
+        }
+    }
+    out
+}
+
+fn any_zip_text(t: &str) -> String {
     let lower = lowercase(t);
     let mut out = String::with_capacity(lower.len());
     for c in lower.chars() {
@@ -216,7 +244,7 @@ pub(super) fn zip(t: &str, ctx: &NormalizeContext<'_>) -> Result<String, DropRea
             out.push(c);
         }
     }
-    finish_zip(out, ctx)
+    out
 }
 
 fn finish_zip(mut out: String, ctx: &NormalizeContext<'_>) -> Result<String, DropReason> {
@@ -254,6 +282,14 @@ pub(super) fn zip_int(n: i64, ctx: &NormalizeContext<'_>) -> Result<String, Drop
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_ascii_zip_path_agrees_with_the_general_one(t in "[ -~\t\n\x0b\x0c\r]{0,14}") {
+            prop_assert_eq!(ascii_zip_text(&t), any_zip_text(&t));
+        }
+    }
 
     fn key(s: &str) -> Option<String> {
         let mut b = [0u8; KEY_MAX];

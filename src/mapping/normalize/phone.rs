@@ -25,7 +25,7 @@
 //!    `4755551234`, which in a US context is the valid US number (475) 555-1234; a bare digit
 //!    string cannot say which it is, and a national reading is what a US model's data means).
 
-use super::phone_meta::{engine, Parsed, Region};
+use super::phone_meta::{code_prefix_len, engine, Parsed, Region};
 use super::{DropReason, NormalizeContext};
 
 /// Most digits we look at (E.164 has ≤15; the parser allows national numbers up to 17).
@@ -161,8 +161,7 @@ fn national(digits: &str, region: Option<&'static Region>) -> Result<String, Dro
             Err(DropReason::InvalidPhone)
         };
     };
-    let code = r.calling_code().to_string();
-    if digits.starts_with(&code) {
+    if code_prefix_len(digits, r.calling_code()).is_some() {
         if let Some(p) = e
             .parse_international(digits)
             .filter(|p| p.code == r.calling_code())

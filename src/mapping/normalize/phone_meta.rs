@@ -48,6 +48,24 @@ fn push_u16(s: &mut String, v: u16) {
     s.push((b'0' + (v % 10) as u8) as char);
 }
 
+/// The length of `v`'s decimal digits when `digits` starts with them (a calling code, 1-999).
+pub fn code_prefix_len(digits: &str, v: u16) -> Option<usize> {
+    let mut buf = [0u8; 3];
+    let len = if v >= 100 {
+        3
+    } else if v >= 10 {
+        2
+    } else {
+        1
+    };
+    let mut n = v;
+    for slot in buf[..len].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    digits.as_bytes().starts_with(&buf[..len]).then_some(len)
+}
+
 struct Desc {
     /// The pattern anchored at the start: matches iff the crate's `find(value)` starts at 0.
     re: Regex,
@@ -292,15 +310,14 @@ impl Engine {
             }
             None => {
                 let code = region.calling_code();
-                let mut cs = String::with_capacity(3);
-                push_u16(&mut cs, code);
-                let national = if digits.starts_with(&cs)
-                    && (!region.c().general.is_match(digits)
-                        || region.length(digits.len()) != Length::Possible)
-                {
-                    &digits[cs.len()..]
-                } else {
-                    digits
+                let national = match code_prefix_len(digits, code) {
+                    Some(len)
+                        if !region.c().general.is_match(digits)
+                            || region.length(digits.len()) != Length::Possible =>
+                    {
+                        &digits[len..]
+                    }
+                    _ => digits,
                 };
                 (code, national)
             }
@@ -379,6 +396,21 @@ fn finish(code: u16, national: String) -> Option<Parsed> {
 mod tests {
     use super::*;
     use phonenumber::country::Id;
+
+    #[test]
+    fn calling_code_prefixes() {
+        assert_eq!(code_prefix_len("16505551212", 1), Some(1));
+        assert_eq!(code_prefix_len("442079460958", 44), Some(2));
+        assert_eq!(code_prefix_len("358401234567", 358), Some(3));
+        assert_eq!(code_prefix_len("35", 358), None);
+        assert_eq!(code_prefix_len("4420", 4), Some(1));
+        assert_eq!(code_prefix_len("5442", 44), None);
+        for v in [1u16, 7, 20, 44, 99, 100, 358, 999] {
+            let mut s = String::new();
+            push_u16(&mut s, v);
+            assert_eq!(code_prefix_len(&format!("{s}123"), v), Some(s.len()), "{v}");
+        }
+    }
 
     /// The crate itself: (code, national with zeros) when it parses, and its validity.
     fn lib(region: Option<Id>, s: &str) -> Option<(Parsed, bool)> {
