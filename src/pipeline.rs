@@ -566,9 +566,9 @@ async fn run_inner(
 /// (two generations, rotated every `batches_per_generation` batches, which covers every batch
 /// not yet committed), and every id of the run goes into a fixed 4 MiB Bloom filter (about
 /// one false positive in 100,000 ids at a million ids, 6% at five million; each costs a
-/// ledger lookup, batched per chunk). An id the
-/// filter may have seen but that is not recent is settled by the ledger (`suspects` and
-/// `take`'s `older` argument); a false positive is then found new and sent.
+/// ledger lookup, batched per chunk). An id the filter may have seen but that is not recent
+/// is settled by the ledger (`suspects` and `take`'s `older` argument); a false positive is
+/// then found new and sent.
 struct TakenIds {
     model_maps_event_id: bool,
     bloom: Vec<u64>,
