@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http_server;
+pub mod map_pool;
 pub mod mapping;
 pub mod metrics;
 pub mod observer;

@@ -2,6 +2,7 @@
 //! from an error's class, whether to retry, split a batch, refuse rows or stop the run.
 
 use crate::config::{Config, ModelConfig};
+use crate::mapping::event::{Identifiers, IDENTIFIER_NAMES};
 use crate::mapping::{MappedEvent, ModelPlan, Refusal};
 use crate::observer::RunObserver;
 use crate::sink::retry::RetryPolicy;
@@ -108,6 +109,8 @@ struct BatchResult {
     batch: Batch,
     delivered: Vec<Delivered>,
     meta_refused: Vec<RefusedRow>,
+    /// Identifiers of the delivered events.
+    coverage: Coverage,
     requests: i64,
     retries: i64,
     error: Option<SinkError>,
@@ -506,6 +509,7 @@ async fn run_inner(
                 batch,
                 delivered: vec![],
                 meta_refused: vec![],
+                coverage: Coverage::default(),
                 requests: 0,
                 retries: 0,
                 error: None,
@@ -781,7 +785,7 @@ async fn annotate(
     rows: Vec<SourceRow>,
 ) -> MappedChunk {
     let now = chrono::Utc::now().timestamp();
-    let (rows, outcomes, dropped) = tokio::task::spawn_blocking(move || {
+    let (rows, outcomes, dropped) = crate::map_pool::run(move || {
         let mut outcomes = Vec::with_capacity(rows.len());
         let mut dropped = Vec::new();
         for row in &rows {
@@ -791,8 +795,7 @@ async fn annotate(
         }
         (rows, outcomes, dropped)
     })
-    .await
-    .map_err(|e| format!("mapping stopped unexpectedly: {e}"))?;
+    .await?;
     let ledger = match ledger {
         Some(ledger) => {
             let ids: Vec<String> = outcomes
@@ -976,7 +979,11 @@ fn count_dry(
     }
     c.events_sent += batch.events.len() as i64;
     count_refused(c, &batch.refused);
-    count_coverage(c, batch.events.iter());
+    let mut coverage = Coverage::default();
+    for e in &batch.events {
+        coverage.add(e.event.identifiers);
+    }
+    coverage.apply(c);
 }
 
 /// Hands a finished batch to the settler, in order; a failed batch stops the run.
@@ -1003,6 +1010,7 @@ async fn forward(
         batch,
         delivered,
         meta_refused,
+        coverage,
         ..
     } = r;
     let mut refused = batch.refused;
@@ -1014,7 +1022,7 @@ async fn forward(
         changed: batch.changed,
         clear_refused: false,
     };
-    apply_counts(&mut summary.counters, &settlement, &batch.events);
+    apply_counts(&mut summary.counters, &settlement, &coverage);
     settler
         .submit(settlement, &summary.counters)
         .await
@@ -1040,20 +1048,10 @@ async fn record_acks_only(settler: &Settler, summary: &mut RunSummary, r: BatchR
     }
 }
 
-fn apply_counts(c: &mut RunCounters, s: &Settlement, events: &[PendingEvent]) {
+fn apply_counts(c: &mut RunCounters, s: &Settlement, coverage: &Coverage) {
     c.events_sent += s.delivered.len() as i64;
     count_refused(c, &s.refused);
-    if s.delivered.len() == events.len() {
-        count_coverage(c, events.iter());
-    } else {
-        let delivered: HashSet<&str> = s.delivered.iter().map(|d| d.event_id.as_str()).collect();
-        count_coverage(
-            c,
-            events
-                .iter()
-                .filter(|e| delivered.contains(e.event.event_id.as_str())),
-        );
-    }
+    coverage.apply(c);
 }
 
 fn count_refused(c: &mut RunCounters, refused: &[RefusedRow]) {
@@ -1063,18 +1061,23 @@ fn count_refused(c: &mut RunCounters, refused: &[RefusedRow]) {
     }
 }
 
-/// Counts identifier bits in a fixed array and touches the map once per batch: this runs for
-/// every event of a backfill.
-fn count_coverage<'a>(c: &mut RunCounters, events: impl Iterator<Item = &'a PendingEvent>) {
-    let mut bits = [0i64; crate::mapping::event::IDENTIFIER_NAMES.len()];
-    for e in events {
-        for (i, n) in bits.iter_mut().enumerate() {
-            *n += i64::from(e.event.identifiers.0 >> i & 1 == 1);
+/// Events per identifier (bit `i` of [`Identifiers`]), counted in a fixed array and added to
+/// the run's map once per batch: this runs for every event of a backfill.
+#[derive(Debug, Default)]
+struct Coverage([i64; IDENTIFIER_NAMES.len()]);
+
+impl Coverage {
+    fn add(&mut self, ids: Identifiers) {
+        for (i, n) in self.0.iter_mut().enumerate() {
+            *n += i64::from(ids.0 >> i & 1 == 1);
         }
     }
-    for (name, n) in crate::mapping::event::IDENTIFIER_NAMES.iter().zip(bits) {
-        if n > 0 {
-            *c.coverage.entry(name.to_string()).or_default() += n;
+
+    fn apply(&self, c: &mut RunCounters) {
+        for (name, &n) in IDENTIFIER_NAMES.iter().zip(&self.0) {
+            if n > 0 {
+                *c.coverage.entry(name.to_string()).or_default() += n;
+            }
         }
     }
 }
@@ -1160,6 +1163,7 @@ impl BatchSender {
             let mut result = BatchResult {
                 delivered: Vec::with_capacity(batch.events.len()),
                 meta_refused: Vec::new(),
+                coverage: Coverage::default(),
                 requests: 0,
                 retries: 0,
                 error: None,
@@ -1167,6 +1171,8 @@ impl BatchSender {
                 batch: Batch::default(),
             };
             let all: Vec<usize> = (0..batch.events.len()).collect();
+            // The trace id of the request that delivered each event (the outer `Some`).
+            let mut acked: Vec<Option<Option<Arc<str>>>> = vec![None; batch.events.len()];
             // Bisect on code 100: Meta rejects a whole request for one invalid event, so we
             // split until each bad event stands alone (about log2(n) extra requests each).
             let mut stack: Vec<Vec<usize>> = vec![all];
@@ -1176,16 +1182,9 @@ impl BatchSender {
                 }
                 match self.send_with_retries(&batch, &part, &mut result).await {
                     Ok(trace) => {
+                        let trace: Option<Arc<str>> = trace.map(Into::into);
                         for &i in &part {
-                            let e = &batch.events[i];
-                            result.delivered.push(Delivered {
-                                row_key: e.key.clone(),
-                                event_id: e.event.event_id.clone(),
-                                event_name: e.event.event_name.clone(),
-                                event_time: e.event.event_time,
-                                fingerprint: e.event.fingerprint(),
-                                fbtrace_id: trace.clone(),
-                            });
+                            acked[i] = Some(trace.clone());
                         }
                     }
                     Err(err) if err.class() == ErrorClass::Invalid => {
@@ -1212,13 +1211,24 @@ impl BatchSender {
                     refused.extend(batch.refused.iter().cloned());
                     refused.extend(result.meta_refused.iter().cloned());
                 }
-                o.batch_done(&self.model, result.delivered.len() as u64, &refused);
+                let delivered = acked.iter().filter(|a| a.is_some()).count();
+                o.batch_done(&self.model, delivered as u64, &refused);
             }
-            // The batch waits for the ones before it and for its commit; its events' JSON is
-            // no longer needed (the ledger keeps fingerprints), so it is freed now.
+            // The batch waits for the ones before it and for its commit. Its events move into
+            // the ledger's rows (the ledger keeps fingerprints, not the JSON), so their memory
+            // is freed now and nothing is copied.
             let mut batch = batch;
-            for e in &mut batch.events {
-                e.event.json = String::new();
+            for (event, trace) in std::mem::take(&mut batch.events).into_iter().zip(acked) {
+                let Some(fbtrace_id) = trace else { continue };
+                result.coverage.add(event.event.identifiers);
+                result.delivered.push(Delivered {
+                    fingerprint: event.event.fingerprint(),
+                    row_key: event.key,
+                    event_id: event.event.event_id,
+                    event_name: event.event.event_name,
+                    event_time: event.event.event_time,
+                    fbtrace_id,
+                });
             }
             result.batch = batch;
             result

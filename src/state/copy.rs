@@ -99,7 +99,7 @@ mod tests {
             event_name: "Lead".into(),
             event_time: 946_684_801,
             fingerprint: "fp".into(),
-            fbtrace_id: trace.map(str::to_string),
+            fbtrace_id: trace.map(Into::into),
         }
     }
 

@@ -45,7 +45,8 @@ pub struct Delivered {
     pub event_name: String,
     pub event_time: i64,
     pub fingerprint: String,
-    pub fbtrace_id: Option<String>,
+    /// Shared by the events of one request.
+    pub fbtrace_id: Option<std::sync::Arc<str>>,
 }
 
 /// A row we did not send, and why.

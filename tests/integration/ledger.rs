@@ -12,7 +12,7 @@ fn delivered(id: &str, key: &[&str], fingerprint: &str, trace: Option<&str>) -> 
         event_name: "Closed Won".into(),
         event_time: 1_764_000_000,
         fingerprint: fingerprint.into(),
-        fbtrace_id: trace.map(str::to_string),
+        fbtrace_id: trace.map(Into::into),
     }
 }
 
