@@ -871,7 +871,7 @@ fn json_of(v: &Value) -> String {
             out
         }
         Value::Int(i) => i.to_string(),
-        Value::Numeric(s) if rules::is_json_number(s) => s.clone(),
+        Value::Numeric(s) if rules::is_json_number(s) => s.to_string(),
         other => serde_json::to_string(&other.to_json()).unwrap_or_else(|_| "null".into()),
     }
 }

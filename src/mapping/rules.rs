@@ -274,7 +274,7 @@ pub fn number_json(v: &Value) -> Option<String> {
     match v {
         Value::Int(i) => Some(i.to_string()),
         Value::Float(f) if f.is_finite() => Some(serde_json::Number::from_f64(*f)?.to_string()),
-        Value::Numeric(s) if is_json_number(s) => Some(s.clone()),
+        Value::Numeric(s) if is_json_number(s) => Some(s.to_string()),
         Value::Text(s) => {
             let t = s.trim();
             if is_json_number(t) {

@@ -37,14 +37,19 @@ impl ValueKind {
     }
 }
 
+/// Text read from the warehouse. Values up to 24 bytes (most names, cities, codes, phone
+/// numbers, ids and amounts) are kept inline: a backfill reads a dozen per row, and a heap
+/// string for each, allocated by the reader and freed by the mapper, cost more than decoding.
+pub type Text = compact_str::CompactString;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Numeric(String),
-    Text(String),
+    Numeric(Text),
+    Text(Text),
     Date(NaiveDate),
     Timestamp(NaiveDateTime),
     TimestampTz(DateTime<Utc>),
@@ -79,7 +84,7 @@ impl Value {
                 .parse::<serde_json::Number>()
                 .map(J::Number)
                 .unwrap_or(J::Null),
-            Value::Text(s) => J::String(s.clone()),
+            Value::Text(s) => J::String(s.to_string()),
             Value::Date(d) => J::String(d.format("%Y-%m-%d").to_string()),
             Value::Timestamp(t) => J::String(t.and_utc().to_rfc3339()),
             Value::TimestampTz(t) => J::String(t.to_rfc3339()),
@@ -118,9 +123,9 @@ impl Value {
             serde_json::Value::Bool(b) => Value::Bool(*b),
             serde_json::Value::Number(n) => match n.as_i64() {
                 Some(i) => Value::Int(i),
-                None => Value::Numeric(n.to_string()),
+                None => Value::Numeric(n.to_string().into()),
             },
-            serde_json::Value::String(s) => Value::Text(s.clone()),
+            serde_json::Value::String(s) => Value::Text(s.as_str().into()),
             other => Value::Json(other.clone()),
         }
     }

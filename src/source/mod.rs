@@ -519,7 +519,8 @@ fn decode_value(
             }
         }
         ValueKind::Numeric | ValueKind::Text => {
-            row.try_get_unchecked::<Option<String>, _>(i)?.map(|s| {
+            row.try_get_unchecked::<Option<&str>, _>(i)?.map(|s| {
+                let s = crate::mapping::value::Text::new(s);
                 if kind == ValueKind::Numeric {
                     Value::Numeric(s)
                 } else {
