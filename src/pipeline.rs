@@ -108,6 +108,8 @@ struct Batch {
 struct BatchResult {
     batch: Batch,
     delivered: Vec<Delivered>,
+    /// Delivered events already written to the ledger by the batch itself.
+    recorded: Vec<Delivered>,
     meta_refused: Vec<RefusedRow>,
     /// Identifiers of the delivered events.
     coverage: Coverage,
@@ -339,6 +341,7 @@ async fn run_inner(
         model: model.name.clone(),
         observer: opts.observer.clone(),
         cancel: ctx.cancel.clone(),
+        ledger: run_id.map(|id| (ctx.state.clone(), id)),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
     let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
@@ -508,6 +511,7 @@ async fn run_inner(
             let empty = BatchResult {
                 batch,
                 delivered: vec![],
+                recorded: vec![],
                 meta_refused: vec![],
                 coverage: Coverage::default(),
                 requests: 0,
@@ -1009,6 +1013,7 @@ async fn forward(
     let BatchResult {
         batch,
         delivered,
+        recorded,
         meta_refused,
         coverage,
         ..
@@ -1018,6 +1023,7 @@ async fn forward(
     let settlement = Settlement {
         position: batch.last,
         delivered,
+        recorded,
         refused,
         changed: batch.changed,
         clear_refused: false,
@@ -1032,13 +1038,14 @@ async fn forward(
 /// Records acknowledged events in the ledger without moving the cursor (the batch, or one
 /// before it, failed): a later run then does not send them again.
 async fn record_acks_only(settler: &Settler, summary: &mut RunSummary, r: BatchResult) {
-    if r.delivered.is_empty() {
+    if r.delivered.is_empty() && r.recorded.is_empty() {
         return;
     }
-    summary.counters.events_sent += r.delivered.len() as i64;
+    summary.counters.events_sent += (r.delivered.len() + r.recorded.len()) as i64;
     let settlement = Settlement {
         position: None,
         delivered: r.delivered,
+        recorded: r.recorded,
         refused: vec![],
         changed: vec![],
         clear_refused: false,
@@ -1049,7 +1056,7 @@ async fn record_acks_only(settler: &Settler, summary: &mut RunSummary, r: BatchR
 }
 
 fn apply_counts(c: &mut RunCounters, s: &Settlement, coverage: &Coverage) {
-    c.events_sent += s.delivered.len() as i64;
+    c.events_sent += s.acknowledged() as i64;
     count_refused(c, &s.refused);
     coverage.apply(c);
 }
@@ -1108,6 +1115,8 @@ struct BatchSender {
     model: String,
     observer: Option<Arc<dyn RunObserver>>,
     cancel: CancellationToken,
+    /// Where acknowledged events are written as soon as Meta answers (runs that record).
+    ledger: Option<(StateStore, i64)>,
 }
 
 /// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
@@ -1162,6 +1171,7 @@ impl BatchSender {
             let started = Instant::now();
             let mut result = BatchResult {
                 delivered: Vec::with_capacity(batch.events.len()),
+                recorded: Vec::new(),
                 meta_refused: Vec::new(),
                 coverage: Coverage::default(),
                 requests: 0,
@@ -1229,6 +1239,20 @@ impl BatchSender {
                     event_time: event.event.event_time,
                     fbtrace_id,
                 });
+            }
+            if let (Some((state, run_id)), false) = (&self.ledger, result.delivered.is_empty()) {
+                // Written now, on this batch's own connection; if that fails, the settler
+                // writes them with the cursor as before.
+                match state
+                    .record_acknowledged(&self.model, *run_id, &result.delivered)
+                    .await
+                {
+                    Ok(()) => result.recorded = std::mem::take(&mut result.delivered),
+                    Err(e) => warn!(
+                        error = %e,
+                        "could not record acknowledged events yet; they are recorded with the cursor"
+                    ),
+                }
             }
             result.batch = batch;
             result

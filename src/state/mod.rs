@@ -85,6 +85,9 @@ pub struct RunCounters {
 pub struct Settlement {
     pub position: Option<CursorPosition>,
     pub delivered: Vec<Delivered>,
+    /// Acknowledged events their sender already wrote to the ledger (see
+    /// [`StateStore::record_acknowledged`]): settled here for their rows' refusals only.
+    pub recorded: Vec<Delivered>,
     pub refused: Vec<RefusedRow>,
     /// Event ids already in the ledger whose mapped event has since changed.
     pub changed: Vec<String>,
@@ -94,23 +97,33 @@ pub struct Settlement {
 
 impl Settlement {
     /// Appends a later settlement (group commit): its position wins when it has one.
+    /// Events Meta acknowledged in this stretch, recorded by their sender or not.
+    pub fn acknowledged(&self) -> usize {
+        self.delivered.len() + self.recorded.len()
+    }
+
+    fn acknowledged_keys(&self) -> impl Iterator<Item = &Vec<String>> + Clone {
+        self.delivered
+            .iter()
+            .chain(&self.recorded)
+            .map(|d| &d.row_key)
+    }
+
     pub fn absorb(&mut self, later: Settlement) {
-        if later.position.is_some() {
-            self.position = later.position;
-        }
         // A row refused earlier and delivered later is no longer refused. `settle` clears
         // refusals of delivered rows before it writes the new ones, so within one merged
         // transaction the earlier refusal must be dropped here instead.
-        if !later.delivered.is_empty() && !self.refused.is_empty() {
-            let delivered: HashSet<&[String]> = later
-                .delivered
-                .iter()
-                .map(|d| d.row_key.as_slice())
-                .collect();
+        if later.acknowledged() > 0 && !self.refused.is_empty() {
+            let delivered: HashSet<&[String]> =
+                later.acknowledged_keys().map(|k| k.as_slice()).collect();
             self.refused
                 .retain(|r| !delivered.contains(r.row_key.as_slice()));
         }
+        if later.position.is_some() {
+            self.position = later.position;
+        }
         self.delivered.extend(later.delivered);
+        self.recorded.extend(later.recorded);
         self.refused.extend(later.refused);
         self.changed.extend(later.changed);
         self.clear_refused |= later.clear_refused;
@@ -405,20 +418,19 @@ impl StateStore {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         if !settlement.delivered.is_empty() {
-            let d = &settlement.delivered;
-            record_deliveries(&mut tx, model, run_id, d).await?;
-            if settlement.clear_refused {
-                // A row that was refused before and is now delivered is no longer refused.
-                let (keys, key_expr) = key_param(d.iter().map(|x| x.row_key.as_slice()));
-                sqlx::query(&format!(
-                    "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
-                     WHERE r.model = $1 AND r.row_key = {key_expr}"
-                ))
-                .bind(model)
-                .bind(&keys)
-                .execute(&mut *tx)
-                .await?;
-            }
+            record_deliveries(&mut tx, model, run_id, &settlement.delivered).await?;
+        }
+        if settlement.acknowledged() > 0 && settlement.clear_refused {
+            // A row that was refused before and is now delivered is no longer refused.
+            let (keys, key_expr) = key_param(settlement.acknowledged_keys().map(|k| k.as_slice()));
+            sqlx::query(&format!(
+                "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
+                 WHERE r.model = $1 AND r.row_key = {key_expr}"
+            ))
+            .bind(model)
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
         }
         if !settlement.refused.is_empty() {
             let r = &settlement.refused;
@@ -472,6 +484,24 @@ impl StateStore {
             .await?;
         }
         write_counters(&mut tx, run_id, counters, None, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes acknowledged events to the ledger in their own transaction, as soon as Meta
+    /// answers and before the batches ahead of them are settled. The cursor still moves only
+    /// in order, in [`StateStore::settle`]; a ledger row ahead of the cursor (after a crash) only
+    /// means the next run finds the event already sent. Several batches' ledger writes then
+    /// run at once on their own connections instead of one after another in the cursor's
+    /// transaction, which kept a backfill waiting on a single database backend.
+    pub async fn record_acknowledged(
+        &self,
+        model: &str,
+        run_id: i64,
+        rows: &[Delivered],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        record_deliveries(&mut tx, model, run_id, rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -709,11 +739,16 @@ mod tests {
     #[test]
     fn a_group_commit_drops_a_refusal_superseded_by_a_later_delivery_of_the_row() {
         let mut merged = Settlement {
-            refused: vec![refused("1"), refused("2")],
+            refused: vec![refused("1"), refused("2"), refused("4")],
             ..Default::default()
         };
         merged.absorb(Settlement {
             delivered: vec![delivered("1")],
+            ..Default::default()
+        });
+        // Written to the ledger by its sender already: it supersedes the refusal all the same.
+        merged.absorb(Settlement {
+            recorded: vec![delivered("4")],
             ..Default::default()
         });
         // Refused after its delivery: that later verdict stands.
@@ -728,5 +763,7 @@ mod tests {
             .map(|r| r.row_key[0].as_str())
             .collect();
         assert_eq!(keys, ["2", "3"]);
+        assert_eq!((merged.delivered.len(), merged.recorded.len()), (2, 1));
+        assert_eq!(merged.acknowledged(), 3);
     }
 }

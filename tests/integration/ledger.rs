@@ -132,3 +132,66 @@ async fn an_event_id_already_in_the_ledger_is_updated_and_the_rest_of_the_stretc
     let cursor = store.cursor("crm").await.expect("cursor").expect("moved");
     assert_eq!(cursor.cursor_value, "5");
 }
+
+#[tokio::test]
+async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    // Row 1 was refused in an earlier stretch; now its fixed event is acknowledged.
+    let refusal = Settlement {
+        refused: vec![capi_sync::state::RefusedRow {
+            row_key: vec!["1".into()],
+            event_id: Some("a1".into()),
+            reason: "missing_event_name".into(),
+            detail: "event_name is empty".into(),
+            meta_code: None,
+            meta_subcode: None,
+            cursor_value: Some("4".into()),
+        }],
+        ..Default::default()
+    };
+    store
+        .settle("crm", run, &refusal, &RunCounters::default())
+        .await
+        .expect("refusal settles");
+    assert!(store.has_refused("crm").await.expect("refused"));
+
+    // The sender writes the ledger rows at once: the cursor has not moved yet.
+    let acked = vec![
+        delivered("a1", &["1"], "f1", Some("t1")),
+        delivered("a2", &["2"], "f2", Some("t1")),
+    ];
+    store
+        .record_acknowledged("crm", run, &acked)
+        .await
+        .expect("recorded");
+    assert_eq!(ledger(&db).await.len(), 2);
+    assert!(store.cursor("crm").await.expect("cursor").is_none());
+
+    // Recording the same acknowledgement again (a retried write) updates, never duplicates.
+    store
+        .record_acknowledged("crm", run, &acked[..1])
+        .await
+        .expect("recorded again");
+    assert_eq!(ledger(&db).await.len(), 2);
+
+    // Settling moves the cursor, clears the refusal and writes no second ledger row.
+    let settle = Settlement {
+        position: Some(CursorPosition {
+            cursor_value: "5".into(),
+            row_key: vec!["2".into()],
+        }),
+        recorded: acked,
+        clear_refused: true,
+        ..Default::default()
+    };
+    store
+        .settle("crm", run, &settle, &RunCounters::default())
+        .await
+        .expect("settle");
+    assert_eq!(ledger(&db).await.len(), 2);
+    assert!(!store.has_refused("crm").await.expect("refused"));
+    let cursor = store.cursor("crm").await.expect("cursor").expect("moved");
+    assert_eq!(cursor.cursor_value, "5");
+}
