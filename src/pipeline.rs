@@ -11,7 +11,7 @@ use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
 use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -341,7 +341,11 @@ async fn run_inner(
         model: model.name.clone(),
         observer: opts.observer.clone(),
         cancel: ctx.cancel.clone(),
-        ledger: run_id.map(|id| (ctx.state.clone(), id)),
+        ledger: run_id.map(|run_id| EarlyLedger {
+            state: ctx.state.clone(),
+            run_id,
+            refusals: Arc::new(AtomicBool::new(clear_refused)),
+        }),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
     let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
@@ -474,6 +478,9 @@ async fn run_inner(
             if pending.events.len() >= batch_size {
                 seq += 1;
                 taken.batch_cut();
+                if let (Some(ledger), false) = (&sender.ledger, pending.refused.is_empty()) {
+                    ledger.refusals.store(true, Ordering::Relaxed);
+                }
                 let mut batch = std::mem::take(&mut pending);
                 batch.seq = seq;
                 if opts.dry_run {
@@ -1116,7 +1123,16 @@ struct BatchSender {
     observer: Option<Arc<dyn RunObserver>>,
     cancel: CancellationToken,
     /// Where acknowledged events are written as soon as Meta answers (runs that record).
-    ledger: Option<(StateStore, i64)>,
+    ledger: Option<EarlyLedger>,
+}
+
+#[derive(Clone)]
+struct EarlyLedger {
+    state: StateStore,
+    run_id: i64,
+    /// The model may hold refusals of rows this run delivers: it had some when the run
+    /// started, or the run refused a row since.
+    refusals: Arc<AtomicBool>,
 }
 
 /// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
@@ -1240,11 +1256,16 @@ impl BatchSender {
                     fbtrace_id,
                 });
             }
-            if let (Some((state, run_id)), false) = (&self.ledger, result.delivered.is_empty()) {
+            if let (Some(ledger), false) = (&self.ledger, result.delivered.is_empty()) {
+                if !result.meta_refused.is_empty() {
+                    ledger.refusals.store(true, Ordering::Relaxed);
+                }
                 // Written now, on this batch's own connection; if that fails, the settler
                 // writes them with the cursor as before.
-                match state
-                    .record_acknowledged(&self.model, *run_id, &result.delivered)
+                let clear_refused = ledger.refusals.load(Ordering::Relaxed);
+                match ledger
+                    .state
+                    .record_acknowledged(&self.model, ledger.run_id, &result.delivered, clear_refused)
                     .await
                 {
                     Ok(()) => result.recorded = std::mem::take(&mut result.delivered),

@@ -421,16 +421,8 @@ impl StateStore {
             record_deliveries(&mut tx, model, run_id, &settlement.delivered).await?;
         }
         if settlement.acknowledged() > 0 && settlement.clear_refused {
-            // A row that was refused before and is now delivered is no longer refused.
-            let (keys, key_expr) = key_param(settlement.acknowledged_keys().map(|k| k.as_slice()));
-            sqlx::query(&format!(
-                "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
-                 WHERE r.model = $1 AND r.row_key = {key_expr}"
-            ))
-            .bind(model)
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await?;
+            let keys = settlement.acknowledged_keys().map(|k| k.as_slice());
+            clear_refusals(&mut tx, model, keys).await?;
         }
         if !settlement.refused.is_empty() {
             let r = &settlement.refused;
@@ -494,14 +486,21 @@ impl StateStore {
     /// means the next run finds the event already sent. Several batches' ledger writes then
     /// run at once on their own connections instead of one after another in the cursor's
     /// transaction, which kept a backfill waiting on a single database backend.
+    ///
+    /// `clear_refused`: the model may hold refusals of these rows; they are deleted in the same
+    /// transaction, so no crash leaves a delivered row listed as refused.
     pub async fn record_acknowledged(
         &self,
         model: &str,
         run_id: i64,
         rows: &[Delivered],
+        clear_refused: bool,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         record_deliveries(&mut tx, model, run_id, rows).await?;
+        if clear_refused {
+            clear_refusals(&mut tx, model, rows.iter().map(|d| d.row_key.as_slice())).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -653,6 +652,24 @@ async fn record_deliveries(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A row that was refused before and is now delivered is no longer refused.
+async fn clear_refusals<'a>(
+    conn: &mut PgConnection,
+    model: &str,
+    keys: impl Iterator<Item = &'a [String]> + Clone,
+) -> Result<()> {
+    let (keys, key_expr) = key_param(keys);
+    sqlx::query(&format!(
+        "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
+         WHERE r.model = $1 AND r.row_key = {key_expr}"
+    ))
+    .bind(model)
+    .bind(&keys)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// SQLSTATE of a duplicate key.

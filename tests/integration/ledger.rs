@@ -163,7 +163,7 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
         delivered("a2", &["2"], "f2", Some("t1")),
     ];
     store
-        .record_acknowledged("crm", run, &acked)
+        .record_acknowledged("crm", run, &acked, false)
         .await
         .expect("recorded");
     assert_eq!(ledger(&db).await.len(), 2);
@@ -171,7 +171,7 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
 
     // Recording the same acknowledgement again (a retried write) updates, never duplicates.
     store
-        .record_acknowledged("crm", run, &acked[..1])
+        .record_acknowledged("crm", run, &acked[..1], false)
         .await
         .expect("recorded again");
     assert_eq!(ledger(&db).await.len(), 2);
@@ -194,4 +194,35 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
     assert!(!store.has_refused("crm").await.expect("refused"));
     let cursor = store.cursor("crm").await.expect("cursor").expect("moved");
     assert_eq!(cursor.cursor_value, "5");
+}
+
+#[tokio::test]
+async fn an_early_ledger_write_clears_the_rows_refusal_in_the_same_transaction() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    let refusal = Settlement {
+        refused: vec![capi_sync::state::RefusedRow {
+            row_key: vec!["1".into()],
+            event_id: Some("a1".into()),
+            reason: "rejected_by_meta".into(),
+            detail: "Meta rejected the event (code 100)".into(),
+            meta_code: Some(100),
+            meta_subcode: None,
+            cursor_value: Some("4".into()),
+        }],
+        ..Default::default()
+    };
+    store
+        .settle("crm", run, &refusal, &RunCounters::default())
+        .await
+        .expect("refusal settles");
+    // A crash after this write and before the cursor's commit must not leave the delivered
+    // row listed as refused.
+    store
+        .record_acknowledged("crm", run, &[delivered("a1", &["1"], "f1", None)], true)
+        .await
+        .expect("recorded");
+    assert!(!store.has_refused("crm").await.expect("refused"));
+    assert_eq!(ledger(&db).await.len(), 1);
 }
