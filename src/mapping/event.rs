@@ -8,6 +8,7 @@ use super::rules::{self, Refusal};
 use super::value::{Value, ValueKind};
 use crate::config::{ExternalIdMode, ModelConfig};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// A model output column as described by the warehouse.
@@ -40,6 +41,8 @@ struct Slot {
     constant: Option<Value>,
     /// Pre-computed hashes of a hashed-field constant.
     constant_hashes: Option<Vec<Hashed>>,
+    /// Pre-computed JSON of a custom_data constant (checked once, not per row).
+    constant_custom: Option<String>,
 }
 
 /// How one model's rows become events; built once per run from the model's config and the
@@ -273,16 +276,35 @@ impl ModelPlan {
                 }
                 _ => None,
             };
+            let constant_custom = match target {
+                Target::CustomData(k) => match custom_value(k, &value) {
+                    Ok(raw) => Some(raw),
+                    Err(r) => {
+                        problems.push(PlanProblem {
+                            column: None,
+                            message: format!(
+                                "constant `{}` cannot be used: {}",
+                                target.path(),
+                                r.detail
+                            ),
+                        });
+                        None
+                    }
+                },
+                _ => None,
+            };
             match slots.iter_mut().find(|s| s.target == *target) {
                 Some(slot) => {
                     slot.constant = Some(value);
                     slot.constant_hashes = constant_hashes;
+                    slot.constant_custom = constant_custom;
                 }
                 None => slots.push(Slot {
                     target: target.clone(),
                     column: None,
                     constant: Some(value),
                     constant_hashes,
+                    constant_custom,
                 }),
             }
         }
@@ -356,7 +378,7 @@ impl ModelPlan {
         let mut user_data = ScratchBuffer::take();
         let mut ud = ObjectWriter::new(&mut user_data.0);
         let mut identifiers = Identifiers::default();
-        let mut custom: Vec<(&str, String)> = Vec::new();
+        let mut custom: Vec<(&str, Cow<'_, str>)> = Vec::new();
         let mut nested: Vec<(&'static str, &str, String)> = Vec::new();
         let mut lead_id_digits: Option<String> = None;
         let mut refusal: Option<Refusal> = None;
@@ -367,7 +389,7 @@ impl ModelPlan {
                 .column
                 .and_then(|i| values.get(i))
                 .filter(|v| !v.is_null());
-            let (value, use_constant_hashes) = match from_column {
+            let (value, from_constant) = match from_column {
                 Some(v) => (v, false),
                 None => match &slot.constant {
                     Some(c) => (c, true),
@@ -378,7 +400,7 @@ impl ModelPlan {
                 Target::Top(f) => top[*f as usize] = Some(value),
                 Target::UserData(UserDataKey::Hashed(field)) => {
                     hashes.clear();
-                    if use_constant_hashes {
+                    if from_constant {
                         if let Some(h) = &slot.constant_hashes {
                             hashes.extend(h.iter().cloned());
                         }
@@ -423,11 +445,14 @@ impl ModelPlan {
                         }
                     }
                 },
-                Target::CustomData(k) => match custom_value(k, value) {
-                    Ok(raw) => custom.push((k.as_str(), raw)),
-                    Err(r) => {
-                        refusal.get_or_insert(r);
-                    }
+                Target::CustomData(k) => match (&slot.constant_custom, from_constant) {
+                    (Some(raw), true) => custom.push((k.as_str(), Cow::Borrowed(raw))),
+                    _ => match custom_value(k, value) {
+                        Ok(raw) => custom.push((k.as_str(), Cow::Owned(raw))),
+                        Err(r) => {
+                            refusal.get_or_insert(r);
+                        }
+                    },
                 },
                 Target::Nested { object, key } => {
                     nested.push((object, key.as_str(), json_of(value)));
@@ -436,23 +461,31 @@ impl ModelPlan {
         }
         ud.finish();
 
-        let text_of = |f: TopField| -> Option<String> {
-            top[f as usize]
-                .and_then(|v| v.as_text())
-                .map(|t| t.trim().to_string())
+        // Trimmed text of a top-level field, borrowed from the row where it can be.
+        let text_of = |f: TopField| -> Option<Cow<'_, str>> {
+            top[f as usize].and_then(|v| v.as_text()).map(|t| match t {
+                Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
+            })
         };
         let event_name = text_of(TopField::EventName).filter(|s| !s.is_empty());
-        let mut action_source = text_of(TopField::ActionSource).map(|s| s.to_lowercase());
+        let mut action_source = text_of(TopField::ActionSource).map(|s| {
+            if s.is_ascii() && !s.bytes().any(|b| b.is_ascii_uppercase()) {
+                s
+            } else {
+                Cow::Owned(s.to_lowercase())
+            }
+        });
         if action_source.as_deref() == Some("crm") {
             // Meta has no `crm` action_source: its CRM integration is system_generated with
             // custom_data.event_source = "crm" (conversion-leads-integration guide).
-            action_source = Some("system_generated".into());
+            action_source = Some(Cow::Borrowed("system_generated"));
             if !custom.iter().any(|(k, _)| *k == "event_source") {
-                custom.push(("event_source", "\"crm\"".into()));
+                custom.push(("event_source", Cow::Borrowed("\"crm\"")));
             }
         }
         let event_id = match text_of(TopField::EventId).filter(|s| !s.is_empty()) {
-            Some(id) => Some(id),
+            Some(id) => Some(id.into_owned()),
             None => event_name
                 .as_deref()
                 .map(|n| derive_event_id(&self.model, key, n)),
@@ -570,7 +603,7 @@ impl ModelPlan {
         RowOutcome {
             result: Ok(MappedEvent::new(
                 event_id,
-                event_name,
+                event_name.into_owned(),
                 event_time,
                 json,
                 identifiers,
@@ -637,6 +670,7 @@ fn add_column_slot(
         column: Some(index),
         constant: None,
         constant_hashes: None,
+        constant_custom: None,
     });
 }
 
@@ -940,6 +974,83 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn config(constants: &str) -> Config {
+        Config::from_toml_str(
+            &format!(
+                r#"
+[warehouse]
+url = "postgres://localhost/x"
+[[models]]
+name = "m"
+pixel_id = "1"
+schedule = "0 * * * *"
+sql = "SELECT 1"
+primary_key = "id"
+cursor = "updated_at"
+[models.constants]
+action_source = "system_generated"
+{constants}
+"#
+            ),
+            std::path::Path::new("."),
+        )
+        .expect("config")
+    }
+
+    fn columns(names: &[(&str, ValueKind)]) -> Vec<ColumnInfo> {
+        names
+            .iter()
+            .map(|(n, k)| ColumnInfo {
+                name: n.to_string(),
+                kind: *k,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn custom_data_constants_are_checked_once_when_the_plan_is_made() {
+        let cols = columns(&[
+            ("id", ValueKind::Int),
+            ("updated_at", ValueKind::TimestampTz),
+            ("event_name", ValueKind::Text),
+            ("event_time", ValueKind::TimestampTz),
+            ("em", ValueKind::Text),
+            ("value", ValueKind::Numeric),
+        ]);
+        let bad = config("\"custom_data.currency\" = \"dollars\"");
+        let problems = ModelPlan::new(&bad.models[0], &cols).expect_err("bad constant");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("custom_data.currency") && p.column.is_none()),
+            "{problems:?}"
+        );
+
+        let good = config("\"custom_data.currency\" = \" usd \"");
+        let plan = ModelPlan::new(&good.models[0], &cols).expect("plan");
+        let now = chrono::Utc::now();
+        let values = vec![
+            Value::Int(7),
+            Value::TimestampTz(now),
+            Value::Text("  Purchase ".into()),
+            Value::TimestampTz(now - chrono::Duration::hours(1)),
+            Value::Text("a@example.com".into()),
+            Value::Numeric("12.50".into()),
+        ];
+        let event = plan
+            .map_row(&values, &["7".to_string()], now.timestamp())
+            .result
+            .expect("event");
+        let json: serde_json::Value = serde_json::from_str(&event.json).expect("json");
+        assert_eq!(json["custom_data"]["currency"], "USD");
+        assert_eq!(json["custom_data"]["value"], 12.5);
+        // Top-level text is trimmed, as before.
+        assert_eq!(json["event_name"], "Purchase");
+        assert_eq!(json["action_source"], "system_generated");
+        assert_eq!(event.event_name, "Purchase");
+    }
 
     #[test]
     fn hashed_field_bits_match_identifier_names() {

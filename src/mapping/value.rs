@@ -61,7 +61,12 @@ impl Value {
     pub fn is_null(&self) -> bool {
         match self {
             Value::Null => true,
-            Value::Text(s) => s.trim().is_empty(),
+            // Most values start with a visible ASCII character: no need to trim them.
+            Value::Text(s) => match s.as_bytes().first() {
+                None => true,
+                Some(b) if b.is_ascii_graphic() => false,
+                Some(_) => s.trim().is_empty(),
+            },
             Value::TextArray(a) => a
                 .iter()
                 .all(|v| v.as_deref().is_none_or(|s| s.trim().is_empty())),
@@ -127,6 +132,21 @@ impl Value {
             },
             serde_json::Value::String(s) => Value::Text(s.as_str().into()),
             other => Value::Json(other.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_text_is_null_whatever_its_whitespace() {
+        for blank in ["", " ", "\t\n", "\u{a0}", " \u{2003}\u{3000} "] {
+            assert!(Value::Text(blank.into()).is_null(), "{blank:?}");
+        }
+        for text in ["a", " a", "\u{a0}x", "é", "-", "0"] {
+            assert!(!Value::Text(text.into()).is_null(), "{text:?}");
         }
     }
 }
