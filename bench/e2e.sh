@@ -102,10 +102,20 @@ for _ in 1 2 3; do
 done
 COPY_S=$(printf '%s\n' "${COPY_TIMES[@]}" | sort -n | sed -n 2p)
 
+# CPU-seconds used by the whole machine, and by one process.
+machine_cpu() { awk '/^cpu /{print ($2+$3+$4+$7+$8)/100}' /proc/stat; }
+process_cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+
 run_sync() { # $1 label, $2 concurrency, $3 expected rows
   write_config "$2" "$OUT/bench.toml"
   reset_state
+  local cpu0 sb0
+  cpu0=$(machine_cpu); sb0=$(process_cpu "$SANDBOX_PID")
   /usr/bin/time -v $BIN --config "$OUT/bench.toml" sync bench >"$OUT/sync-$1.out" 2>"$OUT/sync-$1.err"
+  local all sandbox ours
+  all=$(echo "$(machine_cpu) - $cpu0" | bc -l)
+  sandbox=$(echo "$(process_cpu "$SANDBOX_PID") - $sb0" | bc -l)
+  ours=$(awk '/User time|System time/ {s += $NF} END {print s}' "$OUT/sync-$1.err")
   local secs rss
   secs=$(grep "Elapsed (wall clock)" "$OUT/sync-$1.err" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
   rss=$(grep "Maximum resident set size" "$OUT/sync-$1.err" | awk '{print $NF}')
@@ -115,6 +125,10 @@ run_sync() { # $1 label, $2 concurrency, $3 expected rows
     "$1" "$3" "$sent" "$secs" "$(echo "$sent / $secs" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
   if [ "$1" = "throughput" ]; then printf " copy=%.2fs ratio=%.2fx" "$COPY_S" "$(echo "$secs / $COPY_S" | bc -l)"; fi
   echo
+  # Where the machine's CPU went during the run (Postgres includes the model's query and
+  # every state write; "other" is whatever else ran).
+  printf "%-22s cpu-seconds: capi-sync=%.2f postgres+other=%.2f sandbox=%.2f (of %.2f available)\n" \
+    "" "$ours" "$(echo "$all - $ours - $sandbox" | bc -l)" "$sandbox" "$(echo "$secs * $(nproc)" | bc -l)"
 }
 
 echo

@@ -875,7 +875,8 @@ async fn annotate(
     })
 }
 
-/// Commits settled batches in order on its own task, so commits overlap with sending.
+/// Commits settled batches in order on its own task, so commits overlap with sending: the
+/// cursor, refusals, run counters, and any ledger rows a batch could not write itself.
 /// Batches that finish close together are merged into one transaction (group commit).
 struct Settler {
     tx: Option<mpsc::Sender<SettleJob>>,
