@@ -829,10 +829,14 @@ async fn annotate(
 ) -> MappedChunk {
     let now = chrono::Utc::now().timestamp();
     let (rows, outcomes, dropped) = crate::map_pool::run(move || {
+        let mut rows = rows;
         let mut outcomes = Vec::with_capacity(rows.len());
         let mut dropped = Vec::new();
-        for row in &rows {
+        for row in &mut rows {
             let out = plan.map_row(&row.values, &row.key, now);
+            // The values are not needed past mapping: freed here, on a mapping thread, not
+            // by the single task that batches the events.
+            row.values = Vec::new();
             dropped.extend(out.dropped);
             outcomes.push(out.result);
         }
