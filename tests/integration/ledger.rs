@@ -133,19 +133,16 @@ async fn an_event_id_already_in_the_ledger_is_updated_and_the_rest_of_the_stretc
     assert_eq!(cursor.cursor_value, "5");
 }
 
-#[tokio::test]
-async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+/// Starts a run that refuses row 1 (event a1); returns the run id.
+async fn refuse_row_1(store: &StateStore) -> i64 {
     let run = store.start_run("crm", "manual").await.expect("run");
-    // Row 1 was refused in an earlier stretch; now its fixed event is acknowledged.
     let refusal = Settlement {
         refused: vec![capi_sync::state::RefusedRow {
             row_key: vec!["1".into()],
             event_id: Some("a1".into()),
-            reason: "missing_event_name".into(),
-            detail: "event_name is empty".into(),
-            meta_code: None,
+            reason: "rejected_by_meta".into(),
+            detail: "Meta rejected the event (code 100)".into(),
+            meta_code: Some(100),
             meta_subcode: None,
             cursor_value: Some("4".into()),
         }],
@@ -156,6 +153,15 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
         .await
         .expect("refusal settles");
     assert!(store.has_refused("crm").await.expect("refused"));
+    run
+}
+
+#[tokio::test]
+async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    // Row 1 was refused in an earlier stretch; now its fixed event is acknowledged.
+    let run = refuse_row_1(&store).await;
 
     // The sender writes the ledger rows at once: the cursor has not moved yet.
     let acked = vec![
@@ -200,23 +206,7 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
 async fn an_early_ledger_write_clears_the_rows_refusal_in_the_same_transaction() {
     let db = TestDb::new().await;
     let store = store(&db).await;
-    let run = store.start_run("crm", "manual").await.expect("run");
-    let refusal = Settlement {
-        refused: vec![capi_sync::state::RefusedRow {
-            row_key: vec!["1".into()],
-            event_id: Some("a1".into()),
-            reason: "rejected_by_meta".into(),
-            detail: "Meta rejected the event (code 100)".into(),
-            meta_code: Some(100),
-            meta_subcode: None,
-            cursor_value: Some("4".into()),
-        }],
-        ..Default::default()
-    };
-    store
-        .settle("crm", run, &refusal, &RunCounters::default())
-        .await
-        .expect("refusal settles");
+    let run = refuse_row_1(&store).await;
     // A crash after this write and before the cursor's commit must not leave the delivered
     // row listed as refused.
     store
