@@ -38,18 +38,8 @@ impl Parsed {
     }
 }
 
-fn push_u16(s: &mut String, v: u16) {
-    if v >= 100 {
-        s.push((b'0' + (v / 100) as u8) as char);
-    }
-    if v >= 10 {
-        s.push((b'0' + (v / 10 % 10) as u8) as char);
-    }
-    s.push((b'0' + (v % 10) as u8) as char);
-}
-
-/// The length of `v`'s decimal digits when `digits` starts with them (a calling code, 1-999).
-pub fn code_prefix_len(digits: &str, v: u16) -> Option<usize> {
+/// The decimal digits of a calling code (1-999), without a heap string.
+fn code_digits(v: u16) -> ([u8; 3], usize) {
     let mut buf = [0u8; 3];
     let len = if v >= 100 {
         3
@@ -63,6 +53,17 @@ pub fn code_prefix_len(digits: &str, v: u16) -> Option<usize> {
         *slot = b'0' + (n % 10) as u8;
         n /= 10;
     }
+    (buf, len)
+}
+
+fn push_u16(s: &mut String, v: u16) {
+    let (buf, len) = code_digits(v);
+    s.extend(buf[..len].iter().map(|&b| char::from(b)));
+}
+
+/// The length of `v`'s decimal digits when `digits` starts with them (a calling code, 1-999).
+pub fn code_prefix_len(digits: &str, v: u16) -> Option<usize> {
+    let (buf, len) = code_digits(v);
     digits.as_bytes().starts_with(&buf[..len]).then_some(len)
 }
 
