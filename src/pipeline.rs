@@ -108,8 +108,8 @@ struct Batch {
 struct BatchResult {
     batch: Batch,
     delivered: Vec<Delivered>,
-    /// Delivered events already written to the ledger by the batch itself.
-    recorded: Vec<Delivered>,
+    /// Row keys of delivered events already written to the ledger by the batch itself.
+    recorded: Vec<Vec<String>>,
     meta_refused: Vec<RefusedRow>,
     /// Identifiers of the delivered events.
     coverage: Coverage,
@@ -1293,10 +1293,10 @@ impl BatchSender {
                     fbtrace_id,
                 });
             }
+            if let (Some(ledger), false) = (&self.ledger, result.meta_refused.is_empty()) {
+                ledger.refusals.store(true, Ordering::Relaxed);
+            }
             if let (Some(ledger), false) = (&self.ledger, result.delivered.is_empty()) {
-                if !result.meta_refused.is_empty() {
-                    ledger.refusals.store(true, Ordering::Relaxed);
-                }
                 // Written now, on this batch's own connection; if that fails, the settler
                 // writes them with the cursor as before.
                 let clear_refused = ledger.refusals.load(Ordering::Relaxed);
@@ -1305,7 +1305,10 @@ impl BatchSender {
                     .record_acknowledged(&self.model, ledger.run_id, &result.delivered, clear_refused)
                     .await
                 {
-                    Ok(()) => result.recorded = std::mem::take(&mut result.delivered),
+                    Ok(()) => {
+                        let recorded = std::mem::take(&mut result.delivered);
+                        result.recorded = recorded.into_iter().map(|d| d.row_key).collect();
+                    }
                     Err(e) => warn!(
                         error = %e,
                         "could not record acknowledged events yet; they are recorded with the cursor"

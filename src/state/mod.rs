@@ -85,9 +85,9 @@ pub struct RunCounters {
 pub struct Settlement {
     pub position: Option<CursorPosition>,
     pub delivered: Vec<Delivered>,
-    /// Acknowledged events their sender already wrote to the ledger (see
-    /// [`StateStore::record_acknowledged`]): settled here for their rows' refusals only.
-    pub recorded: Vec<Delivered>,
+    /// Row keys of acknowledged events their sender already wrote to the ledger (see
+    /// [`StateStore::record_acknowledged`]): settled here for their refusals and counts only.
+    pub recorded: Vec<Vec<String>>,
     pub refused: Vec<RefusedRow>,
     /// Event ids already in the ledger whose mapped event has since changed.
     pub changed: Vec<String>,
@@ -96,7 +96,6 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    /// Appends a later settlement (group commit): its position wins when it has one.
     /// Events Meta acknowledged in this stretch, recorded by their sender or not.
     pub fn acknowledged(&self) -> usize {
         self.delivered.len() + self.recorded.len()
@@ -105,10 +104,11 @@ impl Settlement {
     fn acknowledged_keys(&self) -> impl Iterator<Item = &Vec<String>> + Clone {
         self.delivered
             .iter()
-            .chain(&self.recorded)
             .map(|d| &d.row_key)
+            .chain(&self.recorded)
     }
 
+    /// Appends a later settlement (group commit): its position wins when it has one.
     pub fn absorb(&mut self, later: Settlement) {
         // A row refused earlier and delivered later is no longer refused. `settle` clears
         // refusals of delivered rows before it writes the new ones, so within one merged
@@ -765,7 +765,7 @@ mod tests {
         });
         // Written to the ledger by its sender already: it supersedes the refusal all the same.
         merged.absorb(Settlement {
-            recorded: vec![delivered("4")],
+            recorded: vec![vec!["4".into()]],
             ..Default::default()
         });
         // Refused after its delivery: that later verdict stands.

@@ -188,7 +188,7 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
             cursor_value: "5".into(),
             row_key: vec!["2".into()],
         }),
-        recorded: acked,
+        recorded: acked.into_iter().map(|d| d.row_key).collect(),
         clear_refused: true,
         ..Default::default()
     };
