@@ -331,13 +331,16 @@ impl StateStore {
         model: &str,
         event_ids: &[String],
     ) -> Result<HashMap<String, (Vec<String>, String)>> {
+        let mut tx = self.pool.begin().await?;
+        by_event_id(&mut tx).await?;
         let rows = sqlx::query(
             "SELECT event_id, row_key, fingerprint FROM deliveries WHERE event_id = ANY($1) AND model = $2",
         )
         .bind(event_ids)
         .bind(model)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .map(|r| (r.get(0), (r.get(1), r.get(2))))
@@ -394,9 +397,7 @@ impl StateStore {
             return Ok(HashMap::new());
         }
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL enable_seqscan = off")
-            .execute(&mut *tx)
-            .await?;
+        by_event_id(&mut tx).await?;
         let rows = sqlx::query(
             "SELECT event_id, fingerprint FROM deliveries WHERE event_id = ANY($1) AND model = $2",
         )
@@ -409,6 +410,8 @@ impl StateStore {
     }
 
     /// Records a settled stretch and moves the cursor, atomically, with the run's counters.
+    /// Its delivered events replace ledger rows of the same ids: they may repeat an early write
+    /// that failed only on our side of the connection.
     pub async fn settle(
         &self,
         model: &str,
@@ -418,7 +421,7 @@ impl StateStore {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         if !settlement.delivered.is_empty() {
-            record_deliveries(&mut tx, model, run_id, &settlement.delivered).await?;
+            record_deliveries(&mut tx, model, run_id, &settlement.delivered, true).await?;
         }
         if settlement.acknowledged() > 0 && settlement.clear_refused {
             let keys = settlement.acknowledged_keys().map(|k| k.as_slice());
@@ -455,6 +458,7 @@ impl StateStore {
             .await?;
         }
         if !settlement.changed.is_empty() {
+            by_event_id(&mut tx).await?;
             sqlx::query(
                 "UPDATE deliveries SET changed_at = now() WHERE model = $1 AND event_id = ANY($2) AND changed_at IS NULL",
             )
@@ -487,6 +491,11 @@ impl StateStore {
     /// run at once on their own connections instead of one after another in the cursor's
     /// transaction, which kept a backfill waiting on a single database backend.
     ///
+    /// The events must be new to the ledger, as every event a run sends is: the run holds the
+    /// model's lock, sends only ids the ledger lacked when their chunk was read, and each id
+    /// once. (A write that may repeat an earlier one goes through [`StateStore::settle`], which
+    /// replaces.)
+    ///
     /// `clear_refused`: the model may hold refusals of these rows; they are deleted in the same
     /// transaction, so no crash leaves a delivered row listed as refused.
     pub async fn record_acknowledged(
@@ -497,7 +506,7 @@ impl StateStore {
         clear_refused: bool,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        record_deliveries(&mut tx, model, run_id, rows).await?;
+        record_deliveries(&mut tx, model, run_id, rows, false).await?;
         if clear_refused {
             clear_refusals(&mut tx, model, rows.iter().map(|d| d.row_key.as_slice())).await?;
         }
@@ -627,31 +636,41 @@ async fn write_counters(
 /// Row keys as one text[] parameter plus the SQL that turns an element `k` back into the
 /// key array: single-column keys go as they are (the common, fast case), composite keys as
 /// JSON arrays.
-/// Appends ledger rows with one binary `COPY`. An event id the ledger already holds (an event
-/// sent again after a crash lost its acknowledgement) fails the `COPY` as a whole: the savepoint
-/// undoes it and the upsert records the stretch instead.
+/// Appends ledger rows with one binary `COPY`. The ledger's index does not enforce one row
+/// per event id (see the migration `ledger_hash_index`): `replace` first deletes the rows'
+/// ids, for a write that may repeat one already made (the cursor's transaction recording
+/// events whose early write failed, perhaps only on our side of the connection).
 async fn record_deliveries(
     conn: &mut PgConnection,
     model: &str,
     run_id: i64,
     rows: &[Delivered],
+    replace: bool,
 ) -> Result<()> {
+    if replace {
+        let ids: Vec<&str> = rows.iter().map(|d| d.event_id.as_str()).collect();
+        by_event_id(conn).await?;
+        sqlx::query("DELETE FROM deliveries WHERE event_id = ANY($1) AND model = $2")
+            .bind(&ids)
+            .bind(model)
+            .execute(&mut *conn)
+            .await?;
+    }
     let data = copy::deliveries(model, run_id, rows);
-    let mut savepoint = conn.begin().await?;
-    let copied = async {
-        let mut copy_in = savepoint.copy_in_raw(copy::DELIVERIES_COPY).await?;
-        copy_in.send(data).await?;
-        copy_in.finish().await
-    }
-    .await;
-    match copied {
-        Ok(_) => Ok(savepoint.commit().await?),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
-            savepoint.rollback().await?;
-            upsert_deliveries(conn, model, run_id, rows).await
-        }
-        Err(e) => Err(e.into()),
-    }
+    let mut copy_in = conn.copy_in_raw(copy::DELIVERIES_COPY).await?;
+    copy_in.send(data).await?;
+    copy_in.finish().await?;
+    Ok(())
+}
+
+/// Makes the transaction's statements find ledger rows by their event ids' index. The
+/// ledger grows faster than autovacuum analyzes it, and a plan made on statistics that
+/// still say "nearly empty" would scan every row for each lookup.
+async fn by_event_id(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// A row that was refused before and is now delivered is no longer refused.
@@ -667,43 +686,6 @@ async fn clear_refusals<'a>(
     ))
     .bind(model)
     .bind(&keys)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// SQLSTATE of a duplicate key.
-const UNIQUE_VIOLATION: &str = "23505";
-
-/// Ledger rows that may already be there: the acknowledgement now recorded wins.
-async fn upsert_deliveries(
-    conn: &mut PgConnection,
-    model: &str,
-    run_id: i64,
-    d: &[Delivered],
-) -> Result<()> {
-    let (keys, key_expr) = key_param(d.iter().map(|x| x.row_key.as_slice()));
-    let ids: Vec<&str> = d.iter().map(|x| x.event_id.as_str()).collect();
-    let names: Vec<&str> = d.iter().map(|x| x.event_name.as_str()).collect();
-    let fps: Vec<&str> = d.iter().map(|x| x.fingerprint.as_str()).collect();
-    let times: Vec<i64> = d.iter().map(|x| x.event_time).collect();
-    let traces: Vec<Option<&str>> = d.iter().map(|x| x.fbtrace_id.as_deref()).collect();
-    sqlx::query(&format!(
-        "INSERT INTO deliveries (model, event_id, row_key, event_name, fingerprint, event_time, fbtrace_id, run_id)
-         SELECT $1, id, {key_expr}, n, fp, to_timestamp(t), tr, $8
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[]) AS u(id, k, n, fp, t, tr)
-         ON CONFLICT (model, event_id) DO UPDATE
-           SET fingerprint = EXCLUDED.fingerprint, delivered_at = now(), fbtrace_id = EXCLUDED.fbtrace_id,
-               run_id = EXCLUDED.run_id, changed_at = NULL"
-    ))
-    .bind(model)
-    .bind(&ids)
-    .bind(&keys)
-    .bind(&names)
-    .bind(&fps)
-    .bind(&times)
-    .bind(&traces)
-    .bind(run_id)
     .execute(conn)
     .await?;
     Ok(())

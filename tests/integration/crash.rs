@@ -132,6 +132,11 @@ async fn kill_9_at_random_points_loses_no_row_and_resends_only_batches_in_flight
     assert_eq!(audit.recorded_ids, expected);
     assert_each_event_carries_its_rows_id_in(&events, |_| "leads".to_string());
     assert_eq!(h.ledger().await, expected);
+    assert_eq!(
+        h.ledger_duplicates().await,
+        vec![],
+        "one ledger row per event"
+    );
     let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.refused_rows")
         .fetch_one(&h.db.pool)
         .await

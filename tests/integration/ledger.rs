@@ -1,5 +1,5 @@
-//! The delivery ledger as written by `settle`: the bulk COPY path and its fallback when an
-//! event id is already there.
+//! The delivery ledger as written by `settle` and by senders' early writes: the bulk COPY
+//! path, and the replacement of an event id already there.
 
 use crate::helpers::TestDb;
 use capi_sync::config::Secret;
@@ -133,6 +133,45 @@ async fn an_event_id_already_in_the_ledger_is_updated_and_the_rest_of_the_stretc
     assert_eq!(cursor.cursor_value, "5");
 }
 
+#[tokio::test]
+async fn events_whose_early_write_landed_unseen_are_recorded_once_by_the_cursors_transaction() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    let acked = vec![
+        delivered("a1", &["1"], "f1", Some("t1")),
+        delivered("a2", &["2"], "f2", Some("t1")),
+    ];
+    // The early write commits, but its answer is lost: the sender hands the events to the
+    // cursor's transaction, which records them again.
+    store
+        .record_acknowledged("crm", run, &acked, false)
+        .await
+        .expect("recorded");
+    let later = store.start_run("crm", "manual").await.expect("run");
+    let settle = Settlement {
+        position: Some(CursorPosition {
+            cursor_value: "5".into(),
+            row_key: vec!["2".into()],
+        }),
+        delivered: acked,
+        ..Default::default()
+    };
+    store
+        .settle("crm", later, &settle, &RunCounters::default())
+        .await
+        .expect("settle");
+    let rows = ledger(&db).await;
+    assert_eq!(rows.len(), 2, "one ledger row per event id: {rows:?}");
+    assert!(rows.iter().all(|r| r.6 == later), "{rows:?}");
+    let found = store
+        .delivered_fingerprints("crm", &["a1".into(), "a2".into(), "a3".into()])
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 2);
+    assert_eq!(found["a1"], "f1");
+}
+
 /// Starts a run that refuses row 1 (event a1); returns the run id.
 async fn refuse_row_1(store: &StateStore) -> i64 {
     let run = store.start_run("crm", "manual").await.expect("run");
@@ -174,13 +213,6 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
         .expect("recorded");
     assert_eq!(ledger(&db).await.len(), 2);
     assert!(store.cursor("crm").await.expect("cursor").is_none());
-
-    // Recording the same acknowledgement again (a retried write) updates, never duplicates.
-    store
-        .record_acknowledged("crm", run, &acked[..1], false)
-        .await
-        .expect("recorded again");
-    assert_eq!(ledger(&db).await.len(), 2);
 
     // Settling moves the cursor, clears the refusal and writes no second ledger row.
     let settle = Settlement {

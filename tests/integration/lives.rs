@@ -310,6 +310,18 @@ impl Harness {
             .unwrap_or_default()
     }
 
+    /// Event ids the ledger holds more than once for one model (the writers keep them unique;
+    /// no index does).
+    pub async fn ledger_duplicates(&self) -> Vec<(String, String, i64)> {
+        sqlx::query_as(
+            "SELECT model, event_id, count(*) FROM capi_sync.deliveries
+             GROUP BY model, event_id HAVING count(*) > 1",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("ledger duplicates")
+    }
+
     /// Polls the ledger every 200 ms until [`Self::stop_watching_ledger`].
     pub fn watch_ledger(&mut self) {
         let stop = CancellationToken::new();

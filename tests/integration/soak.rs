@@ -258,6 +258,11 @@ async fn soak_every_row_delivered_once_or_refused_with_a_reason_through_faults_w
     assert_each_event_carries_its_rows_id_in(&events, |row| model_name(row.parse().unwrap()));
     let ledger = h.ledger().await;
     assert!(ledger.is_subset(&audit.recorded_ids));
+    let duplicates = h.ledger_duplicates().await;
+    assert!(
+        duplicates.is_empty(),
+        "ledger rows repeated: {duplicates:?}"
+    );
 
     // Every row, in its final state: delivered under exactly its id, or refused with a reason.
     let rows: Vec<(i64, String, bool)> = sqlx::query_as(&format!(
