@@ -287,7 +287,14 @@ pub fn decode<'b>(
     match kind {
         BodyKind::Empty => {}
         BodyKind::Json => {
-            let v = json::parse(body).map_err(|e| {
+            // One UTF-8 check of the whole body is cheaper than serde_json's check of each
+            // string of a byte slice; a body that is not UTF-8 is parsed as bytes, so the
+            // error still names where it breaks.
+            let parsed = match std::str::from_utf8(body) {
+                Ok(text) => json::parse_str(text),
+                Err(_) => json::parse(body),
+            };
+            let v = parsed.map_err(|e| {
                 GraphError::invalid_parameter(format!(
                     "Request body is not valid JSON: syntax error at line {} column {}",
                     e.line(),
@@ -428,6 +435,35 @@ mod tests {
         let e = decode(None, BodyKind::Json, None, br#"{"data":[],"foo":1}"#, None).unwrap_err();
         assert_eq!(e.code, 100);
         assert!(e.user_msg.contains("foo"));
+    }
+
+    #[test]
+    fn a_json_body_that_is_not_valid_json_or_not_utf8_is_refused_with_its_position() {
+        let broken = decode(None, BodyKind::Json, None, b"{\"data\":[}", None).unwrap_err();
+        assert_eq!(broken.code, 100);
+        assert!(
+            broken.message.contains("line 1 column 10"),
+            "{}",
+            broken.message
+        );
+        // A byte that cannot start a UTF-8 character, inside a string.
+        let not_utf8 =
+            decode(None, BodyKind::Json, None, b"{\"data\":[\"\xff\"]}", None).unwrap_err();
+        assert_eq!(not_utf8.code, 100);
+        assert!(
+            not_utf8.message.contains("not valid JSON") && not_utf8.message.contains("column"),
+            "{}",
+            not_utf8.message
+        );
+        // Valid UTF-8 beyond ASCII parses.
+        let ok = decode(
+            None,
+            BodyKind::Json,
+            None,
+            "{\"data\":[{\"event_name\":\"Caf\u{e9}\"}]}".as_bytes(),
+            None,
+        );
+        assert!(ok.is_ok());
     }
 
     #[test]
