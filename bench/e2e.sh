@@ -3,12 +3,16 @@
 # (full validation), runs `capi-sync sync` under /usr/bin/time -v, times a raw COPY of the
 # same query, and prints rows, seconds, events/s, peak RSS and the ratio to COPY. Then the
 # Meta-like latency scenario (sandbox --slow-ms 300) with 1, 4 and 16 requests in flight.
+# The throughput run keeps THROUGHPUT_CONCURRENCY requests in flight (default 8: with the
+# sandbox and Postgres on the same two cores, four leave the cores idle while every batch
+# waits on one of them).
 #
 #   bench/e2e.sh [ROWS] [LATENCY_ROWS]      (defaults: 1000000 and 200000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
 LAT_ROWS=${2:-200000}
+THROUGHPUT_CONCURRENCY=${THROUGHPUT_CONCURRENCY:-8}
 PG=${CAPI_SYNC_BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 DB=capi_sync_bench
 OUT=bench/out
@@ -90,7 +94,7 @@ start_sandbox() { # extra args
 stop_sandbox() { kill "$SANDBOX_PID" 2>/dev/null || true; wait "$SANDBOX_PID" 2>/dev/null || true; }
 trap stop_sandbox EXIT
 
-reset_state() { psql "$PG/$DB" -qtAc "DROP SCHEMA IF EXISTS capi_sync CASCADE" >/dev/null; }
+reset_state() { psql "$PG/$DB" -qtAc "SET client_min_messages = warning; DROP SCHEMA IF EXISTS capi_sync CASCADE" >/dev/null; }
 
 echo "timing COPY of the model's query (median of three)..."
 COPY_TIMES=()
@@ -134,7 +138,8 @@ run_sync() { # $1 label, $2 concurrency, $3 expected rows
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 start_sandbox
-run_sync throughput 4 "$ROWS"
+echo "throughput run: meta.concurrency = $THROUGHPUT_CONCURRENCY"
+run_sync throughput "$THROUGHPUT_CONCURRENCY" "$ROWS"
 stop_sandbox
 
 if [ "$LAT_ROWS" -gt 0 ]; then
