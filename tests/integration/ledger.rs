@@ -110,10 +110,7 @@ async fn an_event_id_already_in_the_ledger_is_updated_and_the_rest_of_the_stretc
     // Sent again (its acknowledgement was lost with a crash), next to a new event.
     let second = store.start_run("crm", "manual").await.expect("run");
     let again = Settlement {
-        position: Some(CursorPosition {
-            cursor_value: "5".into(),
-            row_key: vec!["2".into()],
-        }),
+        position: after_row_2(),
         delivered: vec![
             delivered("a1", &["1"], "new", Some("t2")),
             delivered("a2", &["2"], "f2", None),
@@ -138,22 +135,12 @@ async fn events_whose_early_write_landed_unseen_are_recorded_once_by_the_cursors
     let db = TestDb::new().await;
     let store = store(&db).await;
     let run = store.start_run("crm", "manual").await.expect("run");
-    let acked = vec![
-        delivered("a1", &["1"], "f1", Some("t1")),
-        delivered("a2", &["2"], "f2", Some("t1")),
-    ];
     // The early write commits, but its answer is lost: the sender hands the events to the
     // cursor's transaction, which records them again.
-    store
-        .record_acknowledged("crm", run, &acked, false)
-        .await
-        .expect("recorded");
+    let acked = record_two_early(&store, run).await;
     let later = store.start_run("crm", "manual").await.expect("run");
     let settle = Settlement {
-        position: Some(CursorPosition {
-            cursor_value: "5".into(),
-            row_key: vec!["2".into()],
-        }),
+        position: after_row_2(),
         delivered: acked,
         ..Default::default()
     };
@@ -170,6 +157,26 @@ async fn events_whose_early_write_landed_unseen_are_recorded_once_by_the_cursors
         .expect("lookup");
     assert_eq!(found.len(), 2);
     assert_eq!(found["a1"], "f1");
+}
+
+/// Events a1 (row 1) and a2 (row 2), acknowledged in one batch and written by their sender.
+async fn record_two_early(store: &StateStore, run: i64) -> Vec<Delivered> {
+    let acked = vec![
+        delivered("a1", &["1"], "f1", Some("t1")),
+        delivered("a2", &["2"], "f2", Some("t1")),
+    ];
+    store
+        .record_acknowledged("crm", run, &acked, false)
+        .await
+        .expect("recorded");
+    acked
+}
+
+fn after_row_2() -> Option<CursorPosition> {
+    Some(CursorPosition {
+        cursor_value: "5".into(),
+        row_key: vec!["2".into()],
+    })
 }
 
 /// Starts a run that refuses row 1 (event a1); returns the run id.
@@ -203,23 +210,13 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
     let run = refuse_row_1(&store).await;
 
     // The sender writes the ledger rows at once: the cursor has not moved yet.
-    let acked = vec![
-        delivered("a1", &["1"], "f1", Some("t1")),
-        delivered("a2", &["2"], "f2", Some("t1")),
-    ];
-    store
-        .record_acknowledged("crm", run, &acked, false)
-        .await
-        .expect("recorded");
+    let acked = record_two_early(&store, run).await;
     assert_eq!(ledger(&db).await.len(), 2);
     assert!(store.cursor("crm").await.expect("cursor").is_none());
 
     // Settling moves the cursor, clears the refusal and writes no second ledger row.
     let settle = Settlement {
-        position: Some(CursorPosition {
-            cursor_value: "5".into(),
-            row_key: vec!["2".into()],
-        }),
+        position: after_row_2(),
         recorded: acked.into_iter().map(|d| d.row_key).collect(),
         clear_refused: true,
         ..Default::default()
