@@ -2,8 +2,8 @@
 //!
 //! A backfill writes one ledger row per event, so the ledger insert is on the hot path. `COPY
 //! ... FROM STDIN (FORMAT binary)` skips the per-row work of `INSERT ... SELECT FROM UNNEST`
-//! (array decoding, a tuple store) and takes about half the server time per row. The binary format needs no escaping: text travels as its UTF-8
-//! bytes, with a length in front.
+//! (array decoding, a tuple store) and takes about half the server time per row. The binary
+//! format needs no escaping: text travels as its UTF-8 bytes, with a length in front.
 //!
 //! Format: <https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4>; array and
 //! timestamp wire encodings: `array_send` and `timestamptz_send` in PostgreSQL's sources.

@@ -7,7 +7,7 @@ mod report;
 pub use report::CursorRecord;
 
 use crate::config::Secret;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -331,20 +331,36 @@ impl StateStore {
         model: &str,
         event_ids: &[String],
     ) -> Result<HashMap<String, (Vec<String>, String)>> {
+        let rows = self
+            .ledger_rows("event_id, row_key, fingerprint", model, event_ids)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect())
+    }
+
+    /// `columns` of the ledger rows of these event ids, found through the event-id index.
+    async fn ledger_rows(
+        &self,
+        columns: &str,
+        model: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<PgRow>> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         by_event_id(&mut tx).await?;
-        let rows = sqlx::query(
-            "SELECT event_id, row_key, fingerprint FROM deliveries WHERE event_id = ANY($1) AND model = $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {columns} FROM deliveries WHERE event_id = ANY($1) AND model = $2"
+        ))
         .bind(event_ids)
         .bind(model)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect())
+        Ok(rows)
     }
 
     /// True when the ledger holds any event of the model.
@@ -393,19 +409,9 @@ impl StateStore {
         model: &str,
         event_ids: &[String],
     ) -> Result<HashMap<String, String>> {
-        if event_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        by_event_id(&mut tx).await?;
-        let rows = sqlx::query(
-            "SELECT event_id, fingerprint FROM deliveries WHERE event_id = ANY($1) AND model = $2",
-        )
-        .bind(event_ids)
-        .bind(model)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let rows = self
+            .ledger_rows("event_id, fingerprint", model, event_ids)
+            .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -642,9 +648,6 @@ async fn write_counters(
     Ok(())
 }
 
-/// Row keys as one text[] parameter plus the SQL that turns an element `k` back into the
-/// key array: single-column keys go as they are (the common, fast case), composite keys as
-/// JSON arrays.
 /// Appends ledger rows with one binary `COPY`. The ledger's index does not enforce one row
 /// per event id (see the migration `ledger_hash_index`): `replace` first deletes the rows'
 /// ids, for a write that may repeat one already made (the cursor's transaction recording
@@ -700,6 +703,9 @@ async fn clear_refusals<'a>(
     Ok(())
 }
 
+/// Row keys as one text[] parameter plus the SQL that turns an element `k` back into the
+/// key array: single-column keys go as they are (the common, fast case), composite keys as
+/// JSON arrays.
 fn key_param<'a>(keys: impl Iterator<Item = &'a [String]> + Clone) -> (Vec<String>, &'static str) {
     if keys.clone().all(|k| k.len() == 1) {
         (keys.map(|k| k[0].clone()).collect(), "ARRAY[k]")
