@@ -9,6 +9,7 @@ pub use inspect::{Backlog, EventTimeWindow, WindowCount, WindowDays};
 use crate::config::{ModelConfig, Secret};
 use crate::mapping::{ColumnInfo, Value, ValueKind};
 use crate::state::CursorPosition;
+use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Column, Executor, PgPool, Row, Statement, TypeInfo};
 use std::str::FromStr;
@@ -232,24 +233,32 @@ impl Warehouse {
                         Param::Seconds(s) => q.bind(*s),
                     };
                 }
-                let page = q
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| SourceError::Query {
-                        model: query.model.clone(),
-                        message: db_message(&e),
-                    })?;
+                // Each row is decoded as it arrives, while its bytes are in cache, and its
+                // buffer freed before the next (collecting the page first kept a page of
+                // both forms in memory at once).
+                let mut page: Vec<SourceRow> = Vec::new();
+                {
+                    let mut stream = q.fetch(&mut *tx);
+                    while let Some(row) =
+                        stream.try_next().await.map_err(|e| SourceError::Query {
+                            model: query.model.clone(),
+                            message: db_message(&e),
+                        })?
+                    {
+                        let mut r = query.decode(&row)?;
+                        r.reread = range.reread;
+                        page.push(r);
+                    }
+                }
                 tx.commit().await?;
                 let in_page = page.len() as u64;
-                let mut last: Option<CursorPosition> = None;
-                for part in page.chunks(chunk.max(1)) {
-                    let mut rows = Vec::with_capacity(part.len());
-                    for row in part {
-                        let mut r = query.decode(row)?;
-                        r.reread = range.reread;
-                        rows.push(r);
+                let last = page.last().map(SourceRow::position);
+                let mut page = page.into_iter();
+                loop {
+                    let rows: Vec<SourceRow> = page.by_ref().take(chunk.max(1)).collect();
+                    if rows.is_empty() {
+                        break;
                     }
-                    last = rows.last().map(SourceRow::position);
                     if tx_rows.send(rows).await.is_err() {
                         return Ok(total + in_page);
                     }
