@@ -9,14 +9,17 @@ use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
 use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
 use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
+use early_ledger::EarlyLedger;
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
+
+pub mod early_ledger;
 
 /// Everything a run needs, shared by the scheduler's model tasks.
 #[derive(Clone)]
@@ -341,10 +344,8 @@ async fn run_inner(
         model: model.name.clone(),
         observer: opts.observer.clone(),
         cancel: ctx.cancel.clone(),
-        ledger: run_id.map(|run_id| EarlyLedger {
-            state: ctx.state.clone(),
-            run_id,
-            refusals: Arc::new(AtomicBool::new(clear_refused)),
+        ledger: run_id.map(|run_id| {
+            EarlyLedger::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused)
         }),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
@@ -543,6 +544,13 @@ async fn run_inner(
         if let Err(stop) = forward(&settler, model, summary, done).await {
             failure = Some(stop);
         }
+    }
+    if let Some(ledger) = &sender.ledger {
+        tracing::debug!(
+            model = %model.name,
+            transactions = ledger.writes(),
+            "acknowledged events written to the ledger"
+        );
     }
     if let Err(e) = settler.finish().await {
         failure.get_or_insert(Stop::Failed(e));
@@ -1166,15 +1174,6 @@ struct BatchSender {
     ledger: Option<EarlyLedger>,
 }
 
-#[derive(Clone)]
-struct EarlyLedger {
-    state: StateStore,
-    run_id: i64,
-    /// The model may hold refusals of rows this run delivers: it had some when the run
-    /// started, or the run refused a row since.
-    refusals: Arc<AtomicBool>,
-}
-
 /// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
 const NEAR_LIMIT_PERCENT: u32 = 90;
 
@@ -1300,22 +1299,19 @@ impl BatchSender {
                 ledger.refusals.store(true, Ordering::Relaxed);
             }
             if let (Some(ledger), false) = (&self.ledger, result.delivered.is_empty()) {
-                // Written now, on this batch's own connection; if that fails, the settler
-                // writes them with the cursor as before.
-                let clear_refused = ledger.refusals.load(Ordering::Relaxed);
-                match ledger
-                    .state
-                    .record_acknowledged(&self.model, ledger.run_id, &result.delivered, clear_refused)
-                    .await
-                {
-                    Ok(()) => {
-                        let recorded = std::mem::take(&mut result.delivered);
-                        result.recorded = recorded.into_iter().map(|d| d.row_key).collect();
+                // Written now by the run's ledger writers; if that fails, the settler writes
+                // them with the cursor as before.
+                match ledger.record(std::mem::take(&mut result.delivered)).await {
+                    (rows, Ok(())) => {
+                        result.recorded = rows.into_iter().map(|d| d.row_key).collect();
                     }
-                    Err(e) => warn!(
-                        error = %e,
-                        "could not record acknowledged events yet; they are recorded with the cursor"
-                    ),
+                    (rows, Err(e)) => {
+                        warn!(
+                            error = %e,
+                            "could not record acknowledged events yet; they are recorded with the cursor"
+                        );
+                        result.delivered = rows;
+                    }
                 }
             }
             result.batch = batch;

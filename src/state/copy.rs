@@ -20,13 +20,15 @@ const TEXT_OID: u32 = 25;
 /// Seconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
 const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
 
-/// The whole `COPY` stream for these ledger rows: header, one tuple each, trailer.
-pub(super) fn deliveries(model: &str, run_id: i64, rows: &[Delivered]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(19 + rows.len() * (128 + model.len()) + 2);
+/// The whole `COPY` stream for these ledger rows (the batches' rows in order): header, one
+/// tuple each, trailer.
+pub(super) fn deliveries(model: &str, run_id: i64, parts: &[&[Delivered]]) -> Vec<u8> {
+    let rows: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(19 + rows * (128 + model.len()) + 2);
     out.extend_from_slice(SIGNATURE);
     out.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
     out.extend_from_slice(&0i32.to_be_bytes()); // no header extension
-    for d in rows {
+    for d in parts.iter().flat_map(|p| p.iter()) {
         out.extend_from_slice(&8i16.to_be_bytes());
         text(&mut out, model);
         text(&mut out, &d.event_id);
@@ -104,7 +106,7 @@ mod tests {
 
     #[test]
     fn one_tuple_layout() {
-        let bytes = deliveries("m", 7, &[row(&["k"], None)]);
+        let bytes = deliveries("m", 7, &[&[row(&["k"], None)]]);
         let mut expect: Vec<u8> = Vec::new();
         expect.extend_from_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
         expect.extend_from_slice(&[0, 8]);

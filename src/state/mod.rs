@@ -427,7 +427,7 @@ impl StateStore {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         if !settlement.delivered.is_empty() {
-            record_deliveries(&mut tx, model, run_id, &settlement.delivered, true).await?;
+            record_deliveries(&mut tx, model, run_id, &[&settlement.delivered], true).await?;
         }
         if settlement.acknowledged() > 0 && settlement.clear_refused {
             let keys = settlement.acknowledged_keys().map(|k| k.as_slice());
@@ -491,11 +491,12 @@ impl StateStore {
     }
 
     /// Writes acknowledged events to the ledger in their own transaction, as soon as Meta
-    /// answers and before the batches ahead of them are settled. The cursor still moves only
-    /// in order, in [`StateStore::settle`]; a ledger row ahead of the cursor (after a crash) only
-    /// means the next run finds the event already sent. Several batches' ledger writes then
-    /// run at once on their own connections instead of one after another in the cursor's
-    /// transaction, which kept a backfill waiting on a single database backend.
+    /// answers and before the batches ahead of them are settled: the rows of one or more
+    /// batches (`parts`, see the pipeline's ledger writers) in one `COPY`. The cursor still
+    /// moves only in order, in [`StateStore::settle`]; a ledger row ahead of the cursor (after
+    /// a crash) only means the next run finds the event already sent. Ledger writes then run
+    /// beside the cursor's transaction instead of inside it, which kept a backfill waiting on
+    /// a single database backend.
     ///
     /// The events must be new to the ledger, as every event a run sends is: the run holds the
     /// model's lock, sends only ids the ledger lacked when their chunk was read, and each id
@@ -508,7 +509,7 @@ impl StateStore {
         &self,
         model: &str,
         run_id: i64,
-        rows: &[Delivered],
+        parts: &[&[Delivered]],
         clear_refused: bool,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -517,13 +518,17 @@ impl StateStore {
         // stands past these events, their ledger rows are durable too. A database crash before
         // that can lose them, but then the cursor has not moved either, and the next run
         // re-sends the events under the same ids, as after a crash of our own. Not waiting
-        // frees the batch's slot in flight one disk flush sooner.
+        // frees the batches' slots in flight one disk flush sooner.
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        record_deliveries(&mut tx, model, run_id, rows, false).await?;
+        record_deliveries(&mut tx, model, run_id, parts, false).await?;
         if clear_refused {
-            clear_refusals(&mut tx, model, rows.iter().map(|d| d.row_key.as_slice())).await?;
+            let keys = parts
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|d| d.row_key.as_slice());
+            clear_refusals(&mut tx, model, keys).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -656,11 +661,15 @@ async fn record_deliveries(
     conn: &mut PgConnection,
     model: &str,
     run_id: i64,
-    rows: &[Delivered],
+    parts: &[&[Delivered]],
     replace: bool,
 ) -> Result<()> {
     if replace {
-        let ids: Vec<&str> = rows.iter().map(|d| d.event_id.as_str()).collect();
+        let ids: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|d| d.event_id.as_str())
+            .collect();
         by_event_id(conn).await?;
         sqlx::query("DELETE FROM deliveries WHERE event_id = ANY($1) AND model = $2")
             .bind(&ids)
@@ -668,7 +677,7 @@ async fn record_deliveries(
             .execute(&mut *conn)
             .await?;
     }
-    let data = copy::deliveries(model, run_id, rows);
+    let data = copy::deliveries(model, run_id, parts);
     let mut copy_in = conn.copy_in_raw(copy::DELIVERIES_COPY).await?;
     copy_in.send(data).await?;
     copy_in.finish().await?;

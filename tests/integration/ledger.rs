@@ -3,6 +3,7 @@
 
 use crate::helpers::TestDb;
 use capi_sync::config::Secret;
+use capi_sync::pipeline::early_ledger::EarlyLedger;
 use capi_sync::state::{CursorPosition, Delivered, RunCounters, Settlement, StateStore};
 
 fn delivered(id: &str, key: &[&str], fingerprint: &str, trace: Option<&str>) -> Delivered {
@@ -166,7 +167,7 @@ async fn record_two_early(store: &StateStore, run: i64) -> Vec<Delivered> {
         delivered("a2", &["2"], "f2", Some("t1")),
     ];
     store
-        .record_acknowledged("crm", run, &acked, false)
+        .record_acknowledged("crm", run, &[&acked], false)
         .await
         .expect("recorded");
     acked
@@ -239,9 +240,77 @@ async fn an_early_ledger_write_clears_the_rows_refusal_in_the_same_transaction()
     // A crash after this write and before the cursor's commit must not leave the delivered
     // row listed as refused.
     store
-        .record_acknowledged("crm", run, &[delivered("a1", &["1"], "f1", None)], true)
+        .record_acknowledged("crm", run, &[&[delivered("a1", &["1"], "f1", None)]], true)
         .await
         .expect("recorded");
     assert!(!store.has_refused("crm").await.expect("refused"));
     assert_eq!(ledger(&db).await.len(), 1);
+}
+
+fn batch(ids: &[&str]) -> Vec<Delivered> {
+    ids.iter()
+        .map(|id| delivered(id, &[&id[1..]], &format!("f{id}"), Some("t")))
+        .collect()
+}
+
+/// Batches acknowledged while a write is under way are written together: one transaction
+/// for all three here, every row in the ledger, each batch given back its own rows.
+#[tokio::test]
+async fn the_ledger_writer_groups_queued_batches_into_one_write() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    let writer = EarlyLedger::start(store.clone(), "crm".into(), run, false);
+    // On this single-threaded runtime the writer first runs once all three are queued.
+    let (a, b, c) = tokio::join!(
+        writer.record(batch(&["a1", "a2"])),
+        writer.record(batch(&["b3"])),
+        writer.record(batch(&["c4", "c5"])),
+    );
+    for (given, (rows, outcome)) in [
+        (vec!["a1", "a2"], a),
+        (vec!["b3"], b),
+        (vec!["c4", "c5"], c),
+    ] {
+        outcome.expect("written");
+        let ids: Vec<&str> = rows.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(ids, given);
+    }
+    assert_eq!(writer.writes(), 1);
+    let rows = ledger(&db).await;
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["a1", "a2", "b3", "c4", "c5"]);
+    assert!(rows.iter().all(|r| r.6 == run));
+    // A batch acknowledged later gets a write of its own.
+    let (_, outcome) = writer.record(batch(&["d6"])).await;
+    outcome.expect("written");
+    assert_eq!(writer.writes(), 2);
+    assert_eq!(ledger(&db).await.len(), 6);
+}
+
+/// A write that fails gives every batch in it its rows back (for the cursor's transaction)
+/// and leaves none of them in the ledger.
+#[tokio::test]
+async fn a_failed_ledger_write_gives_each_batch_its_rows_back() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    sqlx::query(
+        "ALTER TABLE capi_sync.deliveries ADD CONSTRAINT refuse_b3 CHECK (event_id <> 'b3')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("constraint");
+    let writer = EarlyLedger::start(store.clone(), "crm".into(), run, false);
+    let (a, b) = tokio::join!(
+        writer.record(batch(&["a1", "a2"])),
+        writer.record(batch(&["b3"])),
+    );
+    let (rows_a, outcome_a) = a;
+    let (rows_b, outcome_b) = b;
+    assert!(outcome_a.is_err() && outcome_b.is_err());
+    assert_eq!(rows_a.len(), 2);
+    assert_eq!(rows_a[1].event_id, "a2");
+    assert_eq!(rows_b[0].event_id, "b3");
+    assert!(ledger(&db).await.is_empty());
 }
