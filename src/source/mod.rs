@@ -511,10 +511,10 @@ fn decode_value(
             .map(Value::Bool),
         ValueKind::Int => match sql_type {
             "smallint" => row
-                .try_get::<Option<i16>, _>(i)?
+                .try_get_unchecked::<Option<i16>, _>(i)?
                 .map(|v| Value::Int(v.into())),
             "integer" => row
-                .try_get::<Option<i32>, _>(i)?
+                .try_get_unchecked::<Option<i32>, _>(i)?
                 .map(|v| Value::Int(v.into())),
             _ => row.try_get_unchecked::<Option<i64>, _>(i)?.map(Value::Int),
         },
@@ -538,13 +538,13 @@ fn decode_value(
             })
         }
         ValueKind::Date => row
-            .try_get::<Option<chrono::NaiveDate>, _>(i)?
+            .try_get_unchecked::<Option<chrono::NaiveDate>, _>(i)?
             .map(Value::Date),
         ValueKind::Timestamp => row
-            .try_get::<Option<chrono::NaiveDateTime>, _>(i)?
+            .try_get_unchecked::<Option<chrono::NaiveDateTime>, _>(i)?
             .map(Value::Timestamp),
         ValueKind::TimestampTz => row
-            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)?
+            .try_get_unchecked::<Option<chrono::DateTime<chrono::Utc>>, _>(i)?
             .map(Value::TimestampTz),
         ValueKind::Json => row
             .try_get::<Option<serde_json::Value>, _>(i)?
