@@ -108,6 +108,15 @@ struct Batch {
     last: Option<CursorPosition>,
 }
 
+impl Batch {
+    fn for_events(capacity: usize) -> Batch {
+        Batch {
+            events: Vec::with_capacity(capacity),
+            ..Batch::default()
+        }
+    }
+}
+
 struct BatchResult {
     batch: Batch,
     delivered: Vec<Delivered>,
@@ -352,7 +361,7 @@ async fn run_inner(
     let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
 
     let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
-    let mut pending = Batch::default();
+    let mut pending = Batch::for_events(batch_size);
     let mut seq = 0u64;
     let mut failure: Option<Stop> = None;
     let mut status = RunStatus::Succeeded;
@@ -482,7 +491,9 @@ async fn run_inner(
                 if let (Some(ledger), false) = (&sender.ledger, pending.refused.is_empty()) {
                     ledger.refusals.store(true, Ordering::Relaxed);
                 }
-                let mut batch = std::mem::take(&mut pending);
+                // The next batch's vector is made at its full size: grown by doubling, each
+                // batch copied its events about twice over.
+                let mut batch = std::mem::replace(&mut pending, Batch::for_events(batch_size));
                 batch.seq = seq;
                 if opts.dry_run {
                     count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
