@@ -11,11 +11,12 @@ use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
 use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
 use early_ledger::EarlyLedger;
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -358,6 +359,7 @@ async fn run_inner(
         }),
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
+    let requests = RequestSlots::default();
     let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
 
     let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
@@ -365,7 +367,9 @@ async fn run_inner(
     let mut seq = 0u64;
     let mut failure: Option<Stop> = None;
     let mut status = RunStatus::Succeeded;
-    let mut taken = TakenIds::new(plan_maps_event_id, ctx.config.meta.concurrency);
+    // Batches not yet settled: those with a request in flight, and as many again answered and
+    // waiting for their ledger write.
+    let mut taken = TakenIds::new(plan_maps_event_id, 2 * ctx.config.meta.concurrency);
 
     'read: loop {
         if ctx.cancel.is_cancelled() {
@@ -499,9 +503,21 @@ async fn run_inner(
                     count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
                     continue;
                 }
-                in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
-                while in_flight.len() >= pacer.limit {
-                    let done = in_flight.next().await.expect("non-empty");
+                let slot = requests.acquire(pacer.limit).await;
+                in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch, slot)));
+                // Batches answered by Meta and waiting for their ledger write hold no request
+                // slot; they are settled in order as they finish, and at most as many again
+                // as requests in flight wait so.
+                loop {
+                    let done = if in_flight.len() >= pacer.limit + ctx.config.meta.concurrency {
+                        in_flight.next().await
+                    } else {
+                        match in_flight.next().now_or_never() {
+                            Some(done) => done,
+                            None => break,
+                        }
+                    };
+                    let Some(done) = done else { break };
                     if let Err(stop) = forward(&settler, model, summary, done).await {
                         failure = Some(stop);
                         break 'read;
@@ -540,7 +556,8 @@ async fn run_inner(
             };
             in_flight.push_back(tokio::spawn(async move { empty }));
         } else {
-            in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch)));
+            let slot = requests.acquire(pacer.limit).await;
+            in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch, slot)));
         }
     }
     // Whatever is in flight finishes and is recorded, even after a failure or on shutdown:
@@ -1188,6 +1205,54 @@ struct BatchSender {
 /// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
 const NEAR_LIMIT_PERCENT: u32 = 90;
 
+/// Requests to Meta in flight for one run. A batch holds its slot from before its first
+/// request until Meta's last answer, not through its ledger write, so a busy ledger writer
+/// does not hold back the next requests (with eight in flight, the batching loop used to wait
+/// on the oldest batch's write while the other seven had long been answered).
+#[derive(Default)]
+struct RequestSlots {
+    busy: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+/// One request slot; freed when dropped.
+struct RequestSlot {
+    busy: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl RequestSlots {
+    /// Waits until fewer than `limit` slots are taken, then takes one. Only the batching loop
+    /// takes slots.
+    async fn acquire(&self, limit: usize) -> RequestSlot {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.busy.load(Ordering::Acquire) < limit.max(1) {
+                self.busy.fetch_add(1, Ordering::AcqRel);
+                return RequestSlot {
+                    busy: self.busy.clone(),
+                    freed: self.freed.clone(),
+                };
+            }
+            freed.await;
+        }
+    }
+
+    #[cfg(test)]
+    fn taken(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+}
+
 /// Requests in flight for one model: halved when Meta throttles, grown back by one after
 /// a run of calm batches (additive increase, multiplicative decrease).
 struct Pacer {
@@ -1231,7 +1296,7 @@ impl Pacer {
 }
 
 impl BatchSender {
-    async fn send_batch(self, batch: Batch) -> BatchResult {
+    async fn send_batch(self, batch: Batch, slot: RequestSlot) -> BatchResult {
         let span = info_span!("batch", seq = batch.seq, events = batch.events.len());
         async move {
             let started = Instant::now();
@@ -1279,6 +1344,9 @@ impl BatchSender {
                     }
                 }
             }
+            // Meta has answered (or the batch failed): the next batch may send while this
+            // one's events go into the ledger.
+            drop(slot);
             if let Some(o) = &self.observer {
                 o.batch_latency(&self.model, started.elapsed());
                 // A failed batch's refusals are not settled: the next run finds them again.
@@ -1542,6 +1610,27 @@ mod tests {
             1000,
             "no taken id may be missed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_slot_is_taken_again_only_once_one_is_dropped() {
+        let slots = RequestSlots::default();
+        let first = slots.acquire(2).await;
+        let _second = slots.acquire(2).await;
+        assert_eq!(slots.taken(), 2);
+        let third = tokio::time::timeout(Duration::from_millis(50), slots.acquire(2)).await;
+        assert!(
+            third.is_err(),
+            "a third slot was given while two of two were taken"
+        );
+        drop(first);
+        let _third = tokio::time::timeout(Duration::from_secs(5), slots.acquire(2))
+            .await
+            .expect("a slot is free again");
+        assert_eq!(slots.taken(), 2);
+        // A lower limit (Meta throttling) is honoured by the next acquire.
+        let fourth = tokio::time::timeout(Duration::from_millis(50), slots.acquire(1)).await;
+        assert!(fourth.is_err());
     }
 
     #[test]
