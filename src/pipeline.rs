@@ -695,9 +695,9 @@ const BLOOM_PROBES: u64 = 8;
 const UNCOMMITTED_BEYOND_IN_FLIGHT: u64 = 8;
 
 impl TakenIds {
-    /// `max_in_flight`: the most batches sent and not yet answered. An id stays recent for at
-    /// least one generation after its batch is cut, so a generation spans every batch that
-    /// can be uncommitted at once.
+    /// `max_in_flight`: the most batches sent and not yet settled (with a request in flight or
+    /// waiting for their ledger write). An id stays recent for at least one generation after
+    /// its batch is cut, so a generation spans every batch that can be uncommitted at once.
     fn new(model_maps_event_id: bool, max_in_flight: usize) -> TakenIds {
         TakenIds {
             model_maps_event_id,
