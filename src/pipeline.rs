@@ -615,8 +615,8 @@ async fn run_inner(
 ///
 /// Memory stays constant whatever the run's size: ids of the last batches are kept exactly
 /// (two generations, rotated every `batches_per_generation` batches, which covers every batch
-/// not yet committed), and every id of the run goes into a fixed 4 MiB Bloom filter (a
-/// few false positives per million new ids at a million ids, 6% at five million; each costs a
+/// not yet committed), and every id of the run goes into a fixed 4 MiB Bloom filter (a few
+/// false positives per million new ids at a million ids, 6% at five million; each costs a
 /// ledger lookup, batched per chunk). An id the filter may have seen but that is not recent
 /// is settled by the ledger (`suspects` and `take`'s `older` argument); a false positive is
 /// then found new and sent.
@@ -1378,7 +1378,7 @@ impl BatchSender {
                 ledger.refusals.store(true, Ordering::Relaxed);
             }
             if let (Some(ledger), false) = (&self.ledger, result.delivered.is_empty()) {
-                // Written now by the run's ledger writers; if that fails, the settler writes
+                // Written now by the run's ledger writer; if that fails, the settler writes
                 // them with the cursor as before.
                 match ledger.record(std::mem::take(&mut result.delivered)).await {
                     (rows, Ok(())) => {

@@ -492,7 +492,7 @@ impl StateStore {
 
     /// Writes acknowledged events to the ledger in their own transaction, as soon as Meta
     /// answers and before the batches ahead of them are settled: the rows of one or more
-    /// batches (`parts`, see the pipeline's ledger writers) in one `COPY`. The cursor still
+    /// batches (`parts`, see the pipeline's ledger writer) in one `COPY`. The cursor still
     /// moves only in order, in [`StateStore::settle`]; a ledger row ahead of the cursor (after
     /// a crash) only means the next run finds the event already sent. Ledger writes then run
     /// beside the cursor's transaction instead of inside it, which kept a backfill waiting on

@@ -121,7 +121,7 @@ async fn an_event_id_already_in_the_ledger_is_updated_and_the_rest_of_the_stretc
     store
         .settle("crm", second, &again, &RunCounters::default())
         .await
-        .expect("second settle falls back to the upsert");
+        .expect("second settle replaces the ledger rows of its ids");
     let rows = ledger(&db).await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!((rows[0].3.as_str(), rows[0].6), ("new", second));
