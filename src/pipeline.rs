@@ -106,6 +106,8 @@ struct Batch {
     events: Vec<PendingEvent>,
     refused: Vec<RefusedRow>,
     changed: Vec<String>,
+    /// Row keys of rows whose event the ledger already held.
+    already_sent: Vec<Vec<String>>,
     last: Option<CursorPosition>,
 }
 
@@ -433,9 +435,12 @@ async fn run_inner(
         };
         let chunk_len = rows.len();
         for (i, (row, outcome)) in rows.into_iter().zip(outcomes).enumerate() {
+            // A batch is cut when it holds `batch_size` events, or as many rows found already
+            // sent (a re-read of delivered rows sends nothing; its batches only settle them).
             // The batch's position is only needed where a batch is cut and at the chunk's
             // end; cloning it for every row cost more than mapping some fields.
-            let may_cut = outcome.is_ok() && pending.events.len() + 1 >= batch_size;
+            let may_cut = (outcome.is_ok() && pending.events.len() + 1 >= batch_size)
+                || pending.already_sent.len() + 1 >= batch_size;
             let position = (!row.reread && (may_cut || i + 1 == chunk_len)).then(|| row.position());
             match outcome {
                 // A re-read row refused before (by us or by Meta) keeps its verdict until it
@@ -449,6 +454,7 @@ async fn run_inner(
                 Ok(event) => {
                     if let Some(fp) = ledger.get(&event.event_id) {
                         summary.counters.rows_already_sent += 1;
+                        pending.already_sent.push(row.key);
                         if *fp != event.fingerprint() {
                             pending.changed.push(event.event_id.clone());
                         }
@@ -489,7 +495,7 @@ async fn run_inner(
             if position.is_some() {
                 pending.last = position;
             }
-            if pending.events.len() >= batch_size {
+            if pending.events.len() >= batch_size || pending.already_sent.len() >= batch_size {
                 seq += 1;
                 taken.batch_cut();
                 if let (Some(ledger), false) = (&sender.ledger, pending.refused.is_empty()) {
@@ -1108,6 +1114,7 @@ async fn forward(
         delivered,
         recorded,
         refused,
+        already_sent: batch.already_sent,
         changed: batch.changed,
         clear_refused: false,
     };
@@ -1130,6 +1137,7 @@ async fn record_acks_only(settler: &Settler, summary: &mut RunSummary, r: BatchR
         delivered: r.delivered,
         recorded: r.recorded,
         refused: vec![],
+        already_sent: vec![],
         changed: vec![],
         clear_refused: false,
     };

@@ -89,6 +89,10 @@ pub struct Settlement {
     /// [`StateStore::record_acknowledged`]): settled here for their refusals and counts only.
     pub recorded: Vec<Vec<String>>,
     pub refused: Vec<RefusedRow>,
+    /// Row keys of rows whose event the ledger already held when they were read (sent by an
+    /// earlier run or life): their verdict is "delivered", so an older refusal of the row goes
+    /// like that of a row delivered now. Not counted as sent.
+    pub already_sent: Vec<Vec<String>>,
     /// Event ids already in the ledger whose mapped event has since changed.
     pub changed: Vec<String>,
     /// Delete earlier refusals of the delivered rows (skipped when the model has none).
@@ -101,11 +105,14 @@ impl Settlement {
         self.delivered.len() + self.recorded.len()
     }
 
-    fn acknowledged_keys(&self) -> impl Iterator<Item = &Vec<String>> + Clone {
+    /// Rows whose event Meta holds: acknowledged in this stretch or found in the ledger.
+    /// Their earlier refusals are no longer their verdict.
+    fn delivered_keys(&self) -> impl Iterator<Item = &Vec<String>> + Clone {
         self.delivered
             .iter()
             .map(|d| &d.row_key)
             .chain(&self.recorded)
+            .chain(&self.already_sent)
     }
 
     /// Appends a later settlement (group commit): its position wins when it has one.
@@ -113,9 +120,9 @@ impl Settlement {
         // A row refused earlier and delivered later is no longer refused. `settle` clears
         // refusals of delivered rows before it writes the new ones, so within one merged
         // transaction the earlier refusal must be dropped here instead.
-        if later.acknowledged() > 0 && !self.refused.is_empty() {
+        if !self.refused.is_empty() {
             let delivered: HashSet<&[String]> =
-                later.acknowledged_keys().map(|k| k.as_slice()).collect();
+                later.delivered_keys().map(|k| k.as_slice()).collect();
             self.refused
                 .retain(|r| !delivered.contains(r.row_key.as_slice()));
         }
@@ -124,6 +131,7 @@ impl Settlement {
         }
         self.delivered.extend(later.delivered);
         self.recorded.extend(later.recorded);
+        self.already_sent.extend(later.already_sent);
         self.refused.extend(later.refused);
         self.changed.extend(later.changed);
         self.clear_refused |= later.clear_refused;
@@ -429,8 +437,8 @@ impl StateStore {
         if !settlement.delivered.is_empty() {
             record_deliveries(&mut tx, model, run_id, &[&settlement.delivered], true).await?;
         }
-        if settlement.acknowledged() > 0 && settlement.clear_refused {
-            let keys = settlement.acknowledged_keys().map(|k| k.as_slice());
+        if settlement.clear_refused && settlement.delivered_keys().next().is_some() {
+            let keys = settlement.delivered_keys().map(|k| k.as_slice());
             clear_refusals(&mut tx, model, keys).await?;
         }
         if !settlement.refused.is_empty() {
@@ -774,6 +782,12 @@ mod tests {
             recorded: vec![vec!["4".into()]],
             ..Default::default()
         });
+        // Found in the ledger (sent by an earlier life): its refusal is superseded too, and it
+        // is not counted as sent.
+        merged.absorb(Settlement {
+            already_sent: vec![vec!["2".into()]],
+            ..Default::default()
+        });
         // Refused after its delivery: that later verdict stands.
         merged.absorb(Settlement {
             refused: vec![refused("3")],
@@ -785,7 +799,7 @@ mod tests {
             .iter()
             .map(|r| r.row_key[0].as_str())
             .collect();
-        assert_eq!(keys, ["2", "3"]);
+        assert_eq!(keys, ["3"]);
         assert_eq!((merged.delivered.len(), merged.recorded.len()), (2, 1));
         assert_eq!(merged.acknowledged(), 3);
     }

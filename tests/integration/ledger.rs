@@ -247,6 +247,32 @@ async fn an_early_ledger_write_clears_the_rows_refusal_in_the_same_transaction()
     assert_eq!(ledger(&db).await.len(), 1);
 }
 
+/// A later run finds row 1's new event already in the ledger (its sender wrote it, then the
+/// process died before the cursor moved, and the row's old refusal was committed after that
+/// write). Nothing is sent; settling the row clears its refusal all the same.
+#[tokio::test]
+async fn a_row_found_already_sent_loses_its_older_refusal() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = refuse_row_1(&store).await;
+    let settle = Settlement {
+        position: after_row_2(),
+        already_sent: vec![vec!["1".into()]],
+        clear_refused: true,
+        ..Default::default()
+    };
+    let counters = RunCounters {
+        rows_already_sent: 1,
+        ..Default::default()
+    };
+    store
+        .settle("crm", run, &settle, &counters)
+        .await
+        .expect("settle");
+    assert!(!store.has_refused("crm").await.expect("refused"));
+    assert!(ledger(&db).await.is_empty(), "nothing is recorded as sent");
+}
+
 fn batch(ids: &[&str]) -> Vec<Delivered> {
     ids.iter()
         .map(|id| delivered(id, &[&id[1..]], &format!("f{id}"), Some("t")))
