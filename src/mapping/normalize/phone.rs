@@ -147,7 +147,10 @@ fn valid(p: Option<Parsed>) -> Option<String> {
 }
 
 fn international(digits: &str) -> Result<String, DropReason> {
-    valid(engine().parse_international(digits)).ok_or(DropReason::InvalidPhone)
+    engine()
+        .parse_international_valid(digits)
+        .map(|p| p.e164_digits())
+        .ok_or(DropReason::InvalidPhone)
 }
 
 fn national(digits: &str, region: Option<&'static Region>) -> Result<String, DropReason> {
@@ -163,12 +166,10 @@ fn national(digits: &str, region: Option<&'static Region>) -> Result<String, Dro
     };
     if code_prefix_len(digits, r.calling_code()).is_some() {
         if let Some(p) = e
-            .parse_international(digits)
+            .parse_international_valid(digits)
             .filter(|p| p.code == r.calling_code())
         {
-            if let Some(out) = valid(Some(p)) {
-                return Ok(out);
-            }
+            return Ok(p.e164_digits());
         }
     }
     if let Some(out) = valid(e.parse_national(r, digits)) {

@@ -13,6 +13,8 @@
 
 use phonenumber::metadata::{Descriptor, Metadata, DATABASE};
 use regex::{Regex, RegexBuilder};
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::{nfa::thompson, util::syntax, Anchored, Input};
 use std::sync::OnceLock;
 
 /// `phonenumber` consts: MIN_LENGTH_FOR_NSN, MAX_LENGTH_FOR_NSN, MAX_LENGTH_FOR_COUNTRY_CODE.
@@ -64,12 +66,62 @@ fn push_u16(s: &mut String, v: u16) {
 /// The length of `v`'s decimal digits when `digits` starts with them (a calling code, 1-999).
 pub fn code_prefix_len(digits: &str, v: u16) -> Option<usize> {
     let (buf, len) = code_digits(v);
-    digits.as_bytes().starts_with(&buf[..len]).then_some(len)
+    let d = digits.as_bytes();
+    // Byte by byte: a slice comparison would call memcmp for one to three bytes.
+    (d.len() >= len && (0..len).all(|i| d[i] == buf[i])).then_some(len)
+}
+
+/// A metadata pattern searched only at the start of a digit string, as a dense DFA: every use
+/// the parser makes of these patterns asks whether a match starts at 0 (a leftmost-first `find`
+/// that starts at 0 exists iff an anchored match exists, and ends where the anchored one does).
+/// A dense DFA answers in one table step per digit, without the general regex engine's per-call
+/// setup and its shared cache pool (which the mapping threads otherwise contend for).
+///
+/// Built without Unicode classes: the haystacks are ASCII digits only, on which `\d` and `[0-9]`
+/// (and every other class in the metadata) match alike, and the automaton stays small.
+struct Prefix(dense::DFA<Vec<u32>>);
+
+impl Prefix {
+    fn new(src: &str) -> Prefix {
+        let dfa = dense::Builder::new()
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .dfa_size_limit(Some(8 << 20)),
+            )
+            .syntax(
+                syntax::Config::new()
+                    .ignore_whitespace(true)
+                    .unicode(false)
+                    .utf8(false),
+            )
+            .thompson(thompson::Config::new().utf8(false))
+            .build(src)
+            .expect("libphonenumber metadata pattern compiles to a DFA (a test builds them all)");
+        Prefix(dfa)
+    }
+
+    /// The end of the leftmost-first match that starts at 0, if any.
+    fn match_end(&self, digits: &str) -> Option<usize> {
+        let input = Input::new(digits).anchored(Anchored::Yes);
+        // Search errors need quit bytes or a start kind we do not configure: none can occur.
+        self.0
+            .try_search_fwd(&input)
+            .ok()
+            .flatten()
+            .map(|m| m.offset())
+    }
+
+    /// True when some match starts at 0.
+    fn matches(&self, digits: &str) -> bool {
+        let input = Input::new(digits).anchored(Anchored::Yes).earliest(true);
+        self.0.try_search_fwd(&input).ok().flatten().is_some()
+    }
 }
 
 struct Desc {
-    /// The pattern anchored at the start: matches iff the crate's `find(value)` starts at 0.
-    re: Regex,
+    /// The descriptor's pattern, which must match from the start of the number.
+    re: Prefix,
     lengths: &'static [u16],
 }
 
@@ -79,7 +131,7 @@ impl Desc {
         if !self.lengths.is_empty() && !self.lengths.contains(&(value.len() as u16)) {
             return false;
         }
-        self.re.is_match(value)
+        self.re.matches(value)
     }
 }
 
@@ -88,9 +140,11 @@ struct Compiled {
     /// The descriptors `phonenumber`'s `number_type` consults; a number is valid when the general
     /// pattern and any of these match (their order does not matter for validity).
     types: Vec<Desc>,
-    national_prefix_for_parsing: Option<Regex>,
-    international_prefix: Option<Regex>,
-    leading_digits: Option<Regex>,
+    /// The prefix pattern for finding a match, and the full regex for the transform rule's
+    /// capture groups (used only when the prefix matches and the region has a transform).
+    national_prefix_for_parsing: Option<(Prefix, Regex)>,
+    international_prefix: Option<Prefix>,
+    leading_digits: Option<Prefix>,
 }
 
 pub(super) struct Region {
@@ -109,11 +163,10 @@ fn compile(src: &str) -> Regex {
 }
 
 fn desc(d: &'static Descriptor) -> Desc {
-    // A leftmost-first match starting at 0 exists iff the pattern matches anchored at 0. (The
-    // newline keeps a trailing `#` comment, possible under ignore_whitespace, from eating the
-    // closing parenthesis.)
+    // (The newline keeps a trailing `#` comment, possible under ignore_whitespace, from eating
+    // the closing parenthesis.)
     Desc {
-        re: compile(&format!("^(?:{}\n)", d.national_number().as_str())),
+        re: Prefix::new(&format!("(?:{}\n)", d.national_number().as_str())),
         lengths: d.possible_length(),
     }
 }
@@ -141,9 +194,9 @@ impl Region {
                 types: kinds.into_iter().flatten().map(desc).collect(),
                 national_prefix_for_parsing: m
                     .national_prefix_for_parsing()
-                    .map(|r| compile(r.as_str())),
-                international_prefix: m.international_prefix().map(|r| compile(r.as_str())),
-                leading_digits: m.leading_digits().map(|r| compile(r.as_str())),
+                    .map(|r| (Prefix::new(r.as_str()), compile(r.as_str()))),
+                international_prefix: m.international_prefix().map(|r| Prefix::new(r.as_str())),
+                leading_digits: m.leading_digits().map(|r| Prefix::new(r.as_str())),
             }
         })
     }
@@ -183,8 +236,8 @@ impl Region {
     /// The IDD (international call prefix) at the start of `digits`, as the parser strips it:
     /// returns the rest when the prefix matches at 0 and the next digit is not '0'.
     pub fn strip_idd<'d>(&self, digits: &'d str) -> Option<&'d str> {
-        let m = self.c().international_prefix.as_ref()?.find(digits)?;
-        (m.start() == 0 && !digits[m.end()..].starts_with('0')).then(|| &digits[m.end()..])
+        let end = self.c().international_prefix.as_ref()?.match_end(digits)?;
+        (!digits[end..].starts_with('0')).then(|| &digits[end..])
     }
 }
 
@@ -268,10 +321,7 @@ impl Engine {
             0 => None,
             1 => Some((&regions[0], false)),
             _ => regions.iter().find_map(|r| match &r.c().leading_digits {
-                Some(ld) => ld
-                    .find(national)
-                    .is_some_and(|m| m.start() == 0)
-                    .then_some((r, false)),
+                Some(ld) => ld.matches(national).then_some((r, false)),
                 None => r.is_valid_type(national).then_some((r, true)),
             }),
         }
@@ -283,18 +333,39 @@ impl Engine {
             .is_some_and(|(r, known_valid)| known_valid || r.is_valid_type(&p.national))
     }
 
-    /// `phonenumber::parse(None, "+" + digits)`; `digits` must be ASCII digits.
+    /// `phonenumber::parse(None, "+" + digits)`; `digits` must be ASCII digits. (The
+    /// differential tests compare it with the crate; callers want only valid numbers.)
+    #[cfg(test)]
     pub fn parse_international(&self, digits: &str) -> Option<Parsed> {
+        self.parse_international_checked(digits).map(|(p, _)| p)
+    }
+
+    /// `parse_international`, kept only when `is_valid`.
+    pub fn parse_international_valid(&self, digits: &str) -> Option<Parsed> {
+        self.parse_international_checked(digits)
+            .and_then(|(p, valid)| valid.unwrap_or_else(|| self.is_valid(&p)).then_some(p))
+    }
+
+    /// The parse, and its validity when the parse already knows it: validity looks up the
+    /// source region of the national number, which the parse has just done for the same digits
+    /// unless stripping a national prefix changed them.
+    fn parse_international_checked(&self, digits: &str) -> Option<(Parsed, Option<bool>)> {
         // is_viable needs three digits after '+'; country_code needs more than MIN_NSN.
         if digits.len() < 3 || digits.starts_with('0') {
             return None;
         }
         let (code, national) = self.split_code(digits)?;
-        let national = match self.source_for(code, national.trim_start_matches('0')) {
+        let trimmed = national.trim_start_matches('0');
+        let source = self.source_for(code, trimmed);
+        let national = match source {
             Some((r, _)) => strip_national(r, national),
             None => national.to_string(),
         };
-        finish(code, national)
+        let p = finish(code, national)?;
+        let valid = (p.national == trimmed).then(|| {
+            source.is_some_and(|(r, known_valid)| known_valid || r.is_valid_type(&p.national))
+        });
+        Some((p, valid))
     }
 
     /// `phonenumber::parse(Some(region), digits)`; `digits` must be ASCII digits.
@@ -347,19 +418,16 @@ fn strip_national(r: &Region, national: &str) -> String {
 /// `helper::national_number`: strip the national prefix for parsing (and apply the transform).
 fn national_number(r: &Region, national: &str) -> String {
     let c = r.c();
-    let Some(parsing) = c.national_prefix_for_parsing.as_ref() else {
+    let Some((prefix, parsing)) = c.national_prefix_for_parsing.as_ref() else {
         let stripped = r
             .meta
             .national_prefix()
             .and_then(|p| national.strip_prefix(p));
         return stripped.unwrap_or(national).to_string();
     };
-    let Some(m) = parsing.find(national) else {
+    let Some(end) = prefix.match_end(national) else {
         return national.to_string();
     };
-    if m.start() != 0 {
-        return national.to_string();
-    }
     let transform = r.meta.national_prefix_transform_rule();
     let last_present = parsing
         .captures(national)
@@ -376,7 +444,7 @@ fn national_number(r: &Region, national: &str) -> String {
         }
         // The crate's "keep if viable and the rest is not" test compares the number with itself
         // here (start is 0), so the prefix is always stripped.
-        _ => national[m.end()..].to_string(),
+        _ => national[end..].to_string(),
     }
 }
 
@@ -413,6 +481,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_region_compiles() {
+        let mut patterns = 0;
+        for r in engine().by_code.iter().flatten() {
+            let c = r.c();
+            patterns += 1 + c.types.len();
+        }
+        assert!(patterns > 1000, "{patterns}");
+    }
+
     /// The crate itself: (code, national with zeros) when it parses, and its validity.
     fn lib(region: Option<Id>, s: &str) -> Option<(Parsed, bool)> {
         let n = phonenumber::parse(region, s).ok()?;
@@ -427,10 +505,13 @@ mod tests {
 
     fn ours_intl(d: &str) -> Option<(Parsed, bool)> {
         let e = engine();
-        e.parse_international(d).map(|p| {
+        let parsed = e.parse_international(d).map(|p| {
             let v = e.is_valid(&p);
             (p, v)
-        })
+        });
+        let valid = parsed.clone().filter(|(_, v)| *v).map(|(p, _)| p);
+        assert_eq!(e.parse_international_valid(d), valid, "valid +{d}");
+        parsed
     }
 
     fn ours_nat(region: &str, d: &str) -> Option<(Parsed, bool)> {
