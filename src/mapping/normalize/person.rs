@@ -22,46 +22,107 @@ pub(super) fn email(t: &str) -> Result<String, DropReason> {
 }
 
 fn is_email(e: &str) -> bool {
+    if e.is_ascii() {
+        // Nearly every address: one pass over the bytes, same rules.
+        return ascii_email_ok(e.as_bytes());
+    }
     let Some((local, domain)) = e.split_once('@') else {
         return false;
     };
-    // An all-ASCII address (nearly all) is checked byte by byte; the rules are the same.
-    email_parts_ok(local, domain, e.is_ascii())
+    email_parts_ok(local, domain)
 }
 
 /// Local-part characters besides letters and digits.
 const LOCAL_SYMBOLS: &[u8] = b"!#$%&'*+-/=?^_`{|}~.";
 
-fn email_parts_ok(local: &str, domain: &str, ascii: bool) -> bool {
+/// Byte classes for the one-pass ASCII check.
+const LOCAL: u8 = 1;
+const LABEL: u8 = 2;
+const ALPHA: u8 = 4;
+static ASCII_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < LOCAL_SYMBOLS.len() {
+        t[LOCAL_SYMBOLS[i] as usize] = LOCAL;
+        i += 1;
+    }
+    t[b'-' as usize] |= LABEL;
+    let mut c = 0u8;
+    while c < 128 {
+        if c.is_ascii_digit() {
+            t[c as usize] = LOCAL | LABEL;
+        } else if c.is_ascii_alphabetic() {
+            t[c as usize] = LOCAL | LABEL | ALPHA;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// `email_parts_ok` for an all-ASCII address, in one pass over its bytes.
+fn ascii_email_ok(e: &[u8]) -> bool {
+    let class = |b: u8| ASCII_CLASS[usize::from(b & 0x7f)];
+    let Some(at) = e.iter().position(|&b| b == b'@') else {
+        return false;
+    };
+    let (local, domain) = (&e[..at], &e[at + 1..]);
+    if local.is_empty() || local.len() > 64 || domain.len() > 253 {
+        return false;
+    }
+    let mut prev = b'.';
+    for &b in local {
+        if class(b) & LOCAL == 0 || (b == b'.' && prev == b'.') {
+            return false;
+        }
+        prev = b;
+    }
+    if prev == b'.' {
+        return false;
+    }
+    // Labels: non-empty, at most 63 bytes, letters/digits/inner '-'.
+    let (mut labels, mut start, mut tld) = (0, 0, &domain[..0]);
+    for i in 0..=domain.len() {
+        if i < domain.len() && domain[i] != b'.' {
+            if class(domain[i]) & LABEL == 0 {
+                return false;
+            }
+            continue;
+        }
+        let label = &domain[start..i];
+        if label.is_empty()
+            || label.len() > 63
+            || label[0] == b'-'
+            || label[label.len() - 1] == b'-'
+        {
+            return false;
+        }
+        labels += 1;
+        tld = label;
+        start = i + 1;
+    }
+    let tld_letters = tld.len() >= 2 && tld.iter().all(|&b| class(b) & ALPHA != 0);
+    labels >= 2 && (tld_letters || (tld.len() > 4 && tld.starts_with(b"xn--")))
+}
+
+/// The rules above for any address (letters and digits of any script).
+fn email_parts_ok(local: &str, domain: &str) -> bool {
     if local.is_empty() || local.len() > 64 || domain.len() > 253 {
         return false;
     }
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
         return false;
     }
-    let local_ok = if ascii {
-        local
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || LOCAL_SYMBOLS.contains(&b))
-    } else {
-        local.chars().all(|c| {
-            (c.is_ascii() && (c.is_ascii_alphanumeric() || LOCAL_SYMBOLS.contains(&(c as u8))))
-                || (!c.is_ascii() && c.is_alphanumeric())
-        })
-    };
+    let local_ok = local.chars().all(|c| {
+        (c.is_ascii() && (c.is_ascii_alphanumeric() || LOCAL_SYMBOLS.contains(&(c as u8))))
+            || (!c.is_ascii() && c.is_alphanumeric())
+    });
     if !local_ok {
         return false;
     }
     let label_chars_ok = |label: &str| {
-        if ascii {
-            label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        } else {
-            label.chars().all(|c| {
-                c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric())
-            })
-        }
+        label.chars().all(|c| {
+            c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric())
+        })
     };
     let mut labels = 0;
     let mut last = "";
@@ -77,11 +138,7 @@ fn email_parts_ok(local: &str, domain: &str, ascii: bool) -> bool {
         labels += 1;
         last = label;
     }
-    let tld_letters = if ascii {
-        last.len() >= 2 && last.bytes().all(|b| b.is_ascii_alphabetic())
-    } else {
-        last.chars().count() >= 2 && last.chars().all(char::is_alphabetic)
-    };
+    let tld_letters = last.chars().count() >= 2 && last.chars().all(char::is_alphabetic);
     let tld_ok = tld_letters || (last.len() > 4 && last.starts_with("xn--"));
     labels >= 2 && tld_ok
 }
@@ -227,7 +284,16 @@ mod tests {
             local in "[a-z0-9.!#%+_'~-]{0,12}",
             domain in "[a-z0-9.-]{0,16}",
         ) {
-            prop_assert_eq!(email_parts_ok(&local, &domain, true), email_parts_ok(&local, &domain, false));
+            let address = format!("{local}@{domain}");
+            prop_assert_eq!(ascii_email_ok(address.as_bytes()), email_parts_ok(&local, &domain));
+        }
+
+        #[test]
+        fn the_ascii_check_agrees_on_any_ascii(address in "[a-zA-Z0-9.@!#%+_'~ (-]{0,24}") {
+            let general = address
+                .split_once('@')
+                .is_some_and(|(local, domain)| email_parts_ok(local, domain));
+            prop_assert_eq!(ascii_email_ok(address.as_bytes()), general);
         }
     }
 
