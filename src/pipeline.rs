@@ -1319,6 +1319,18 @@ impl BatchSender {
                 stopped_by_shutdown: false,
                 batch: Batch::default(),
             };
+            // The whole batch's body is built once, and each event's JSON is freed: retries
+            // resend this body, and a part of the batch (bisecting a rejected request) is
+            // copied out of it, so a batch in flight holds its events once, not twice.
+            let mut batch = batch;
+            let (full_body, spans) = {
+                let events: Vec<&str> = batch.events.iter().map(|e| e.event.json.as_str()).collect();
+                self.graph
+                    .body_with_spans(&events, self.test_event_code.as_deref())
+            };
+            for e in &mut batch.events {
+                e.event.json = String::new();
+            }
             let all: Vec<usize> = (0..batch.events.len()).collect();
             // The trace id of the request that delivered each event (the outer `Some`).
             let mut acked: Vec<Option<Option<Arc<str>>>> = vec![None; batch.events.len()];
@@ -1329,7 +1341,14 @@ impl BatchSender {
                 if part.is_empty() {
                     continue;
                 }
-                match self.send_with_retries(&batch, &part, &mut result).await {
+                let body = if part.len() == spans.len() {
+                    full_body.clone()
+                } else {
+                    let events: Vec<&[u8]> =
+                        part.iter().map(|&i| &full_body[spans[i].clone()]).collect();
+                    self.graph.body(&events, self.test_event_code.as_deref())
+                };
+                match self.send_with_retries(body, part.len(), &mut result).await {
                     Ok(trace) => {
                         let trace: Option<Arc<str>> = trace.map(Into::into);
                         for &i in &part {
@@ -1366,10 +1385,10 @@ impl BatchSender {
                 let delivered = acked.iter().filter(|a| a.is_some()).count();
                 o.batch_done(&self.model, delivered as u64, &refused);
             }
+            drop(full_body);
             // The batch waits for the ones before it and for its commit. Its events move into
-            // the ledger's rows (the ledger keeps fingerprints, not the JSON), so their memory
-            // is freed now and nothing is copied.
-            let mut batch = batch;
+            // the ledger's rows (the ledger keeps fingerprints, not the JSON), so nothing is
+            // copied.
             for (event, trace) in std::mem::take(&mut batch.events).into_iter().zip(acked) {
                 let Some(fbtrace_id) = trace else { continue };
                 result.coverage.add(event.event.identifiers);
@@ -1408,22 +1427,19 @@ impl BatchSender {
         .await
     }
 
+    /// One request body of `events` events, sent until Meta accepts it or the retry policy
+    /// gives up.
     async fn send_with_retries(
         &self,
-        batch: &Batch,
-        part: &[usize],
+        body: bytes::Bytes,
+        events: usize,
         result: &mut BatchResult,
     ) -> Result<Option<String>, SinkError> {
-        let events: Vec<&str> = part
-            .iter()
-            .map(|&i| batch.events[i].event.json.as_str())
-            .collect();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             result.requests += 1;
-            let body = self.graph.body(&events, self.test_event_code.as_deref());
-            match self.graph.send(&self.pixel_id, body, events.len()).await {
+            match self.graph.send(&self.pixel_id, body.clone(), events).await {
                 Ok(ack) => {
                     // Meta's usage headers warn before it throttles: near the limit, slow
                     // down as if throttled so the pixel is never blocked.

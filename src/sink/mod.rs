@@ -264,15 +264,44 @@ impl GraphClient {
 
     /// Builds the JSON body from pre-serialized events. The token travels in the body, a
     /// documented place that keeps it out of URLs and access logs.
-    pub fn body(&self, events: &[&str], test_event_code: Option<&str>) -> bytes::Bytes {
-        let size: usize = events.iter().map(|e| e.len() + 1).sum();
+    pub fn body<E: AsRef<[u8]>>(
+        &self,
+        events: &[E],
+        test_event_code: Option<&str>,
+    ) -> bytes::Bytes {
+        self.build_body(events, test_event_code, None)
+    }
+
+    /// [`GraphClient::body`], with each event's byte range in the body, so that a request for
+    /// some of the events can be built from this body's bytes alone.
+    pub fn body_with_spans<E: AsRef<[u8]>>(
+        &self,
+        events: &[E],
+        test_event_code: Option<&str>,
+    ) -> (bytes::Bytes, Vec<std::ops::Range<usize>>) {
+        let mut spans = Vec::with_capacity(events.len());
+        let body = self.build_body(events, test_event_code, Some(&mut spans));
+        (body, spans)
+    }
+
+    fn build_body<E: AsRef<[u8]>>(
+        &self,
+        events: &[E],
+        test_event_code: Option<&str>,
+        mut spans: Option<&mut Vec<std::ops::Range<usize>>>,
+    ) -> bytes::Bytes {
+        let size: usize = events.iter().map(|e| e.as_ref().len() + 1).sum();
         let mut out = self.bodies.take(size + 256);
         out.extend_from_slice(b"{\"data\":[");
         for (i, e) in events.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(e.as_bytes());
+            let start = out.len();
+            out.extend_from_slice(e.as_ref());
+            if let Some(spans) = spans.as_deref_mut() {
+                spans.push(start..out.len());
+            }
         }
         out.push(b']');
         let mut tail = String::new();
@@ -394,6 +423,27 @@ mod tests {
         assert_eq!(v["access_token"], "tok");
         assert!(v.get("test_event_code").is_none());
         assert_eq!(v["partner_agent"], "capi-sync");
+    }
+
+    #[test]
+    fn spans_locate_each_event_so_a_part_rebuilds_from_the_body() {
+        let config = crate::config::Config::from_toml_str(
+            "[warehouse]\nurl = \"postgres://localhost/x\"\n[meta]\naccess_token = \"tok\"\n",
+            std::path::Path::new("."),
+        )
+        .expect("config");
+        let client = GraphClient::new(&config.meta).expect("client");
+        let events = ["{\"e\":1}", "{\"e\":\"two\"}", "{\"e\":[3]}"];
+        let (full, spans) = client.body_with_spans(&events, Some("T1"));
+        assert_eq!(spans.len(), 3);
+        for (span, e) in spans.iter().zip(events) {
+            assert_eq!(&full[span.clone()], e.as_bytes());
+        }
+        let part: Vec<&[u8]> = [2, 0].iter().map(|&i| &full[spans[i].clone()]).collect();
+        let v: serde_json::Value =
+            serde_json::from_slice(&client.body(&part, Some("T1"))).expect("valid JSON");
+        assert_eq!(v["data"], serde_json::json!([{"e": [3]}, {"e": 1}]));
+        assert_eq!(v["test_event_code"], "T1");
     }
 
     fn err(code: i64, sub: Option<i64>) -> GraphError {

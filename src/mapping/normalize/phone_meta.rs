@@ -8,8 +8,9 @@
 //!
 //! This module is a faithful port of the crate's own `parse` (for strings that are only ASCII
 //! digits, optionally read as `+digits`) and `is_valid`, using the same metadata patterns compiled
-//! once per region with the same options. The unit tests check it against the crate itself on
-//! every region's example numbers and on random digit strings (differential tests).
+//! once per region (as anchored DFAs where only a match at the start matters, see [`Prefix`]).
+//! The unit tests check it against the crate itself on every region's example numbers and on
+//! random digit strings (differential tests).
 
 use phonenumber::metadata::{Descriptor, Metadata, DATABASE};
 use regex::{Regex, RegexBuilder};
