@@ -1323,7 +1323,10 @@ impl BatchSender {
             // resend this body, and a part of the batch (bisecting a rejected request) is
             // copied out of it, so a batch in flight holds its events once, not twice.
             let mut batch = batch;
-            let (full_body, spans) = {
+            let (full_body, spans) = if batch.events.is_empty() {
+                // Only rows found already sent or refused: nothing to send.
+                (bytes::Bytes::new(), Vec::new())
+            } else {
                 let events: Vec<&str> = batch.events.iter().map(|e| e.event.json.as_str()).collect();
                 self.graph
                     .body_with_spans(&events, self.test_event_code.as_deref())
