@@ -484,12 +484,19 @@ mod tests {
 
     #[test]
     fn every_region_compiles() {
-        let mut patterns = 0;
+        let (mut patterns, mut bytes) = (0, 0);
         for r in engine().by_code.iter().flatten() {
             let c = r.c();
             patterns += 1 + c.types.len();
+            bytes += std::iter::once(&c.general)
+                .chain(&c.types)
+                .map(|d| d.re.0.memory_usage())
+                .sum::<usize>();
         }
         assert!(patterns > 1000, "{patterns}");
+        // Every country's automata together (a table whose rows come from everywhere) stay
+        // small next to the memory a run may use: about 1.9 MB.
+        assert!(bytes < 8 << 20, "{bytes} bytes");
     }
 
     /// The crate itself: (code, national with zeros) when it parses, and its validity.
