@@ -404,14 +404,19 @@ fn map_reqwest(e: reqwest::Error) -> SinkError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_body_built_in_a_recycled_buffer_holds_only_its_own_events() {
+    /// A client with token "tok" and the default settings.
+    fn test_client() -> GraphClient {
         let config = crate::config::Config::from_toml_str(
             "[warehouse]\nurl = \"postgres://localhost/x\"\n[meta]\naccess_token = \"tok\"\n",
             std::path::Path::new("."),
         )
         .expect("config");
-        let client = GraphClient::new(&config.meta).expect("client");
+        GraphClient::new(&config.meta).expect("client")
+    }
+
+    #[test]
+    fn a_body_built_in_a_recycled_buffer_holds_only_its_own_events() {
+        let client = test_client();
         let long = "{\"event_name\":\"a-much-longer-event-than-the-next\"}";
         let first = client.body(&[long, long, long], Some("TEST1"));
         let first_ptr = first.as_ptr();
@@ -427,12 +432,7 @@ mod tests {
 
     #[test]
     fn spans_locate_each_event_so_a_part_rebuilds_from_the_body() {
-        let config = crate::config::Config::from_toml_str(
-            "[warehouse]\nurl = \"postgres://localhost/x\"\n[meta]\naccess_token = \"tok\"\n",
-            std::path::Path::new("."),
-        )
-        .expect("config");
-        let client = GraphClient::new(&config.meta).expect("client");
+        let client = test_client();
         let events = ["{\"e\":1}", "{\"e\":\"two\"}", "{\"e\":[3]}"];
         let (full, spans) = client.body_with_spans(&events, Some("T1"));
         assert_eq!(spans.len(), 3);
