@@ -367,7 +367,10 @@ impl ModelPlan {
                 Value::Text(s) if !s.trim().is_empty() => Some(s.as_str()),
                 _ => None,
             })
-            .or(self.country_constant.as_deref());
+            .or(self.country_constant.as_deref())
+            // Resolved once per row: the phone and ZIP rules both ask for it, and an unknown
+            // value means the same to them as none (the default country applies).
+            .and_then(normalize::country_code);
         let ctx = NormalizeContext {
             default_country: self.default_country,
             row_country,
@@ -1050,6 +1053,54 @@ action_source = "system_generated"
         assert_eq!(json["event_name"], "Purchase");
         assert_eq!(json["action_source"], "system_generated");
         assert_eq!(event.event_name, "Purchase");
+    }
+
+    #[test]
+    fn the_rows_country_in_any_form_sets_the_phone_and_zip_rules() {
+        let cols = columns(&[
+            ("id", ValueKind::Int),
+            ("updated_at", ValueKind::TimestampTz),
+            ("event_name", ValueKind::Text),
+            ("event_time", ValueKind::TimestampTz),
+            ("ph", ValueKind::Text),
+            ("zp", ValueKind::Text),
+            ("country", ValueKind::Text),
+        ]);
+        let mut cfg = config("");
+        cfg.models[0].default_country = Some("us");
+        let plan = ModelPlan::new(&cfg.models[0], &cols).expect("plan");
+        let now = chrono::Utc::now();
+        let map = |ph: &str, zp: &str, country: &str| {
+            let values = vec![
+                Value::Int(1),
+                Value::TimestampTz(now),
+                Value::Text("Lead".into()),
+                Value::TimestampTz(now - chrono::Duration::hours(1)),
+                Value::Text(ph.into()),
+                Value::Text(zp.into()),
+                Value::Text(country.into()),
+            ];
+            let event = plan
+                .map_row(&values, &["1".to_string()], now.timestamp())
+                .result
+                .expect("event");
+            let json: serde_json::Value = serde_json::from_str(&event.json).expect("json");
+            (
+                json["user_data"]["ph"].clone(),
+                json["user_data"]["zp"].clone(),
+            )
+        };
+        let h = |s: &str| serde_json::Value::from(normalize::sha256_hex(s));
+        // A country name: a British national number and a postcode, read as British.
+        assert_eq!(
+            map("020 7946 0958", "SW1A 1AA", " United Kingdom "),
+            (h("442079460958"), h("sw1a1aa"))
+        );
+        // A country the tables do not know counts as none: the model's default (US) applies.
+        assert_eq!(
+            map("(650) 555-1212", "94105-1234", "Narnia"),
+            (h("16505551212"), h("94105"))
+        );
     }
 
     #[test]
