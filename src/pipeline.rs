@@ -583,7 +583,7 @@ async fn run_inner(
         tracing::debug!(
             model = %model.name,
             transactions = ledger.writes(),
-            "acknowledged events written to the ledger"
+            "ledger transactions tried for acknowledged events"
         );
     }
     if let Err(e) = settler.finish().await {

@@ -11,9 +11,10 @@
 //! `COPY` of all of them 2.8-3.2 s. In a million-row backfill with eight batches in flight,
 //! one writer wrote about 370 transactions (two writers: about 740, and more server time).
 //!
-//! Each batch still waits for its own rows to be written before it frees its slot in flight,
-//! so the queue never holds more than the batches in flight. A failed write gives every
-//! batch in it its rows back; the cursor's transaction then writes them, as before.
+//! Each batch still waits for its own rows to be written before it settles, so the queue
+//! never holds more than the run's unsettled batches (those in flight and as many again
+//! answered). A failed write gives every batch in it its rows back; the cursor's transaction
+//! then writes them, as before.
 
 use crate::state::{Delivered, StateStore};
 use futures::FutureExt;
@@ -32,7 +33,7 @@ pub struct EarlyLedger {
     /// The model may hold refusals of rows this run delivers: it had some when the run
     /// started, or the run refused a row since.
     pub(super) refusals: Arc<AtomicBool>,
-    /// Transactions written so far.
+    /// Ledger transactions tried so far, failed ones included.
     writes: Arc<AtomicU64>,
 }
 
@@ -77,7 +78,7 @@ impl EarlyLedger {
         }
     }
 
-    /// Ledger transactions written so far (each holds one or more batches).
+    /// Ledger transactions tried so far (each holds one or more batches), failed ones included.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }

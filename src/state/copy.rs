@@ -52,18 +52,12 @@ pub(super) fn deliveries(model: &str, run_id: i64, parts: &[&[Delivered]]) -> Ve
     out
 }
 
-/// A field: its length, then its bytes.
 /// The bytes `deliveries` writes for one row.
 fn tuple_size(model: &str, d: &Delivered) -> usize {
     let text = |s: &str| 4 + s.len();
-    let array = if d.row_key.is_empty() {
-        4 + 12
-    } else {
-        4 + 20 + d.row_key.iter().map(|k| text(k)).sum::<usize>()
-    };
     2 + text(model)
         + text(&d.event_id)
-        + array
+        + (4 + array_len(&d.row_key))
         + text(&d.event_name)
         + text(&d.fingerprint)
         + (4 + 8)
@@ -71,6 +65,7 @@ fn tuple_size(model: &str, d: &Delivered) -> usize {
         + (4 + 8)
 }
 
+/// A field: its length, then its bytes.
 fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&len32(bytes.len()).to_be_bytes());
     out.extend_from_slice(bytes);
@@ -80,12 +75,19 @@ fn text(out: &mut Vec<u8>, s: &str) {
     field(out, s.as_bytes());
 }
 
+/// The length of a one-dimensional text array's binary form (an empty one has no dimension).
+fn array_len(items: &[String]) -> usize {
+    if items.is_empty() {
+        12
+    } else {
+        20 + items.iter().map(|s| 4 + s.len()).sum::<usize>()
+    }
+}
+
 /// A one-dimensional `text[]` without NULLs (a row key), as `array_send` writes it.
 fn text_array(out: &mut Vec<u8>, items: &[String]) {
-    let body_len: usize = 20 + items.iter().map(|s| 4 + s.len()).sum::<usize>();
     let empty = items.is_empty();
-    let len = if empty { 12 } else { body_len };
-    out.extend_from_slice(&len32(len).to_be_bytes());
+    out.extend_from_slice(&len32(array_len(items)).to_be_bytes());
     out.extend_from_slice(&i32::from(!empty).to_be_bytes()); // dimensions
     out.extend_from_slice(&0i32.to_be_bytes()); // has NULLs
     out.extend_from_slice(&TEXT_OID.to_be_bytes());

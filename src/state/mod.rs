@@ -526,7 +526,7 @@ impl StateStore {
         // stands past these events, their ledger rows are durable too. A database crash before
         // that can lose them, but then the cursor has not moved either, and the next run
         // re-sends the events under the same ids, as after a crash of our own. Not waiting
-        // frees the batches' slots in flight one disk flush sooner.
+        // lets the batches settle one disk flush sooner.
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
