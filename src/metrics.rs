@@ -68,6 +68,8 @@ fn class_label(class: ErrorClass) -> &'static str {
         ErrorClass::Throttled => "throttled",
         ErrorClass::Auth => "auth",
         ErrorClass::Invalid => "invalid",
+        ErrorClass::Unexpected => "unexpected",
+        ErrorClass::NotGraph => "not_graph",
     }
 }
 

@@ -1192,6 +1192,16 @@ fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
             "Meta rejected a batch ({err}); check meta.graph_url, meta.api_version and the model's pixel_id (`capi-sync check {}` tests them)",
             model.name
         ),
+        ErrorClass::Unexpected => format!("Meta answered with an error capi-sync does not act on ({err}); nothing was refused, the next run resumes at the last acknowledged batch"),
+        ErrorClass::NotGraph => format!(
+            "the answer is not the Graph API's ({err}); nothing was refused, the next run resumes at the last acknowledged batch. Check meta.graph_url and any proxy on the way to Meta (`capi-sync check {}` tests it){}",
+            model.name,
+            if err.status() == Some(413) {
+                "; a 413 comes from a proxy that limits request bodies: raise its limit or lower meta.batch_size"
+            } else {
+                ""
+            }
+        ),
     }
 }
 
@@ -1337,8 +1347,10 @@ impl BatchSender {
             let all: Vec<usize> = (0..batch.events.len()).collect();
             // The trace id of the request that delivered each event (the outer `Some`).
             let mut acked: Vec<Option<Option<Arc<str>>>> = vec![None; batch.events.len()];
-            // Bisect on code 100: Meta rejects a whole request for one invalid event, so we
+            // Bisect on code 100 with an event subcode (`ErrorClass::Invalid`, see
+            // `sink::classify`): Meta rejects a whole request for one invalid event, so we
             // split until each bad event stands alone (about log2(n) extra requests each).
+            // Any other failure stops the batch with nothing refused.
             let mut stack: Vec<Vec<usize>> = vec![all];
             while let Some(part) = stack.pop() {
                 if part.is_empty() {

@@ -2,6 +2,7 @@
 //! then validation into typed settings. Every error names the key, the model and the source.
 
 mod duration;
+mod graph_url;
 mod secret;
 
 pub use duration::parse_duration;
@@ -441,12 +442,7 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             )),
         }
     }
-    if url::Url::parse(&raw.meta.graph_url).is_err() {
-        problems.push(format!(
-            "key `meta.graph_url`: `{}` is not a URL",
-            raw.meta.graph_url
-        ));
-    }
+    problems.extend(graph_url::problem(&raw.meta.graph_url));
     if !is_api_version(&raw.meta.api_version) {
         problems.push(format!(
             "key `meta.api_version`: `{}` is not a Graph API version like v25.0",

@@ -488,21 +488,28 @@ async fn check_graph(config: &Config, models: &[&ModelConfig], report: &mut Repo
 }
 
 fn describe_graph_error(graph: &GraphClient, pixel: &str, e: &SinkError) -> (String, Level) {
-    let url = graph.pixel_url(pixel);
     match e.class() {
         ErrorClass::Auth => (
             format!(
-                "Meta refused the token for {url} ({e}); check meta.access_token, and that the token's system user has access to this pixel or dataset"
+                "Meta refused the token ({e}); check meta.access_token, and that the token's system user has access to this pixel or dataset"
             ),
             Level::Error,
         ),
-        ErrorClass::Invalid => (
-            format!("Meta refused the request for {url} ({e}); check the model's pixel_id and meta.api_version"),
+        ErrorClass::Invalid | ErrorClass::Unexpected => (
+            format!("Meta refused the request ({e}); check the model's pixel_id and meta.api_version"),
+            Level::Error,
+        ),
+        // Runs would stop at their first batch: the setting is wrong, not the network.
+        ErrorClass::NotGraph => (
+            format!(
+                "meta.graph_url does not answer like the Graph API ({e}); check meta.graph_url and any proxy on the way to Meta"
+            ),
             Level::Error,
         ),
         ErrorClass::Transient | ErrorClass::Throttled => (
             format!(
-                "cannot reach the Graph API at {url} ({e}); check meta.graph_url and the network, or run check with --offline"
+                "cannot reach the Graph API at {} ({e}); check meta.graph_url and the network, or run check with --offline",
+                graph.pixel_url(pixel)
             ),
             Level::Unreachable,
         ),

@@ -50,6 +50,11 @@
 //! Injected faults: HTTP 500 code 2 `is_transient: true` (fail); HTTP 400 code 17 subcode 2446079
 //! `is_transient: true` with `Retry-After: 1` (throttle); see [`Faults`].
 //!
+//! Misanswers ([`SandboxHandle::misanswer`], for a window of requests): a web server's 404 or 405
+//! HTML page, a proxy's 413 page or 302 redirect, a load balancer's 502 page, a 2xx with junk,
+//! without `events_received` or over 2 MiB, a Graph envelope with an unknown code (12345) or a
+//! code 100 without a subcode. These are what a sender sees when `graph_url` leads elsewhere.
+//!
 //! Success: HTTP 200 `{"events_received": n, "messages": [], "fbtrace_id": "..."}`.
 //!
 //! `GET /vNN.N/{numeric id}` (any query, e.g. `?fields=id`) with a valid token answers
@@ -60,6 +65,7 @@ mod currency;
 mod error;
 mod faults;
 mod json;
+mod misanswer;
 mod record;
 mod request;
 mod server;
@@ -74,6 +80,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use self::faults::Faults;
+pub use self::misanswer::{Misanswer, OVERSIZED_BYTES, UNKNOWN_CODE};
 
 /// Sandbox settings. `Debug` redacts the token.
 #[derive(Clone, Default)]
@@ -120,6 +127,8 @@ pub struct SandboxStats {
     pub dropped: u64,
     /// Events accepted (and recorded).
     pub events_accepted: u64,
+    /// Requests answered with a [`Misanswer`].
+    pub misanswered: u64,
     /// The `test_event_code` of the last accepted request that carried one.
     pub last_test_event_code: Option<String>,
 }
@@ -171,6 +180,23 @@ impl SandboxHandle {
         self.shared.faults.fail_after(accepted_requests);
     }
 
+    /// Answers like something other than the Graph API (see [`Misanswer`]): counted from now,
+    /// requests are answered normally `skip` times, then `count` requests (of any route,
+    /// before any check) get `answer`, then the sandbox answers normally again. `count` =
+    /// `u64::MAX` misanswers from then on; a new call replaces the previous window.
+    pub fn misanswer(&self, answer: Misanswer, skip: u64, count: u64) {
+        *self
+            .shared
+            .misanswer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(misanswer::Window {
+            answer,
+            skip,
+            count,
+            seen: 0,
+        });
+    }
+
     /// Stops accepting, finishes in-flight requests (at most 10 s), flushes the record file.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
@@ -205,6 +231,7 @@ pub async fn start(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<S
         events: Mutex::new(Vec::new()),
         counters: Default::default(),
         last_test_event_code: Mutex::new(None),
+        misanswer: Mutex::new(None),
     });
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server::accept_loop(

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::GraphError;
 use super::faults::{FaultState, Injected};
 use super::json::Jv;
+use super::misanswer::Window;
 use super::record::Recorder;
 use super::request;
 use super::validate::validate_batch;
@@ -40,6 +41,7 @@ pub(super) struct Counters {
     throttled: AtomicU64,
     dropped: AtomicU64,
     events_accepted: AtomicU64,
+    misanswered: AtomicU64,
     rejected_by: Mutex<(BTreeMap<i64, u64>, BTreeMap<i64, u64>)>,
 }
 
@@ -53,6 +55,8 @@ pub(super) struct Shared {
     pub counters: Counters,
     /// The `test_event_code` of the last accepted request that had one.
     pub last_test_event_code: Mutex<Option<String>>,
+    /// Requests to be answered as something other than the Graph API.
+    pub misanswer: Mutex<Option<Window>>,
 }
 
 impl Shared {
@@ -73,6 +77,7 @@ impl Shared {
             throttled: c.throttled.load(Ordering::SeqCst),
             dropped: c.dropped.load(Ordering::SeqCst),
             events_accepted: c.events_accepted.load(Ordering::SeqCst),
+            misanswered: c.misanswered.load(Ordering::SeqCst),
             last_test_event_code: self
                 .last_test_event_code
                 .lock()
@@ -238,6 +243,20 @@ async fn handle(
     drop_conn: &CancellationToken,
 ) -> Response<Full<Bytes>> {
     shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let misanswer = shared
+        .misanswer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .and_then(Window::next);
+    if let Some(answer) = misanswer {
+        shared.counters.misanswered.fetch_add(1, Ordering::SeqCst);
+        // Read (and drop) the body first, so the client is not cut off mid-request: the
+        // answer is what is being tested, not a reset connection.
+        let _ = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await;
+        tracing::debug!(?answer, "sandbox: answering as something other than the Graph API");
+        return answer.response();
+    }
     let faults = shared.faults.current();
     let outcome = process(shared, req, &faults).await;
     if faults.slow_ms > 0 {

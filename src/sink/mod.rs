@@ -1,8 +1,11 @@
 //! The Graph API side: one request per batch, the answer classified by Meta's error code
 //! (never by message text), and the retry policy.
 
+mod answer;
 mod probe;
 pub mod retry;
+
+pub use answer::{NotGraphKind, MAX_ANSWER_BYTES};
 
 use crate::config::{MetaSettings, Secret};
 use std::time::Duration;
@@ -28,18 +31,6 @@ pub struct GraphError {
     pub fbtrace_id: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
-struct ErrorEnvelope {
-    error: GraphError,
-}
-
-#[derive(serde::Deserialize)]
-struct SuccessBody {
-    events_received: Option<u64>,
-    #[serde(default)]
-    fbtrace_id: Option<String>,
-}
-
 /// How the pipeline treats a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -49,23 +40,39 @@ pub enum ErrorClass {
     Throttled,
     /// Stop the model's run: 190, 102, 10, 200-299, 100/33, 3.
     Auth,
-    /// A payload Meta refused (code 100): split the batch to isolate the bad events.
+    /// An event Meta refused (code 100 with a 2804xxx subcode): split the batch to isolate
+    /// the bad events. The only class that refuses rows.
     Invalid,
+    /// Meta's error envelope with a code we do not classify (code 100 without an event
+    /// subcode included): stop the run; nothing is refused, as we cannot tell which event,
+    /// if any, is at fault.
+    Unexpected,
+    /// The answer is not the Graph API's (an HTML page, a redirect, no envelope, a 2xx
+    /// without `events_received`, an oversized body): stop the run; nothing is refused.
+    NotGraph,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("Meta answered HTTP {status} with error code {code}{sub}: {msg}", code = .error.code,
+    #[error("Meta answered HTTP {status} from {url} with error code {code}{sub}: {msg}", code = .error.code,
         sub = .error.error_subcode.map(|s| format!("/{s}")).unwrap_or_default(),
         msg = .error.error_user_title.clone().unwrap_or_else(|| .error.message.clone()))]
     Api {
         status: u16,
+        /// The request's URL without user info or query.
+        url: String,
         error: Box<GraphError>,
         retry_after: Option<Duration>,
     },
-    #[error("Meta answered HTTP {status} without a Graph error body")]
-    Http {
+    /// Something other than the Graph API answered: `answer` holds the first bytes of its
+    /// body (control characters escaped), never the body we sent.
+    #[error("HTTP {status} from {url} is {kind}; the answer begins {answer}")]
+    NotGraph {
+        kind: NotGraphKind,
         status: u16,
+        /// The request's URL without user info or query.
+        url: String,
+        answer: String,
         retry_after: Option<Duration>,
     },
     #[error("Meta acknowledged {received} of {sent} events")]
@@ -80,11 +87,15 @@ impl SinkError {
     pub fn class(&self) -> ErrorClass {
         match self {
             SinkError::Api { status, error, .. } => classify(*status, error),
-            SinkError::Http { status, .. } => match status {
-                429 => ErrorClass::Throttled,
-                401 | 403 => ErrorClass::Auth,
-                500..=599 => ErrorClass::Transient,
-                _ => ErrorClass::Invalid,
+            SinkError::NotGraph { kind, status, .. } => match (kind, status) {
+                (NotGraphKind::TooLarge | NotGraphKind::Redirect, _) => ErrorClass::NotGraph,
+                // A load balancer's own 5xx or 429 page says Meta (or the path to it) is
+                // busy or down for now: worth the retries, and the run fails after them.
+                (_, 500..=599) => ErrorClass::Transient,
+                (_, 429) => ErrorClass::Throttled,
+                // 404, 405, 413, 401/403 pages of a proxy, 2xx junk: retrying asks the same
+                // wrong server again.
+                _ => ErrorClass::NotGraph,
             },
             // A short count means Meta dropped some events without saying which: the batch
             // is re-sent whole, under the same event ids.
@@ -96,7 +107,7 @@ impl SinkError {
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SinkError::Api { retry_after, .. } | SinkError::Http { retry_after, .. } => {
+            SinkError::Api { retry_after, .. } | SinkError::NotGraph { retry_after, .. } => {
                 *retry_after
             }
             _ => None,
@@ -109,23 +120,46 @@ impl SinkError {
             _ => None,
         }
     }
+
+    /// The HTTP status of the answer, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SinkError::Api { status, .. } | SinkError::NotGraph { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
+
+/// Code 100 subcodes in this range are the Conversions API's per-event validation errors
+/// ("any event failing parameter validation: code 100 with a 2804xxx subcode", capi-reference.md
+/// §6 and §11: 2804003 event_time too old, 2804050 too little customer information, 2804036
+/// lead_id, 2804116 messaging ids, ...). Meta rejects the whole request for one such event, so
+/// halving the batch isolates it.
+const EVENT_SUBCODES: std::ops::RangeInclusive<i64> = 2_804_000..=2_804_999;
 
 /// Classifies by `error.code`/`error_subcode`/`is_transient` and the HTTP status
 /// (capi-reference.md §6; Graph API error-handling guide).
+///
+/// Only code 100 with an event subcode refuses rows. Code 100 without one is a request-level
+/// "invalid parameter" (a body Meta cannot read, an unknown top-level key, `data` missing;
+/// the Graph error guide's generic 100): every half of the batch would get it too, and
+/// bisecting it would refuse every event for a fault of the request. It stops the run like
+/// any code we do not classify; a stopped run loses nothing, a refused row is never sent.
 pub fn classify(status: u16, e: &GraphError) -> ErrorClass {
     match e.code {
         4 | 17 | 32 | 341 | 613 | 80000..=80014 => ErrorClass::Throttled,
         190 | 102 | 10 | 3 | 200..=299 => ErrorClass::Auth,
         // 100/33: the pixel does not exist or the token cannot see it.
         100 if e.error_subcode == Some(33) => ErrorClass::Auth,
-        100 => ErrorClass::Invalid,
+        100 if e.error_subcode.is_some_and(|s| EVENT_SUBCODES.contains(&s)) => {
+            ErrorClass::Invalid
+        }
         1 | 2 | 368 => ErrorClass::Transient,
         _ if e.is_transient == Some(true) => ErrorClass::Transient,
         _ if status == 429 => ErrorClass::Throttled,
         _ if status >= 500 => ErrorClass::Transient,
         _ if status == 401 || status == 403 => ErrorClass::Auth,
-        _ => ErrorClass::Invalid,
+        _ => ErrorClass::Unexpected,
     }
 }
 
@@ -247,6 +281,10 @@ impl GraphClient {
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .user_agent(concat!("capi-sync/", env!("CARGO_PKG_VERSION")))
+            // The Graph API does not redirect; a redirect comes from something else (a proxy,
+            // a login page, http->https) and must be seen as such, not followed with the token
+            // in the body or the header.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SinkError::Network(e.to_string()))?;
         Ok(GraphClient {
@@ -323,13 +361,16 @@ impl GraphClient {
         })
     }
 
-    /// One request. Success means HTTP 2xx and `events_received` equal to the batch size.
+    /// One request. Success means HTTP 2xx with `{"events_received": n}`, n the batch size; an
+    /// answer in neither Meta's success nor Meta's error shape is [`SinkError::NotGraph`].
     pub async fn send(
         &self,
         pixel_id: &str,
         body: bytes::Bytes,
         count: usize,
     ) -> Result<Ack, SinkError> {
+        // Kept (a reference, not a copy) so an answer that echoes it is never shown.
+        let sent = body.clone();
         let resp = self
             .http
             .post(self.endpoint(pixel_id))
@@ -338,49 +379,37 @@ impl GraphClient {
             .send()
             .await
             .map_err(map_reqwest)?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
         let usage = USAGE_HEADERS
             .iter()
             .filter_map(|h| resp.headers().get(*h))
             .filter_map(|v| v.to_str().ok())
             .filter_map(usage_percent)
             .max();
-        let bytes = resp.bytes().await.map_err(map_reqwest)?;
-        if (200..300).contains(&status) {
-            let ok: SuccessBody = serde_json::from_slice(&bytes).map_err(|_| SinkError::Http {
-                status,
-                retry_after,
-            })?;
-            let received = ok.events_received.unwrap_or(0);
-            if received != count as u64 {
-                return Err(SinkError::Partial {
-                    sent: count,
-                    received,
-                });
-            }
-            return Ok(Ack {
-                events_received: received,
-                fbtrace_id: ok.fbtrace_id,
-                usage_percent: usage,
+        let url = resp.url().clone();
+        let answer = answer::read(resp).await?;
+        let asked = answer::Asked {
+            url: &url,
+            token: self.token.expose(),
+            sent: &sent,
+        };
+        if !(200..300).contains(&answer.status) || answer.too_large {
+            return Err(answer.failure(&asked, NotGraphKind::NoEnvelope));
+        }
+        let Some((received, fbtrace_id)) = answer::acknowledgement(&answer.body) else {
+            // Meta's error in a 2xx is still Meta's word; anything else is not.
+            return Err(answer.failure(&asked, NotGraphKind::NoAcknowledgement));
+        };
+        if received != count as u64 {
+            return Err(SinkError::Partial {
+                sent: count,
+                received,
             });
         }
-        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
-            Ok(env) => Err(SinkError::Api {
-                status,
-                error: Box::new(env.error),
-                retry_after,
-            }),
-            Err(_) => Err(SinkError::Http {
-                status,
-                retry_after,
-            }),
-        }
+        Ok(Ack {
+            events_received: received,
+            fbtrace_id,
+            usage_percent: usage,
+        })
     }
 }
 
@@ -486,5 +515,46 @@ mod tests {
         let mut t = err(9999, None);
         t.is_transient = Some(true);
         assert_eq!(classify(400, &t), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn only_code_100_with_an_event_subcode_refuses_events() {
+        for sub in [2804003, 2804050, 2804036, 2804116, 2804019] {
+            assert_eq!(classify(400, &err(100, Some(sub))), ErrorClass::Invalid);
+        }
+        // A request-level invalid parameter, another family's subcode, a code nobody knows:
+        // the run stops and nothing is refused.
+        assert_eq!(classify(400, &err(100, None)), ErrorClass::Unexpected);
+        assert_eq!(classify(400, &err(100, Some(1487390))), ErrorClass::Unexpected);
+        assert_eq!(classify(400, &err(12345, None)), ErrorClass::Unexpected);
+        assert_eq!(classify(200, &err(12345, None)), ErrorClass::Unexpected);
+        // Meta's own 5xx or 429 stay retried whatever the code.
+        assert_eq!(classify(503, &err(12345, None)), ErrorClass::Transient);
+        assert_eq!(classify(429, &err(12345, None)), ErrorClass::Throttled);
+    }
+
+    fn not_graph(kind: NotGraphKind, status: u16) -> SinkError {
+        SinkError::NotGraph {
+            kind,
+            status,
+            url: "https://proxy.example/v25.0/1/events".into(),
+            answer: "\"<html>\"".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_not_from_the_graph_api_is_retried_only_when_it_says_busy_or_down() {
+        use NotGraphKind::*;
+        for status in [404, 405, 413, 400, 401, 403, 407, 200] {
+            assert_eq!(not_graph(NoEnvelope, status).class(), ErrorClass::NotGraph);
+        }
+        assert_eq!(not_graph(NoAcknowledgement, 200).class(), ErrorClass::NotGraph);
+        assert_eq!(not_graph(Redirect, 302).class(), ErrorClass::NotGraph);
+        assert_eq!(not_graph(TooLarge, 503).class(), ErrorClass::NotGraph);
+        for status in [500, 502, 503, 504] {
+            assert_eq!(not_graph(NoEnvelope, status).class(), ErrorClass::Transient);
+        }
+        assert_eq!(not_graph(NoEnvelope, 429).class(), ErrorClass::Throttled);
     }
 }

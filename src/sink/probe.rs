@@ -1,8 +1,15 @@
 //! A request that proves the token can reach a pixel without sending an event:
 //! `GET {graph_url}/{api_version}/{pixel_id}?fields=id`, the token in an `Authorization:
-//! Bearer` header (never in the URL, which proxies and access logs keep).
+//! Bearer` header (never in the URL, which proxies and access logs keep). Its answer must be
+//! the Graph API's (`{"id": "..."}` or Meta's error envelope), so it also proves that
+//! `graph_url` leads to the Graph API and not to a proxy's page.
 
-use super::{map_reqwest, ErrorEnvelope, GraphClient, SinkError};
+use super::{answer, map_reqwest, GraphClient, NotGraphKind, SinkError};
+
+#[derive(serde::Deserialize)]
+struct Object {
+    id: String,
+}
 
 impl GraphClient {
     /// The pixel's URL without the `/events` edge, for messages.
@@ -11,7 +18,8 @@ impl GraphClient {
     }
 
     /// Asks the Graph API for the pixel's id with the token. `Ok` means the token is valid
-    /// and can see the pixel; errors carry Meta's code for [`SinkError::class`].
+    /// and can see the pixel; errors carry Meta's code for [`SinkError::class`], or are
+    /// [`SinkError::NotGraph`] when something else answered.
     pub async fn check_pixel(&self, pixel_id: &str) -> Result<(), SinkError> {
         let resp = self
             .http
@@ -21,21 +29,19 @@ impl GraphClient {
             .send()
             .await
             .map_err(map_reqwest)?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(map_reqwest)?;
-        if (200..300).contains(&status) {
-            return Ok(());
+        let url = resp.url().clone();
+        let answer = answer::read(resp).await?;
+        let asked = answer::Asked {
+            url: &url,
+            token: self.token.expose(),
+            sent: &[],
+        };
+        if !(200..300).contains(&answer.status) || answer.too_large {
+            return Err(answer.failure(&asked, NotGraphKind::NoEnvelope));
         }
-        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
-            Ok(env) => Err(SinkError::Api {
-                status,
-                error: Box::new(env.error),
-                retry_after: None,
-            }),
-            Err(_) => Err(SinkError::Http {
-                status,
-                retry_after: None,
-            }),
+        match serde_json::from_slice::<Object>(&answer.body) {
+            Ok(o) if !o.id.is_empty() => Ok(()),
+            _ => Err(answer.failure(&asked, NotGraphKind::NoObject)),
         }
     }
 }

@@ -40,7 +40,11 @@ impl RetryPolicy {
         let (base, cap) = match class {
             ErrorClass::Transient => (self.base, self.cap),
             ErrorClass::Throttled => (self.throttle_base, self.throttle_cap),
-            ErrorClass::Auth | ErrorClass::Invalid => return None,
+            // Asking again gets the same answer: stop (or bisect) at once.
+            ErrorClass::Auth
+            | ErrorClass::Invalid
+            | ErrorClass::Unexpected
+            | ErrorClass::NotGraph => return None,
         };
         let exp = base.saturating_mul(1u32 << (attempt - 1).min(16)).min(cap);
         let jittered = exp.mul_f64(jitter.clamp(0.0, 1.0));
@@ -84,10 +88,12 @@ mod tests {
     }
 
     #[test]
-    fn auth_and_invalid_are_never_retried_and_attempts_run_out() {
+    fn auth_invalid_unexpected_and_not_graph_are_never_retried_and_attempts_run_out() {
         let p = RetryPolicy::new(3);
         assert_eq!(p.delay(ErrorClass::Auth, 1, None, 0.5), None);
         assert_eq!(p.delay(ErrorClass::Invalid, 1, None, 0.5), None);
+        assert_eq!(p.delay(ErrorClass::Unexpected, 1, None, 0.5), None);
+        assert_eq!(p.delay(ErrorClass::NotGraph, 1, None, 0.5), None);
         assert!(p.delay(ErrorClass::Transient, 2, None, 0.5).is_some());
         assert_eq!(p.delay(ErrorClass::Transient, 3, None, 0.5), None);
     }
