@@ -1192,7 +1192,7 @@ fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
             "Meta rejected a batch ({err}); check meta.graph_url, meta.api_version and the model's pixel_id (`capi-sync check {}` tests them)",
             model.name
         ),
-        ErrorClass::Unexpected => format!("Meta answered with an error capi-sync does not act on ({err}); nothing was refused, the next run resumes at the last acknowledged batch"),
+        ErrorClass::Unexpected => format!("an error capi-sync does not classify stopped the run ({err}); nothing was refused, the next run resumes at the last acknowledged batch"),
         ErrorClass::NotGraph => format!(
             "the answer is not the Graph API's ({err}); nothing was refused, the next run resumes at the last acknowledged batch. Check meta.graph_url and any proxy on the way to Meta (`capi-sync check {}` tests it){}",
             model.name,

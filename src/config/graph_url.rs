@@ -37,7 +37,10 @@ fn is_loopback(url: &url::Url) -> bool {
 }
 
 fn is_loopback_v6(ip: Ipv6Addr) -> bool {
-    ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| IpAddr::V4(v4).is_loopback())
+    ip.is_loopback()
+        || ip
+            .to_ipv4_mapped()
+            .is_some_and(|v4| IpAddr::V4(v4).is_loopback())
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! (a typo, a corporate proxy, a load balancer), plus Graph envelopes no sender can act on.
 //! Turned on for a window of requests with [`super::SandboxHandle::misanswer`].
 
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE, LOCATION};
 use hyper::{Response, StatusCode};
-use http_body_util::Full;
 
 /// The body of [`Misanswer::Oversized`]: larger than any Graph answer (2 MiB).
 pub const OVERSIZED_BYTES: usize = 2 << 20;
@@ -47,9 +47,7 @@ impl Misanswer {
         };
         let (status, content_type, body): (u16, &str, Vec<u8>) = match self {
             Misanswer::Html404 => (404, "text/html", html("404 Not Found").into_bytes()),
-            Misanswer::MethodNotAllowed => {
-                (405, "text/html", html("405 Not Allowed").into_bytes())
-            }
+            Misanswer::MethodNotAllowed => (405, "text/html", html("405 Not Allowed").into_bytes()),
             Misanswer::PayloadTooLarge => (
                 413,
                 "text/html",

@@ -253,8 +253,13 @@ async fn handle(
         shared.counters.misanswered.fetch_add(1, Ordering::SeqCst);
         // Read (and drop) the body first, so the client is not cut off mid-request: the
         // answer is what is being tested, not a reset connection.
-        let _ = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await;
-        tracing::debug!(?answer, "sandbox: answering as something other than the Graph API");
+        let _ = Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await;
+        tracing::debug!(
+            ?answer,
+            "sandbox: answering as something other than the Graph API"
+        );
         return answer.response();
     }
     let faults = shared.faults.current();

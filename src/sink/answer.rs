@@ -256,7 +256,10 @@ mod tests {
     #[test]
     fn an_html_page_is_not_graph_and_its_first_bytes_are_shown_escaped() {
         let u = url();
-        let page = format!("<html>\n<title>404 Not Found</title>{}</html>", "x".repeat(500));
+        let page = format!(
+            "<html>\n<title>404 Not Found</title>{}</html>",
+            "x".repeat(500)
+        );
         let err = answer(404, page.as_bytes()).failure(&asked(&u, b""), NotGraphKind::NoEnvelope);
         let SinkError::NotGraph {
             kind,
@@ -268,11 +271,17 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!((*kind, *status), (NotGraphKind::NoEnvelope, 404));
-        assert!(answer.starts_with("\"<html>\\n<title>404 Not Found</title>xx"), "{answer}");
+        assert!(
+            answer.starts_with("\"<html>\\n<title>404 Not Found</title>xx"),
+            "{answer}"
+        );
         assert!(answer.ends_with('…'));
         assert!(answer.len() < SHOWN_ANSWER_BYTES + 16, "{}", answer.len());
         let text = err.to_string();
-        assert!(text.contains("HTTP 404") && text.contains("/v25.0/123/events"), "{text}");
+        assert!(
+            text.contains("HTTP 404") && text.contains("/v25.0/123/events"),
+            "{text}"
+        );
         assert!(!text.contains("pw"), "{text}");
     }
 
@@ -305,7 +314,13 @@ mod tests {
         ] {
             let err = answer(404, other).failure(&asked(&u, b""), NotGraphKind::NoEnvelope);
             assert!(
-                matches!(err, SinkError::NotGraph { kind: NotGraphKind::NoEnvelope, .. }),
+                matches!(
+                    err,
+                    SinkError::NotGraph {
+                        kind: NotGraphKind::NoEnvelope,
+                        ..
+                    }
+                ),
                 "{err:?}"
             );
         }
@@ -317,7 +332,14 @@ mod tests {
         let meta = br#"{"error":{"message":"x","code":100}}"#;
         let err = answer(302, meta).failure(&asked(&u, b""), NotGraphKind::NoEnvelope);
         assert!(
-            matches!(err, SinkError::NotGraph { kind: NotGraphKind::Redirect, status: 302, .. }),
+            matches!(
+                err,
+                SinkError::NotGraph {
+                    kind: NotGraphKind::Redirect,
+                    status: 302,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -336,7 +358,12 @@ mod tests {
             b"OK",
             b"",
         ] {
-            assert_eq!(acknowledgement(junk), None, "{}", String::from_utf8_lossy(junk));
+            assert_eq!(
+                acknowledgement(junk),
+                None,
+                "{}",
+                String::from_utf8_lossy(junk)
+            );
         }
     }
 
@@ -425,19 +452,31 @@ mod tests {
             .await
             .expect("sandbox");
         let client = client_of(&sb.base_url());
-        client.check_pixel("123").await.expect("the sandbox is the Graph API");
+        client
+            .check_pixel("123")
+            .await
+            .expect("the sandbox is the Graph API");
         sb.misanswer(Misanswer::Html404, 0, 1);
         let err = client.check_pixel("123").await.expect_err("an HTML page");
         assert_eq!(err.class(), crate::sink::ErrorClass::NotGraph, "{err}");
         let text = err.to_string();
-        assert!(text.contains("HTTP 404") && text.contains("/v25.0/123"), "{text}");
+        assert!(
+            text.contains("HTTP 404") && text.contains("/v25.0/123"),
+            "{text}"
+        );
         assert!(text.contains("404 Not Found"), "{text}");
         sb.misanswer(Misanswer::OkWithoutCount, 0, 1);
         client.check_pixel("123").await.expect("`id` is there");
         sb.misanswer(Misanswer::JunkOk, 0, 1);
         let err = client.check_pixel("123").await.expect_err("no object");
         assert!(
-            matches!(err, SinkError::NotGraph { kind: NotGraphKind::NoObject, .. }),
+            matches!(
+                err,
+                SinkError::NotGraph {
+                    kind: NotGraphKind::NoObject,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }

@@ -151,9 +151,7 @@ pub fn classify(status: u16, e: &GraphError) -> ErrorClass {
         190 | 102 | 10 | 3 | 200..=299 => ErrorClass::Auth,
         // 100/33: the pixel does not exist or the token cannot see it.
         100 if e.error_subcode == Some(33) => ErrorClass::Auth,
-        100 if e.error_subcode.is_some_and(|s| EVENT_SUBCODES.contains(&s)) => {
-            ErrorClass::Invalid
-        }
+        100 if e.error_subcode.is_some_and(|s| EVENT_SUBCODES.contains(&s)) => ErrorClass::Invalid,
         1 | 2 | 368 => ErrorClass::Transient,
         _ if e.is_transient == Some(true) => ErrorClass::Transient,
         _ if status == 429 => ErrorClass::Throttled,
@@ -525,7 +523,10 @@ mod tests {
         // A request-level invalid parameter, another family's subcode, a code nobody knows:
         // the run stops and nothing is refused.
         assert_eq!(classify(400, &err(100, None)), ErrorClass::Unexpected);
-        assert_eq!(classify(400, &err(100, Some(1487390))), ErrorClass::Unexpected);
+        assert_eq!(
+            classify(400, &err(100, Some(1487390))),
+            ErrorClass::Unexpected
+        );
         assert_eq!(classify(400, &err(12345, None)), ErrorClass::Unexpected);
         assert_eq!(classify(200, &err(12345, None)), ErrorClass::Unexpected);
         // Meta's own 5xx or 429 stay retried whatever the code.
@@ -549,7 +550,10 @@ mod tests {
         for status in [404, 405, 413, 400, 401, 403, 407, 200] {
             assert_eq!(not_graph(NoEnvelope, status).class(), ErrorClass::NotGraph);
         }
-        assert_eq!(not_graph(NoAcknowledgement, 200).class(), ErrorClass::NotGraph);
+        assert_eq!(
+            not_graph(NoAcknowledgement, 200).class(),
+            ErrorClass::NotGraph
+        );
         assert_eq!(not_graph(Redirect, 302).class(), ErrorClass::NotGraph);
         assert_eq!(not_graph(TooLarge, 503).class(), ErrorClass::NotGraph);
         for status in [500, 502, 503, 504] {

@@ -4,6 +4,7 @@ mod cli;
 mod config_errors;
 mod crash;
 mod delivery;
+mod graph_answers;
 mod helpers;
 mod ledger;
 mod lives;
