@@ -9,6 +9,8 @@ mod ledger;
 mod lives;
 mod ops;
 mod privacy;
+mod proxy;
 mod shapes;
 mod soak;
+mod stalls;
 mod sync;
