@@ -52,8 +52,13 @@ impl EarlyLedger {
     pub fn start(state: StateStore, model: String, run_id: i64, refusals: bool) -> EarlyLedger {
         let (queue, rx) = mpsc::channel::<Job>(64);
         let writes = Arc::new(AtomicU64::new(0));
-        let writer =
-            super::deadline::AbortOnDrop::spawn(write_loop(rx, state, model, run_id, writes.clone()));
+        let writer = super::deadline::AbortOnDrop::spawn(write_loop(
+            rx,
+            state,
+            model,
+            run_id,
+            writes.clone(),
+        ));
         EarlyLedger {
             queue,
             refusals: Arc::new(AtomicBool::new(refusals)),

@@ -7,6 +7,7 @@ mod delivery;
 mod helpers;
 mod ledger;
 mod lives;
+mod lock_loss;
 mod ops;
 mod privacy;
 mod proxy;

@@ -3,8 +3,6 @@
 //! half-open connection), and a server that cannot be reached at all for a while.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,8 +23,6 @@ pub enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
-    /// Bytes passed from the server to clients.
-    from_server: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -59,8 +55,6 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (mode, watching) = watch::channel(Mode::Forward);
-        let from_server = Arc::new(AtomicU64::new(0));
-        let counter = from_server.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -77,21 +71,11 @@ impl Proxy {
                 let _ = server.set_nodelay(true);
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                tokio::spawn(pipe(client_read, server_write, watching.clone(), None));
-                tokio::spawn(pipe(
-                    server_read,
-                    client_write,
-                    watching.clone(),
-                    Some(counter.clone()),
-                ));
+                tokio::spawn(pipe(client_read, server_write, watching.clone()));
+                tokio::spawn(pipe(server_read, client_write, watching.clone()));
             }
         });
-        Proxy {
-            addr,
-            mode,
-            from_server,
-            task,
-        }
+        Proxy { addr, mode, task }
     }
 
     /// `url` (a database of the test server) reached through this proxy.
@@ -109,19 +93,10 @@ impl Proxy {
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
     }
-
-    pub fn bytes_from_server(&self) -> u64 {
-        self.from_server.load(Ordering::Relaxed)
-    }
 }
 
 /// One direction of one connection.
-async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    mut mode: watch::Receiver<Mode>,
-    counter: Option<Arc<AtomicU64>>,
-) {
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = tokio::select! {
@@ -138,9 +113,6 @@ async fn pipe(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
-        }
-        if let Some(c) = &counter {
-            c.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }

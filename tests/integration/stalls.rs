@@ -7,6 +7,7 @@ use crate::proxy::{Mode, Proxy};
 use capi_sync::config::Config;
 use capi_sync::pipeline::{RunStatus, SyncContext};
 use capi_sync::sandbox::{Faults, SandboxHandle};
+use sqlx::PgPool;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -29,11 +30,16 @@ pub fn proxied_config(
     models_toml: &str,
 ) -> Config {
     let state_url = state.map_or(db.url.clone(), |p| p.url(&db.url));
-    let extra = format!("[state]\nurl = \"{state_url}\"\n[service]\nmetrics_addr = \"\"\n{service_toml}\n");
+    let extra =
+        format!("[state]\nurl = \"{state_url}\"\n[service]\nmetrics_addr = \"\"\n{service_toml}\n");
     let mut text = config_text(db, graph_url, &extra, models_toml);
     if let Some(p) = warehouse {
         // The warehouse's URL is the first in the text.
-        text = text.replacen(&format!("url = \"{}\"", db.url), &format!("url = \"{}\"", p.url(&db.url)), 1);
+        text = text.replacen(
+            &format!("url = \"{}\"", db.url),
+            &format!("url = \"{}\"", p.url(&db.url)),
+            1,
+        );
     }
     Config::from_toml_str(&text, std::path::Path::new("."))
         .unwrap_or_else(|e| panic!("test config invalid: {e}"))
@@ -52,19 +58,36 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Every one of the `rows` leads reached the sandbox exactly once, under its own derived id,
-/// and no row is recorded as refused.
-pub async fn assert_each_row_delivered_once(sandbox: &SandboxHandle, db: &TestDb, rows: i64) {
+/// and no row is recorded as refused (in the state database `state`).
+pub async fn assert_each_row_delivered_once(sandbox: &SandboxHandle, state: &PgPool, rows: i64) {
     let counts = event_id_counts(&sandbox.events());
     let repeated: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(repeated.is_empty(), "events sent more than once: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "events sent more than once: {repeated:?}"
+    );
+    assert_each_row_delivered_under_its_id(sandbox, state, rows).await;
+}
+
+/// Every one of the `rows` leads reached the sandbox under its own derived id and no other,
+/// and no row is recorded as refused (in the state database `state`).
+pub async fn assert_each_row_delivered_under_its_id(
+    sandbox: &SandboxHandle,
+    state: &PgPool,
+    rows: i64,
+) {
+    let counts = event_id_counts(&sandbox.events());
     let expected: HashSet<String> = (1..=rows)
         .map(|i| capi_sync::mapping::derive_event_id("leads", &[i.to_string()], "Lead"))
         .collect();
     let got: HashSet<String> = counts.into_keys().collect();
     assert_eq!(got.len(), expected.len(), "events delivered");
-    assert!(got == expected, "the delivered ids are not the rows' own ids");
+    assert!(
+        got == expected,
+        "the delivered ids are not the rows' own ids"
+    );
     let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.refused_rows")
-        .fetch_one(&db.pool)
+        .fetch_one(state)
         .await
         .unwrap();
     assert_eq!(refused, 0, "rows refused");
@@ -79,7 +102,9 @@ pub async fn run_row(db: &TestDb, run_id: Option<i64>) -> (String, bool) {
         .unwrap()
 }
 
-async fn start_run(ctx: &SyncContext) -> tokio::task::JoinHandle<capi_sync::pipeline::RunSummary> {
+pub async fn start_run(
+    ctx: &SyncContext,
+) -> tokio::task::JoinHandle<capi_sync::pipeline::RunSummary> {
     let ctx = ctx.clone();
     tokio::spawn(async move { sync(&ctx, "leads").await })
 }
@@ -123,7 +148,10 @@ async fn a_warehouse_stalled_mid_read_fails_the_run_at_its_deadline_and_the_next
     assert!(error.contains("service.run_deadline"), "{error}");
     assert_eq!(run_row(&db, run.run_id).await, ("failed".into(), true));
     let sent_before = sandbox.events().len();
-    assert!(sent_before < 3000, "the stall came too late: {sent_before} sent");
+    assert!(
+        sent_before < 3000,
+        "the stall came too late: {sent_before} sent"
+    );
 
     // The model is free while the warehouse is still stalled: another process takes it.
     let other = context(config_for_direct(&db, &sandbox)).await;
@@ -138,18 +166,31 @@ async fn a_warehouse_stalled_mid_read_fails_the_run_at_its_deadline_and_the_next
     proxy.set(Mode::Forward);
     let next = sync(&ctx, "leads").await;
     assert_eq!(next.status, RunStatus::Succeeded, "{:?}", next.error);
-    assert_each_row_delivered_once(&sandbox, &db, 3000).await;
+    assert_each_row_delivered_once(&sandbox, &db.pool, 3000).await;
 }
 
 fn config_for_direct(db: &TestDb, sandbox: &SandboxHandle) -> Config {
-    proxied_config(db, None, None, &sandbox.base_url(), "", &paged_leads_model())
+    proxied_config(
+        db,
+        None,
+        None,
+        &sandbox.base_url(),
+        "",
+        &paged_leads_model(),
+    )
 }
 
 /// `/readyz` on a service whose one run drains a slow batch past its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_a_run_past_its_deadline_until_it_ends() {
     let db = TestDb::new().await;
-    seed_leads(&db.pool, 60, "now() - interval '1 hour'", "now() - interval '1 hour'").await;
+    seed_leads(
+        &db.pool,
+        60,
+        "now() - interval '1 hour'",
+        "now() - interval '1 hour'",
+    )
+    .await;
     // Meta answers each request after 4 s (within the request timeout): the run's deadline passes while its batches wait.
     let sandbox = start_sandbox(Faults {
         slow_ms: 4_000,
@@ -195,7 +236,9 @@ async fn readyz_reports_a_run_past_its_deadline_until_it_ends() {
         }
         if run.is_finished() {
             let run = run.await.unwrap();
-            panic!("the run ended before /readyz reported it overdue (last answer: {answer}): {run:?}");
+            panic!(
+                "the run ended before /readyz reported it overdue (last answer: {answer}): {run:?}"
+            );
         }
         assert!(
             tokio::time::Instant::now() < give_up,
@@ -207,7 +250,11 @@ async fn readyz_reports_a_run_past_its_deadline_until_it_ends() {
     let run = run.await.unwrap();
     assert_eq!(run.counters.events_sent, 60, "{:?}", run.error);
     let after = client.get(&readyz).send().await.unwrap();
-    assert_eq!(after.status().as_u16(), 200, "the run ended; the service is ready again");
+    assert_eq!(
+        after.status().as_u16(),
+        200,
+        "the run ended; the service is ready again"
+    );
     stop.cancel();
     endpoints.stopped().await;
 }
