@@ -4,6 +4,7 @@ mod cli;
 mod config_errors;
 mod crash;
 mod delivery;
+mod faults;
 mod helpers;
 mod ledger;
 mod lives;
