@@ -40,7 +40,10 @@ async fn warehouse_connections_terminated_mid_run_fail_it_cleanly_and_the_next_r
             "cursor = \"updated_at\"",
             "cursor = \"updated_at\"\npage_size = 300\nbatch_size = 50",
         );
-    let extra = format!("[state]\nurl = \"{}\"\n[service]\nmetrics_addr = \"\"\n", state.url);
+    let extra = format!(
+        "[state]\nurl = \"{}\"\n[service]\nmetrics_addr = \"\"\n",
+        state.url
+    );
     let config = Config::from_toml_str(
         &config_text(&warehouse, &sandbox.base_url(), &extra, &model),
         std::path::Path::new("."),
@@ -65,7 +68,10 @@ async fn warehouse_connections_terminated_mid_run_fail_it_cleanly_and_the_next_r
     let run = run.await.unwrap();
     assert_eq!(run.status, RunStatus::Failed, "{run:?}");
     assert!(
-        run.error.as_deref().unwrap_or_default().contains("terminat"),
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("terminat"),
         "{:?}",
         run.error
     );

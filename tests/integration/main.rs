@@ -13,6 +13,7 @@ mod ops;
 mod privacy;
 mod proxy;
 mod shapes;
+mod shutdown;
 mod soak;
 mod stalls;
 mod sync;

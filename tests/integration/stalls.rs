@@ -29,20 +29,33 @@ pub fn proxied_config(
     service_toml: &str,
     models_toml: &str,
 ) -> Config {
+    let text = proxied_config_text(db, warehouse, state, graph_url, service_toml, models_toml);
+    Config::from_toml_str(&text, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
+}
+
+/// The TOML of [`proxied_config`].
+pub fn proxied_config_text(
+    db: &TestDb,
+    warehouse: Option<&Proxy>,
+    state: Option<&Proxy>,
+    graph_url: &str,
+    service_toml: &str,
+    models_toml: &str,
+) -> String {
     let state_url = state.map_or(db.url.clone(), |p| p.url(&db.url));
     let extra =
         format!("[state]\nurl = \"{state_url}\"\n[service]\nmetrics_addr = \"\"\n{service_toml}\n");
-    let mut text = config_text(db, graph_url, &extra, models_toml);
-    if let Some(p) = warehouse {
+    let text = config_text(db, graph_url, &extra, models_toml);
+    match warehouse {
         // The warehouse's URL is the first in the text.
-        text = text.replacen(
+        Some(p) => text.replacen(
             &format!("url = \"{}\"", db.url),
             &format!("url = \"{}\"", p.url(&db.url)),
             1,
-        );
+        ),
+        None => text,
     }
-    Config::from_toml_str(&text, std::path::Path::new("."))
-        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
 }
 
 /// Waits (up to a minute) until `done` holds.
