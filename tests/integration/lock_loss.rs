@@ -132,3 +132,61 @@ async fn a_run_whose_lock_session_dies_stops_without_moving_the_cursor_and_anoth
     assert_eq!(seen.last(), Some(&3000));
     assert_each_row_delivered_once(&sandbox, &db.pool, 3000).await;
 }
+
+fn stretch(upto: i64) -> capi_sync::state::Settlement {
+    capi_sync::state::Settlement {
+        position: Some(capi_sync::state::CursorPosition {
+            cursor_value: format!("2026-11-28 10:00:{upto:02}+00"),
+            row_key: vec![upto.to_string()],
+        }),
+        delivered: vec![capi_sync::state::Delivered {
+            row_key: vec![upto.to_string()],
+            event_id: format!("id-{upto}"),
+            event_name: "Lead".into(),
+            event_time: 1_764_000_000,
+            fingerprint: "f".into(),
+            fbtrace_id: None,
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_write_whose_lock_is_no_longer_held_writes_nothing() {
+    let db = TestDb::new().await;
+    let ctx = context(config(&db, "http://127.0.0.1:9", LEADS_MODEL)).await;
+    let state = &ctx.state;
+    let counters = capi_sync::state::RunCounters::default();
+    let lock = state.try_lock_model("leads").await.unwrap().unwrap();
+    let proof = lock.proof();
+    let run = state.start_run("leads", "test").await.unwrap();
+    state
+        .settle_holding("leads", run, &stretch(1), &counters, proof)
+        .await
+        .expect("the lock is held");
+    assert_eq!(cursor_id(&db.pool).await, Some(1));
+
+    // The session ends and another takes the model: the old proof no longer holds.
+    lock.release().await;
+    let other = state.try_lock_model("leads").await.unwrap().unwrap();
+    let refused = state
+        .settle_holding("leads", run, &stretch(2), &counters, proof)
+        .await;
+    let message = refused
+        .expect_err("a lost lock must fail the write")
+        .to_string();
+    assert!(message.contains("lost the model's lock"), "{message}");
+    assert_eq!(cursor_id(&db.pool).await, Some(1), "the cursor moved");
+    let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.deliveries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger, 1, "the failed write recorded its events");
+    // The new holder writes.
+    state
+        .settle_holding("leads", run, &stretch(3), &counters, other.proof())
+        .await
+        .expect("the new holder's write");
+    assert_eq!(cursor_id(&db.pool).await, Some(3));
+    other.release().await;
+}
