@@ -67,15 +67,19 @@ async fn a_run_whose_lock_session_dies_stops_without_moving_the_cursor_and_anoth
         let (pool, stop) = (db.pool.clone(), stop_watching.clone());
         tokio::spawn(async move {
             let mut seen = Vec::new();
-            while !stop.is_cancelled() {
+            loop {
+                // Told to stop after the last run ended: one more reading sees its cursor.
+                let last = stop.is_cancelled();
                 if let Some(id) = cursor_id(&pool).await {
                     if seen.last() != Some(&id) {
                         seen.push(id);
                     }
                 }
+                if last {
+                    return seen;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            seen
         })
     };
 
