@@ -55,31 +55,89 @@ pub async fn connect(
         state,
         graph,
         cancel,
+        runs: Default::default(),
     })
 }
 
-/// A token cancelled by SIGINT or SIGTERM.
+/// Exit status when a second signal, or the end of the shutdown grace, stops the process
+/// before its runs settled (128 + SIGINT, as shells report an interrupted command).
+pub const EXIT_FORCED: i32 = 130;
+
+/// A token cancelled by SIGINT or SIGTERM. A second signal exits the process at once.
 pub fn shutdown_token() -> CancellationToken {
+    shutdown_token_within(None)
+}
+
+/// [`shutdown_token`] for commands that run syncs: after the first signal, the runs stop
+/// reading and settle what is in flight; if they have not finished within `grace`
+/// (`service.shutdown_grace`), or a second signal comes, the process exits at once. Whatever
+/// was not recorded then is sent again by the next run under the same event ids.
+pub fn shutdown_token_with_grace(grace: std::time::Duration) -> CancellationToken {
+    shutdown_token_within(Some(grace))
+}
+
+fn shutdown_token_within(grace: Option<std::time::Duration>) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    // Registered now, before the caller goes on: a signal from here on is seen.
+    let mut signals = Signals::new();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
+        signals.next().await;
+        tracing::info!(
+            grace = ?grace,
+            "shutdown requested; letting the batches in flight settle (a second signal exits at once)"
+        );
+        t.cancel();
+        let grace_over = async {
+            match grace {
+                Some(g) => tokio::time::sleep(g).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signals.next() => {
+                tracing::warn!("second shutdown signal; exiting now without waiting for runs to settle");
+            }
+            _ = grace_over => {
+                tracing::warn!(grace = ?grace, "runs did not settle within service.shutdown_grace; exiting now");
+            }
+        }
+        std::process::exit(EXIT_FORCED);
+    });
+    token
+}
+
+/// SIGINT and SIGTERM, as one stream.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
         #[cfg(unix)]
         {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+                int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
             }
         }
         #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
+        Signals {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-        tracing::info!("shutdown requested; letting the batches in flight settle");
-        t.cancel();
-    });
-    token
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

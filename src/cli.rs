@@ -298,7 +298,7 @@ async fn cmd_run(path: &std::path::Path) -> anyhow::Result<i32> {
             config.source
         );
     }
-    let cancel = crate::app::shutdown_token();
+    let cancel = crate::app::shutdown_token_with_grace(config.service.shutdown_grace);
     let ctx = crate::app::connect(config, cancel).await?;
     crate::http_server::run_service(ctx).await?;
     Ok(exit::OK)
@@ -323,7 +323,7 @@ async fn cmd_sync(path: &std::path::Path, names: &[String], args: SyncArgs) -> a
         ))
         .into());
     }
-    let cancel = crate::app::shutdown_token();
+    let cancel = crate::app::shutdown_token_with_grace(config.service.shutdown_grace);
     let ctx = crate::app::connect(config.clone(), cancel).await?;
     let dry_run = args.dry_run;
     let mut failed = 0;
@@ -371,7 +371,7 @@ async fn cmd_sync(path: &std::path::Path, names: &[String], args: SyncArgs) -> a
 async fn cmd_retry(path: &std::path::Path, name: &str) -> anyhow::Result<i32> {
     let config = load_config(path)?;
     let model = select_models(&config, &[name.to_string()])?[0];
-    let cancel = crate::app::shutdown_token();
+    let cancel = crate::app::shutdown_token_with_grace(config.service.shutdown_grace);
     let ctx = crate::app::connect(config.clone(), cancel).await?;
     let opts = RunOptions {
         trigger: "retry".into(),

@@ -80,7 +80,7 @@ pub async fn run() -> anyhow::Result<i32> {
     );
     println!();
 
-    let cancel = crate::app::shutdown_token();
+    let cancel = crate::app::shutdown_token_with_grace(config.service.shutdown_grace);
     let ctx = crate::app::connect(config.clone(), cancel).await?;
     let opts = RunOptions {
         trigger: "demo".into(),

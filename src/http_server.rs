@@ -1,6 +1,6 @@
 //! The `run` service's HTTP endpoints on `service.metrics_addr`: `/healthz` (the process is
 //! alive), `/readyz` (the warehouse and the state database answer `SELECT 1` within
-//! [`READY_TIMEOUT`]) and `/metrics` (Prometheus text format). Served with hyper, like the
+//! [`READY_TIMEOUT`], and no run is past its deadline) and `/metrics` (Prometheus text format). Served with hyper, like the
 //! sandbox; stops with its cancellation token.
 
 use crate::metrics::Metrics;
@@ -158,7 +158,17 @@ async fn readiness(ctx: &SyncContext) -> Vec<String> {
         ping(ctx.warehouse.pool().clone(), "the warehouse"),
         ping(ctx.state.pool().clone(), "the state database")
     );
-    w.into_iter().chain(s).collect()
+    // A run past its deadline is draining what was in flight, or stuck where no bound
+    // reaches; either way the model is not syncing on schedule.
+    let overdue = ctx.runs.overdue().into_iter().map(|r| {
+        format!(
+            "the run of model `{}` is {}s past its deadline (service.run_deadline; running for {}s)",
+            r.model,
+            r.past_deadline_by.as_secs(),
+            r.running_for.as_secs()
+        )
+    });
+    w.into_iter().chain(s).chain(overdue).collect()
 }
 
 /// Measures every enabled model's waiting rows and lag into the metrics.

@@ -8,7 +8,11 @@ use crate::observer::RunObserver;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
 use crate::source::{LowerBound, ReadRange, SourceRow, Warehouse};
-use crate::state::{CursorPosition, Delivered, RefusedRow, RunCounters, Settlement, StateStore};
+use crate::state::{
+    CursorPosition, Delivered, LockProof, RefusedRow, RunCounters, Settlement, StateStore,
+};
+use deadline::{passed_deadline, AbortOnDrop};
+pub use deadline::{OverdueRun, RunRegistry};
 use early_ledger::EarlyLedger;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
@@ -20,6 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+pub mod deadline;
 pub mod early_ledger;
 
 /// Everything a run needs, shared by the scheduler's model tasks.
@@ -30,6 +35,8 @@ pub struct SyncContext {
     pub state: StateStore,
     pub graph: GraphClient,
     pub cancel: CancellationToken,
+    /// The runs in progress, for `/readyz`.
+    pub runs: RunRegistry,
 }
 
 /// What a run reads.
@@ -171,7 +178,13 @@ pub async fn sync_model_once(
         sample_event: None,
         elapsed: Duration::ZERO,
     };
-    let lock = match ctx.state.try_lock_model(&model.name).await {
+    let run_deadline = ctx.config.service.run_deadline;
+    let deadline = tokio::time::Instant::now() + run_deadline;
+    let _running = ctx.runs.enter(&model.name, deadline);
+    let lock = match tokio::time::timeout_at(deadline, ctx.state.try_lock_model(&model.name))
+        .await
+        .unwrap_or_else(|_| Err(timed_out("taking the model's lock")))
+    {
         Ok(Some(l)) => l,
         Ok(None) => {
             info!(model = %model.name, "another capi-sync process is syncing this model; skipping");
@@ -189,23 +202,41 @@ pub async fn sync_model_once(
     let run_id = if opts.dry_run {
         None
     } else {
-        match ctx.state.start_run(&model.name, &opts.trigger).await {
+        match tokio::time::timeout_at(deadline, ctx.state.start_run(&model.name, &opts.trigger))
+            .await
+            .unwrap_or_else(|_| Err(timed_out("recording the run's start")))
+        {
             Ok(id) => Some(id),
             Err(e) => {
                 summary.error = Some(format!(
                     "cannot record the run in schema `{}` ({e}); run `capi-sync migrate` and check that the database role may write there",
                     ctx.config.state.schema
                 ));
-                lock.release().await;
+                release(lock).await;
                 return summary;
             }
         }
     };
     summary.run_id = run_id;
     let span = info_span!("run", model = %model.name, run_id = run_id.unwrap_or(0));
-    let result = run_inner(ctx, model, opts, run_id, &mut summary)
-        .instrument(span)
-        .await;
+    // The reading loop stops at the deadline; what is in flight then has the grace to settle.
+    // Past that, the run is dropped, and its tasks with it (see `deadline`).
+    let hard_stop = deadline + ctx.config.service.shutdown_grace;
+    let proof = lock.proof();
+    let result = tokio::time::timeout_at(
+        hard_stop,
+        run_inner(ctx, model, opts, run_id, deadline, proof, &mut summary).instrument(span),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(passed_deadline(
+            run_deadline,
+            &format!(
+                "and what was in flight did not settle within service.shutdown_grace ({:?}); it was stopped where it stood",
+                ctx.config.service.shutdown_grace
+            ),
+        ))
+    });
     summary.elapsed = started.elapsed();
     match result {
         Ok(status) => summary.status = status,
@@ -215,20 +246,21 @@ pub async fn sync_model_once(
         }
     }
     if let Some(id) = run_id {
-        if let Err(e) = ctx
-            .state
-            .finish_run(
-                id,
-                summary.status.as_str(),
-                &summary.counters,
-                summary.error.as_deref(),
-            )
-            .await
-        {
-            warn!(model = %model.name, error = %e, "could not record the run's end");
+        let finish = ctx.state.finish_run(
+            id,
+            summary.status.as_str(),
+            &summary.counters,
+            summary.error.as_deref(),
+        );
+        // Bounded like every wait of a run: a state database that stopped answering leaves
+        // the row `running`, and the next run of the model closes it as interrupted.
+        match tokio::time::timeout(END_TIMEOUT, finish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(model = %model.name, error = %e, "could not record the run's end"),
+            Err(_) => warn!(model = %model.name, "recording the run's end timed out"),
         }
     }
-    lock.release().await;
+    release(lock).await;
     if let Some(o) = &opts.observer {
         o.run_finished(&summary);
     }
@@ -245,20 +277,43 @@ pub async fn sync_model_once(
     summary
 }
 
+/// How long the run's end (its row in `runs`, the lock's session closing) may take.
+const END_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn timed_out<T: From<sqlx::Error>>(what: &str) -> T {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} did not finish by the run's deadline (service.run_deadline)"),
+    ))
+    .into()
+}
+
+/// Closes the lock's session; if the state database does not answer, the session is dropped
+/// (its socket closed), which frees the lock all the same once the server notices.
+async fn release(lock: crate::state::ModelLock) {
+    let _ = tokio::time::timeout(END_TIMEOUT, lock.release()).await;
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_inner(
     ctx: &SyncContext,
     model: &ModelConfig,
     opts: &RunOptions,
     run_id: Option<i64>,
+    deadline: tokio::time::Instant,
+    lock: LockProof,
     summary: &mut RunSummary,
 ) -> Result<RunStatus, String> {
-    let deadline = Instant::now() + ctx.config.service.run_deadline;
-    let (query, columns) = ctx.warehouse.describe(model).await.map_err(|e| {
-        format!(
-            "{e}; check the model's SQL ({}); `capi-sync check {}` lists every problem",
-            model.sql_origin, model.name
-        )
-    })?;
+    let run_deadline = ctx.config.service.run_deadline;
+    let (query, columns) = tokio::time::timeout_at(deadline, ctx.warehouse.describe(model))
+        .await
+        .map_err(|_| passed_deadline(run_deadline, "while describing the model's query"))?
+        .map_err(|e| {
+            format!(
+                "{e}; check the model's SQL ({}); `capi-sync check {}` lists every problem",
+                model.sql_origin, model.name
+            )
+        })?;
     let plan = Arc::new(ModelPlan::new(model, &columns).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         format!(
@@ -281,7 +336,7 @@ async fn run_inner(
                 .await
                 .map_err(|e| format!("cannot read the model's cursor ({e})"))?;
             let ranges = read_ranges(model, &query, stored, opts.from.clone())?;
-            tokio::spawn(async move {
+            AbortOnDrop::spawn(async move {
                 warehouse
                     .stream_rows(&reader_query, ranges, tx_rows, chunk)
                     .await
@@ -294,7 +349,7 @@ async fn run_inner(
                 .await
                 .map_err(|e| e.to_string())?;
             summary.counters.rows_requested = keys.len() as i64;
-            tokio::spawn(async move {
+            AbortOnDrop::spawn(async move {
                 let mut total = 0u64;
                 for part in keys.chunks(chunk) {
                     let mut rows = warehouse.rows_by_key(&reader_query, part).await?;
@@ -332,7 +387,7 @@ async fn run_inner(
         None
     };
     let (tx_mapped, mut rx_mapped) = mpsc::channel::<MappedChunk>(2);
-    let mapper = tokio::spawn(map_stage(
+    let mapper = AbortOnDrop::spawn(map_stage(
         plan,
         ledger_state,
         ctx.state.clone(),
@@ -362,9 +417,15 @@ async fn run_inner(
     };
     let mut pacer = Pacer::new(ctx.config.meta.concurrency);
     let requests = RequestSlots::default();
-    let settler = Settler::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused);
+    let settler = Settler::start(
+        ctx.state.clone(),
+        model.name.clone(),
+        run_id,
+        clear_refused,
+        lock,
+    );
 
-    let mut in_flight: FuturesOrdered<tokio::task::JoinHandle<BatchResult>> = FuturesOrdered::new();
+    let mut in_flight: FuturesOrdered<AbortOnDrop<BatchResult>> = FuturesOrdered::new();
     let mut pending = Batch::for_events(batch_size);
     let mut seq = 0u64;
     let mut failure: Option<Stop> = None;
@@ -378,11 +439,8 @@ async fn run_inner(
             status = RunStatus::Cancelled;
             break;
         }
-        if Instant::now() > deadline {
-            failure = Some(Stop::Failed(format!(
-                "the run passed its deadline (service.run_deadline = {:?}); the next run resumes at the last acknowledged batch",
-                ctx.config.service.run_deadline
-            )));
+        if tokio::time::Instant::now() > deadline {
+            failure = Some(Stop::Failed(passed_deadline(run_deadline, "while reading")));
             break;
         }
         if let Some(e) = settler.failure() {
@@ -392,6 +450,12 @@ async fn run_inner(
         let mapped = tokio::select! {
             c = rx_mapped.recv() => c,
             _ = ctx.cancel.cancelled() => { status = RunStatus::Cancelled; break 'read; }
+            // A warehouse read that stopped answering (a failover, a half-open connection)
+            // is given up here rather than waited on.
+            _ = tokio::time::sleep_until(deadline) => {
+                failure = Some(Stop::Failed(passed_deadline(run_deadline, "while reading")));
+                break 'read;
+            }
         };
         let Some(mapped) = mapped else { break };
         let MappedChunkData {
@@ -510,7 +574,7 @@ async fn run_inner(
                     continue;
                 }
                 let slot = requests.acquire(pacer.limit).await;
-                in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch, slot)));
+                in_flight.push_back(AbortOnDrop::spawn(sender.clone().send_batch(batch, slot)));
                 // Batches answered by Meta and waiting for their ledger write hold no request
                 // slot; they are settled in order as they finish, and at most as many again
                 // as requests in flight wait so.
@@ -534,6 +598,12 @@ async fn run_inner(
         }
     }
     drop(rx_mapped);
+    // A run that stops early does not wait for its reader: the read may be the very thing
+    // that stalled, and it holds a warehouse connection.
+    if failure.is_some() || status != RunStatus::Succeeded {
+        reader.abort();
+        mapper.abort();
+    }
 
     // The last partial batch goes only when the read finished normally.
     if failure.is_none()
@@ -560,10 +630,10 @@ async fn run_inner(
                 error: None,
                 stopped_by_shutdown: false,
             };
-            in_flight.push_back(tokio::spawn(async move { empty }));
+            in_flight.push_back(AbortOnDrop::spawn(async move { empty }));
         } else {
             let slot = requests.acquire(pacer.limit).await;
-            in_flight.push_back(tokio::spawn(sender.clone().send_batch(batch, slot)));
+            in_flight.push_back(AbortOnDrop::spawn(sender.clone().send_batch(batch, slot)));
         }
     }
     // Whatever is in flight finishes and is recorded, even after a failure or on shutdown:
@@ -601,7 +671,7 @@ async fn run_inner(
             )));
         }
         Ok(Err(_)) => {}
-        Err(e) if failure.is_none() => {
+        Err(e) if failure.is_none() && status == RunStatus::Succeeded => {
             failure = Some(Stop::Failed(format!("the warehouse reader stopped: {e}")))
         }
         Err(_) => {}
@@ -929,7 +999,7 @@ async fn annotate(
 /// Batches that finish close together are merged into one transaction (group commit).
 struct Settler {
     tx: Option<mpsc::Sender<SettleJob>>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: AbortOnDrop<Result<(), String>>,
     failed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
@@ -944,11 +1014,12 @@ impl Settler {
         model: String,
         run_id: Option<i64>,
         clear_refused: bool,
+        lock: LockProof,
     ) -> Settler {
         let (tx, mut rx) = mpsc::channel::<SettleJob>(2);
         let failed = Arc::new(std::sync::Mutex::new(None));
         let failed_task = failed.clone();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::spawn(async move {
             // Once this run has refused a row, a later delivery of that row in this run (it was
             // fixed, or moved to a new stage) must clear the refusal, even when the model had
             // none when the run started.
@@ -967,7 +1038,10 @@ impl Settler {
                 }
                 merged.clear_refused = clear_refused;
                 let Some(id) = run_id else { continue };
-                if let Err(e) = state.settle(&model, id, &merged, &counters).await {
+                if let Err(e) = state
+                    .settle_holding(&model, id, &merged, &counters, lock)
+                    .await
+                {
                     let msg = format!(
                         "could not record acknowledged events and the cursor: {e}; the next run resumes at the last recorded batch"
                     );

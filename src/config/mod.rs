@@ -113,6 +113,7 @@ struct RawMeta {
 #[serde(deny_unknown_fields)]
 struct RawService {
     run_deadline: String,
+    shutdown_grace: String,
     metrics_addr: Option<String>,
 }
 
@@ -199,6 +200,9 @@ pub struct MetaSettings {
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
     pub run_deadline: Duration,
+    /// How long a stopping run (at its deadline, or on SIGTERM/SIGINT) gives the batches in
+    /// flight to settle; on shutdown the process exits after it.
+    pub shutdown_grace: Duration,
     pub metrics_addr: Option<String>,
 }
 
@@ -477,6 +481,11 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         run_deadline: dur(
             "service.run_deadline",
             &raw.service.run_deadline,
+            &mut problems,
+        ),
+        shutdown_grace: dur(
+            "service.shutdown_grace",
+            &raw.service.shutdown_grace,
             &mut problems,
         ),
         metrics_addr: raw.service.metrics_addr,

@@ -35,6 +35,9 @@ pub struct EarlyLedger {
     pub(super) refusals: Arc<AtomicBool>,
     /// Ledger transactions tried so far, failed ones included.
     writes: Arc<AtomicU64>,
+    /// The writer task, aborted with the last handle: a run stopped at its deadline does not
+    /// leave a write waiting on a database that stopped answering.
+    _writer: Arc<super::deadline::AbortOnDrop<()>>,
 }
 
 struct Job {
@@ -44,15 +47,23 @@ struct Job {
 }
 
 impl EarlyLedger {
-    /// Starts the writer task; it ends when the last clone of the handle is dropped.
+    /// Starts the writer task; it ends when the last clone of the handle is dropped (every
+    /// write asked for has then been answered: each caller holds a clone while it waits).
     pub fn start(state: StateStore, model: String, run_id: i64, refusals: bool) -> EarlyLedger {
         let (queue, rx) = mpsc::channel::<Job>(64);
         let writes = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(rx, state, model, run_id, writes.clone()));
+        let writer = super::deadline::AbortOnDrop::spawn(write_loop(
+            rx,
+            state,
+            model,
+            run_id,
+            writes.clone(),
+        ));
         EarlyLedger {
             queue,
             refusals: Arc::new(AtomicBool::new(refusals)),
             writes,
+            _writer: Arc::new(writer),
         }
     }
 

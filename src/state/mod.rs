@@ -21,6 +21,8 @@ pub enum StateError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("state database URL is not valid: {0}")]
     Url(String),
+    #[error("lost the model's lock: its session in the state database (backend {pid}) ended or no longer holds it, so another process may be syncing the model; nothing of this stretch was recorded and the cursor was not moved")]
+    LockLost { pid: i32 },
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
@@ -174,12 +176,28 @@ impl std::fmt::Debug for StateStore {
 /// does the same.
 pub struct ModelLock {
     conn: PgConnection,
+    proof: LockProof,
 }
 
 impl ModelLock {
     pub async fn release(self) {
         let _ = self.conn.close().await;
     }
+
+    /// What a run shows its cursor writes to prove it still holds the model.
+    pub fn proof(&self) -> LockProof {
+        self.proof
+    }
+}
+
+/// The server process (backend pid) of a model lock's session. A session that ended (killed
+/// by `pg_terminate_backend`, a network failure, a server restart) frees the lock, and another
+/// process may then take the model; so each cursor write first checks that this backend still
+/// holds it (see [`StateStore::settle_holding`]). Checking the lock itself, not a connection of
+/// ours, keeps the proof valid wherever the lock's session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockProof {
+    pub backend_pid: i32,
 }
 
 impl StateStore {
@@ -264,7 +282,20 @@ impl StateStore {
             let _ = conn.close().await;
             return Ok(None);
         }
-        Ok(Some(ModelLock { conn }))
+        // A process whose lock session died may still be committing a cursor write it checked
+        // before we took the lock: wait for it (it holds the settle lock while it commits),
+        // so this run reads the cursor after that write, never before it.
+        let backend_pid: i32 = sqlx::query_scalar(
+            "SELECT pg_backend_pid() FROM (SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2 || '#settle'))) AS fence",
+        )
+        .bind(&self.schema)
+        .bind(model)
+        .fetch_one(&mut conn)
+        .await?;
+        Ok(Some(ModelLock {
+            conn,
+            proof: LockProof { backend_pid },
+        }))
     }
 
     pub async fn cursor(&self, model: &str) -> Result<Option<CursorPosition>> {
@@ -433,7 +464,61 @@ impl StateStore {
         settlement: &Settlement,
         counters: &RunCounters,
     ) -> Result<()> {
+        self.settle_checked(model, run_id, settlement, counters, None)
+            .await
+    }
+
+    /// [`StateStore::settle`] for a run holding the model's lock: the transaction first proves
+    /// that the lock's session still holds it, and writes nothing when it does not
+    /// ([`StateError::LockLost`]). Another process that took the model over then owns its
+    /// cursor; a write of ours after its reads could move the cursor back.
+    pub async fn settle_holding(
+        &self,
+        model: &str,
+        run_id: i64,
+        settlement: &Settlement,
+        counters: &RunCounters,
+        lock: LockProof,
+    ) -> Result<()> {
+        self.settle_checked(model, run_id, settlement, counters, Some(lock))
+            .await
+    }
+
+    async fn settle_checked(
+        &self,
+        model: &str,
+        run_id: i64,
+        settlement: &Settlement,
+        counters: &RunCounters,
+        lock: Option<LockProof>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        if let Some(lock) = lock {
+            // The settle lock orders this check and commit against a process taking the model
+            // over (it waits on this lock in `try_lock_model` before reading the cursor): once
+            // the check passes, no other run reads the cursor until this transaction ends.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2 || '#settle'))")
+                .bind(&self.schema)
+                .bind(model)
+                .execute(&mut *tx)
+                .await?;
+            // pg_locks lists a two-key advisory lock with its keys as oids (objsubid 2).
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                     AND pid = $3 AND objsubid = 2
+                     AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid)",
+            )
+            .bind(&self.schema)
+            .bind(model)
+            .bind(lock.backend_pid)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !held {
+                return Err(StateError::LockLost {
+                    pid: lock.backend_pid,
+                });
+            }
+        }
         if !settlement.delivered.is_empty() {
             record_deliveries(&mut tx, model, run_id, &[&settlement.delivered], true).await?;
         }
