@@ -7,10 +7,10 @@ mod report;
 pub use report::CursorRecord;
 
 use crate::config::Secret;
+pub use crate::connection::StateLimits;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,9 @@ pub enum StateError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("state database URL is not valid: {0}")]
     Url(String),
+    /// Not a source: the line already says the cause (see [`crate::connection::ConnectError`]).
+    #[error("state database: {0}")]
+    Connect(crate::connection::ConnectError),
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
@@ -183,17 +186,29 @@ impl ModelLock {
 }
 
 impl StateStore {
-    /// Connects with `search_path` set to our schema, creating the schema if needed.
+    /// Connects with `search_path` set to our schema, creating the schema if needed, with the
+    /// default session limits.
     pub async fn connect(url: &Secret, schema: &str) -> Result<StateStore> {
-        let opts = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| StateError::Url(e.to_string().replace(url.expose(), "[url]")))?
-            .options([("search_path", schema)])
+        Self::connect_with_limits(url, schema, &StateLimits::default()).await
+    }
+
+    /// Connects with `search_path` set to our schema and `limits` on every session (the
+    /// pool's and the model locks'), creating the schema if needed.
+    pub async fn connect_with_limits(
+        url: &Secret,
+        schema: &str,
+        limits: &StateLimits,
+    ) -> Result<StateStore> {
+        let (opts, target) = crate::connection::parse(url).map_err(StateError::Connect)?;
+        let opts = opts
+            .options(crate::connection::state_session_options(schema, limits))
             .application_name("capi-sync");
         let pool = PgPoolOptions::new()
             .max_connections(6)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts.clone())
-            .await?;
+            .await
+            .map_err(|e| StateError::Connect(crate::connection::explain(&e, &target, Some(url))))?;
         let store = StateStore {
             pool,
             lock_options: opts,
@@ -225,8 +240,17 @@ impl StateStore {
         Ok(())
     }
 
+    /// Runs the migrations on a session of their own without the state sessions' statement
+    /// and lock timeouts: a migration may rewrite a large ledger, and sqlx's migration lock
+    /// waits for another process's migrations to finish.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        let mut conn = PgConnection::connect_with(&self.lock_options).await?;
+        sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+            .execute(&mut conn)
+            .await?;
+        let result = MIGRATOR.run(&mut conn).await;
+        let _ = conn.close().await;
+        result?;
         Ok(())
     }
 
