@@ -8,6 +8,10 @@
 //! `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`), as sqlx reads them. Without
 //! `sslrootcert`, `verify-ca`/`verify-full` trust the public web CAs (webpki roots); managed
 //! databases with their own CA (RDS, Cloud SQL) need their bundle in `sslrootcert`.
+//!
+//! Unlike libpq, `verify-ca` checks the host name as well: sqlx's verifier skips only the
+//! name-mismatch error that rustls returned before 0.23.24 (sqlx issue 3793). Stricter,
+//! never weaker; a host must be reached by a name its certificate bears.
 
 use crate::config::Secret;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
@@ -80,6 +84,13 @@ pub fn parse(url: &Secret) -> Result<(PgConnectOptions, Target), ConnectError> {
         ))
     })?;
     let files = TlsFiles::of(url.expose());
+    let mut opts = opts;
+    // libpq: "if a root CA file exists, the behavior of sslmode=require will be the same as
+    // that of verify-ca". sqlx would accept any certificate under `require`, so a URL written
+    // for libpq would lose the check its author asked for.
+    if matches!(opts.get_ssl_mode(), PgSslMode::Require) && files.root_cert.is_some() {
+        opts = opts.ssl_mode(PgSslMode::VerifyCa);
+    }
     let ssl_mode = opts.get_ssl_mode();
     let root_cert = files.root_cert.as_ref().map(|(_, source)| source.describe());
     if !matches!(ssl_mode, PgSslMode::Disable) {
@@ -334,7 +345,7 @@ fn explain_tls(err: &rustls::Error, target: &Target) -> String {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => format!(
             "certificate verify failed for host {host}: the server's certificate is not issued for that name; \
-             connect with a host name the certificate names, or set sslmode=verify-ca to check the certificate but not the name"
+             connect with a host name the certificate names (sqlx checks the name under sslmode=verify-ca too)"
         ),
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
             "certificate verify failed for host {host}: the server's certificate is not signed by {trusted}; \
@@ -455,7 +466,9 @@ pub fn describe_encryption(target: &Target, enc: &Encryption) -> (bool, String) 
         );
         let verified = match target.ssl_mode {
             PgSslMode::VerifyFull => "the server's certificate and host name verified".to_string(),
-            PgSslMode::VerifyCa => "the server's certificate verified, not its host name".to_string(),
+            // sqlx 0.8 checks the name under verify-ca too: with the rustls it now builds
+            // with, its verifier no longer recognises the name-mismatch error it means to skip.
+            PgSslMode::VerifyCa => "the server's certificate and host name verified".to_string(),
             _ if target.is_local() => "the server's certificate not verified".to_string(),
             _ => "the server's certificate not verified: set sslmode=verify-full with sslrootcert to rule out a man in the middle".to_string(),
         };
