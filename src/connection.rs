@@ -92,7 +92,10 @@ pub fn parse(url: &Secret) -> Result<(PgConnectOptions, Target), ConnectError> {
         opts = opts.ssl_mode(PgSslMode::VerifyCa);
     }
     let ssl_mode = opts.get_ssl_mode();
-    let root_cert = files.root_cert.as_ref().map(|(_, source)| source.describe());
+    let root_cert = files
+        .root_cert
+        .as_ref()
+        .map(|(_, source)| source.describe());
     if !matches!(ssl_mode, PgSslMode::Disable) {
         files.check()?;
     }
@@ -182,7 +185,8 @@ impl TlsFiles {
             (Some((param, cert)), Some((key_param, key))) => {
                 require_pem(param, cert, "CERTIFICATE", "a PEM certificate")?;
                 let text = key.read(key_param)?;
-                if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+                if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED")
+                {
                     return Err(ConnectError(format!(
                         "{key_param}: {} is encrypted with a passphrase, which capi-sync cannot use; \
                          decrypt it (openssl pkey -in KEY -out plain.key) and keep it readable only by capi-sync",
@@ -199,7 +203,11 @@ impl TlsFiles {
             }
             (Some((param, _)), None) | (None, Some((param, _))) => Err(ConnectError(format!(
                 "{param} is set without {}: a client certificate needs both sslcert and sslkey",
-                if *param == "sslcert" { "sslkey" } else { "sslcert" }
+                if *param == "sslcert" {
+                    "sslkey"
+                } else {
+                    "sslcert"
+                }
             ))),
             (None, None) => Ok(()),
         }
@@ -242,11 +250,7 @@ pub fn scrub(message: &str, url: Option<&Secret>) -> String {
         .replace_all(message, |c: &regex::Captures| {
             // Punctuation after a URL belongs to the sentence.
             let url = c[0].trim_end_matches([':', ',', '.', ';']);
-            format!(
-                "{}{}",
-                crate::config::redact_url(url),
-                &c[0][url.len()..]
-            )
+            format!("{}{}", crate::config::redact_url(url), &c[0][url.len()..])
         })
         .into_owned();
     if let Some(password) = url
@@ -442,11 +446,10 @@ pub async fn encryption<'e, E>(session: E) -> Result<Encryption, sqlx::Error>
 where
     E: Executor<'e, Database = Postgres>,
 {
-    let (ssl, version, cipher): (bool, Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-    )
-    .fetch_one(session)
-    .await?;
+    let (ssl, version, cipher): (bool, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(session)
+            .await?;
     Ok(Encryption {
         ssl,
         version,
@@ -554,9 +557,8 @@ mod tests {
 
     #[test]
     fn a_missing_root_certificate_file_is_named_with_its_parameter() {
-        let url = Secret::new(
-            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
-        );
+        let url =
+            Secret::new("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
         let err = parse(&url).unwrap_err().to_string();
         assert!(
             err.starts_with("sslrootcert: cannot read /nonexistent/ca.pem:"),
@@ -568,8 +570,11 @@ mod tests {
     fn a_client_certificate_without_its_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("c.pem");
-        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")
-            .unwrap();
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let url = Secret::new(format!(
             "postgres://u@h/db?sslmode=require&sslcert={}",
             cert.display()

@@ -116,8 +116,13 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
                 Level::Ok,
                 format!("{} answers", redact_url(config.warehouse.url.expose())),
             );
-            check_encryption("warehouse", &config.warehouse.url, Some(w.pool()), &mut report)
-                .await;
+            check_encryption(
+                "warehouse",
+                &config.warehouse.url,
+                Some(w.pool()),
+                &mut report,
+            )
+            .await;
             Some(w)
         }
         Err(e) => {

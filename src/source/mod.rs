@@ -150,7 +150,9 @@ impl Warehouse {
             })
             .connect_with(opts.application_name("capi-sync"))
             .await
-            .map_err(|e| SourceError::Connect(crate::connection::explain(&e, &target, Some(url))))?;
+            .map_err(|e| {
+                SourceError::Connect(crate::connection::explain(&e, &target, Some(url)))
+            })?;
         Ok(Warehouse {
             pool,
             statement_timeout,

@@ -84,7 +84,11 @@ async fn sslmode_require_encrypts_the_warehouse_the_state_pool_and_the_lock_sess
 
     let state = StateStore::connect(&url, "capi_sync").await.unwrap();
     assert!(encrypted(state.pool()).await.ssl);
-    let lock = state.try_lock_model("leads").await.unwrap().expect("lock free");
+    let lock = state
+        .try_lock_model("leads")
+        .await
+        .unwrap()
+        .expect("lock free");
     assert!(lock_session_ssl(&db).await);
     lock.release().await;
 }
@@ -97,7 +101,11 @@ async fn sslmode_disable_connects_in_plaintext() {
     assert!(!encrypted(wh.pool()).await.ssl);
     let state = StateStore::connect(&url, "capi_sync").await.unwrap();
     assert!(!encrypted(state.pool()).await.ssl);
-    let lock = state.try_lock_model("leads").await.unwrap().expect("lock free");
+    let lock = state
+        .try_lock_model("leads")
+        .await
+        .unwrap()
+        .expect("lock free");
     assert!(!lock_session_ssl(&db).await);
     lock.release().await;
 }
@@ -127,7 +135,11 @@ async fn verify_full_with_the_servers_certificate_connects_to_the_name_it_bears(
     assert!(encrypted(wh.pool()).await.ssl);
     let state = StateStore::connect(&url, "capi_sync").await.unwrap();
     assert!(encrypted(state.pool()).await.ssl);
-    let lock = state.try_lock_model("leads").await.unwrap().expect("lock free");
+    let lock = state
+        .try_lock_model("leads")
+        .await
+        .unwrap()
+        .expect("lock free");
     assert!(lock_session_ssl(&db).await);
     lock.release().await;
 }
@@ -157,7 +169,11 @@ async fn verify_full_refuses_a_host_name_the_certificate_does_not_bear_in_one_li
             .await
             .expect_err("refused"),
     );
-    assert_eq!(line.matches("certificate verify failed").count(), 1, "{line}");
+    assert_eq!(
+        line.matches("certificate verify failed").count(),
+        1,
+        "{line}"
+    );
     assert!(!line.contains('\n'), "{line}");
     assert!(
         line.starts_with(&format!(
@@ -213,7 +229,10 @@ async fn sslmode_require_with_a_root_certificate_verifies_the_ca_like_libpq() {
         &format!("sslmode=require&sslrootcert={}", wrong.display()),
     );
     let err = connect_error(Warehouse::connect(&url, Duration::from_secs(20), 2).await);
-    assert!(err.contains("certificate verify failed for host 127.0.0.1"), "{err}");
+    assert!(
+        err.contains("certificate verify failed for host 127.0.0.1"),
+        "{err}"
+    );
 
     // The right CA passes.
     let root = server_certificate(&db, dir.path()).await;
@@ -276,7 +295,10 @@ async fn a_client_certificate_and_key_are_loaded_and_presented() {
     );
     let err = connect_error(Warehouse::connect(&url, Duration::from_secs(20), 2).await);
     assert!(
-        err.starts_with(&format!("warehouse: sslkey: cannot read {}:", missing.display())),
+        err.starts_with(&format!(
+            "warehouse: sslkey: cannot read {}:",
+            missing.display()
+        )),
         "{err}"
     );
 
@@ -291,7 +313,10 @@ async fn a_client_certificate_and_key_are_loaded_and_presented() {
         ),
     );
     let err = connect_error(Warehouse::connect(&url, Duration::from_secs(20), 2).await);
-    assert!(err.contains("sslkey:") && err.contains("holds no PEM private key"), "{err}");
+    assert!(
+        err.contains("sslkey:") && err.contains("holds no PEM private key"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -399,8 +424,10 @@ async fn state_statement_timeout_is_read_from_the_config() {
 async fn run_check(db: &TestDb, url: &Secret) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tls-check.toml");
-    let text = config_text(db, "http://127.0.0.1:9", "", "")
-        .replace(&format!("url = \"{}\"", db.url), &format!("url = \"{}\"", url.expose()));
+    let text = config_text(db, "http://127.0.0.1:9", "", "").replace(
+        &format!("url = \"{}\"", db.url),
+        &format!("url = \"{}\"", url.expose()),
+    );
     std::fs::write(&path, text).unwrap();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
     cmd.arg("--config").arg(&path).args(["check", "--offline"]);
@@ -440,7 +467,10 @@ async fn check_reports_whether_each_connection_is_encrypted() {
             .unwrap_or_else(|| panic!("no encryption line for {scope}:\n{out}"));
         assert!(line.contains("sslmode=require"), "{line}");
     }
-    assert!(!out.contains("pw-5e4d3c") && !out.contains("postgres:"), "{out}");
+    assert!(
+        !out.contains("pw-5e4d3c") && !out.contains("postgres:"),
+        "{out}"
+    );
 
     let url = Secret::new(format!("{}?sslmode=disable", db.url));
     let (code, out) = run_check(&db, &url).await;
@@ -471,10 +501,14 @@ async fn check_names_a_certificate_failure_once_and_never_the_password() {
             .find(|l| l.starts_with(&format!("{scope}: error — ")))
             .unwrap_or_else(|| panic!("no error line for {scope}:\n{out}"));
         assert_eq!(
-            line.matches("certificate verify failed for host 127.0.0.1").count(),
+            line.matches("certificate verify failed for host 127.0.0.1")
+                .count(),
             1,
             "{line}"
         );
     }
-    assert!(!out.contains("pw-1a2b3c") && !out.contains("postgres:"), "{out}");
+    assert!(
+        !out.contains("pw-1a2b3c") && !out.contains("postgres:"),
+        "{out}"
+    );
 }
