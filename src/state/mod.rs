@@ -244,12 +244,18 @@ impl StateStore {
     /// and lock timeouts: a migration may rewrite a large ledger, and sqlx's migration lock
     /// waits for another process's migrations to finish.
     pub async fn migrate(&self) -> Result<()> {
-        let mut conn = PgConnection::connect_with(&self.lock_options).await?;
-        sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
-            .execute(&mut conn)
+        // Later `-c` options win over the sessions' own.
+        let unbounded = self
+            .lock_options
+            .clone()
+            .options([("statement_timeout", "0"), ("lock_timeout", "0")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(LOCK_CONNECT_TIMEOUT)
+            .connect_with(unbounded)
             .await?;
-        let result = MIGRATOR.run(&mut conn).await;
-        let _ = conn.close().await;
+        let result = MIGRATOR.run(&pool).await;
+        pool.close().await;
         result?;
         Ok(())
     }
@@ -640,15 +646,25 @@ impl StateStore {
     }
 
     /// Removes ledger entries older than the retention.
+    ///
+    /// The retention of a large backfill ends all at once, and deleting millions of rows can
+    /// outlast the sessions' statement timeout; failing, the prune would fail again every
+    /// hour. It runs with a timeout of its own, long enough for that and still bounded.
     pub async fn prune_ledger(&self, retention: Duration) -> Result<u64> {
         let secs = retention.as_secs() as f64;
-        Ok(sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL statement_timeout = '30min'")
+            .execute(&mut *tx)
+            .await?;
+        let pruned = sqlx::query(
             "DELETE FROM deliveries WHERE delivered_at < now() - make_interval(secs => $1)",
         )
         .bind(secs)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        tx.commit().await?;
+        Ok(pruned)
     }
 }
 

@@ -512,3 +512,60 @@ async fn check_names_a_certificate_failure_once_and_never_the_password() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn migrations_wait_for_locks_beyond_the_state_sessions_lock_timeout() {
+    let db = TestDb::new().await;
+    let url = Secret::new(db.url.clone());
+    let impatient = StateLimits {
+        lock_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let state = StateStore::connect_with_limits(&url, "capi_sync", &impatient)
+        .await
+        .unwrap();
+    state.migrate().await.unwrap();
+
+    // Another session holds the migration history table; the next migration must wait
+    // for it rather than fail at the sessions' 100 ms lock timeout.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE capi_sync._sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let migrating = tokio::spawn({
+        let state = state.clone();
+        async move { state.migrate().await }
+    });
+    // Released only once the migration is seen waiting, well past 100 ms.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks
+                                WHERE relation = 'capi_sync._sqlx_migrations'::regclass AND NOT granted)",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the migration waits on the lock");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+    migrating
+        .await
+        .unwrap()
+        .expect("the migration waited and ran");
+
+    // The pool's own sessions keep the short lock timeout.
+    let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(state.pool())
+        .await
+        .unwrap();
+    assert_eq!(lock_timeout, "100ms");
+}
