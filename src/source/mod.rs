@@ -19,8 +19,6 @@ use tokio::sync::mpsc;
 pub enum SourceError {
     #[error("warehouse: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("warehouse URL is not valid: {0}")]
-    Url(String),
     /// Not a source: the line already says the cause (see [`crate::connection::ConnectError`]).
     #[error("warehouse: {0}")]
     Connect(crate::connection::ConnectError),

@@ -19,8 +19,6 @@ pub enum StateError {
     Db(#[from] sqlx::Error),
     #[error("state database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("state database URL is not valid: {0}")]
-    Url(String),
     /// Not a source: the line already says the cause (see [`crate::connection::ConnectError`]).
     #[error("state database: {0}")]
     Connect(crate::connection::ConnectError),
