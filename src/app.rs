@@ -10,7 +10,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub async fn connect_state(config: &Config) -> anyhow::Result<StateStore> {
-    let state = StateStore::connect(config.state_url(), &config.state.schema)
+    let limits = crate::state::StateLimits {
+        statement_timeout: config.state.statement_timeout,
+        ..Default::default()
+    };
+    let state = StateStore::connect_with_limits(config.state_url(), &config.state.schema, &limits)
         .await
         .with_context(|| {
             format!(

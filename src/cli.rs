@@ -266,7 +266,7 @@ pub async fn run(cli: Cli) -> i32 {
                 eprintln!("capi-sync: {ue}");
                 return exit::BAD_CONFIG;
             }
-            eprintln!("capi-sync: {e:#}");
+            eprintln!("capi-sync: {}", crate::error_line::one_line(&e));
             exit::UNEXPECTED
         }
     }

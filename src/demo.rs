@@ -141,7 +141,10 @@ async fn demo_database_url() -> anyhow::Result<String> {
     }
     let admin = format!("{LOCAL_SERVER}/postgres");
     let mut conn = sqlx::PgConnection::connect(&admin).await.with_context(|| {
-        format!("while connecting to the local Postgres at {admin} (start it, or set DATABASE_URL)")
+        format!(
+            "while connecting to the local Postgres at {} (start it, or set DATABASE_URL)",
+            redact_url(&admin)
+        )
     })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")

@@ -4,7 +4,9 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod demo;
+pub mod error_line;
 pub mod http_server;
 pub mod map_pool;
 pub mod mapping;

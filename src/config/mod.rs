@@ -92,6 +92,7 @@ struct RawState {
     schema: String,
     url: Option<Secret>,
     ledger_retention: String,
+    statement_timeout: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +183,8 @@ pub struct StateSettings {
     /// `None`: the warehouse database.
     pub url: Option<Secret>,
     pub ledger_retention: Duration,
+    /// Any one statement on the state database (`state.statement_timeout`).
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -433,7 +436,15 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             &raw.state.ledger_retention,
             &mut problems,
         ),
+        statement_timeout: dur(
+            "state.statement_timeout",
+            &raw.state.statement_timeout,
+            &mut problems,
+        ),
     };
+    if state.statement_timeout.is_zero() {
+        problems.push("key `state.statement_timeout`: must be more than 0s".into());
+    }
 
     let mut token = raw.meta.access_token;
     if let Some(file) = &raw.meta.access_token_file {

@@ -116,10 +116,22 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
                 Level::Ok,
                 format!("{} answers", redact_url(config.warehouse.url.expose())),
             );
+            check_encryption(
+                "warehouse",
+                &config.warehouse.url,
+                Some(w.pool()),
+                &mut report,
+            )
+            .await;
             Some(w)
         }
         Err(e) => {
-            report.push("warehouse", None, Level::Unreachable, format!("{e:#}"));
+            report.push(
+                "warehouse",
+                None,
+                Level::Unreachable,
+                crate::error_line::one_line(&e),
+            );
             None
         }
     };
@@ -165,10 +177,22 @@ async fn check_state(config: &Config, report: &mut Report) {
     let store = match super::read_only_state(config).await {
         Ok(s) => s,
         Err(e) => {
-            report.push("state", None, Level::Unreachable, format!("{e:#}"));
+            report.push(
+                "state",
+                None,
+                Level::Unreachable,
+                crate::error_line::one_line(&e),
+            );
             return;
         }
     };
+    check_encryption(
+        "state",
+        config.state_url(),
+        store.as_ref().map(|s| s.pool()),
+        report,
+    )
+    .await;
     let Some(store) = store else {
         report.push(
             "state",
@@ -208,6 +232,50 @@ async fn check_state(config: &Config, report: &mut Report) {
             None,
             Level::Warning,
             format!("cannot read the migration history in schema `{schema}`: {e}"),
+        ),
+    }
+}
+
+/// Whether the connection is encrypted, as the server sees it (`pg_stat_ssl`): asked on one of
+/// the pool's sessions, or on a session of its own when there is no pool.
+async fn check_encryption(
+    scope: &str,
+    url: &crate::config::Secret,
+    pool: Option<&sqlx::PgPool>,
+    report: &mut Report,
+) {
+    use crate::connection::{describe_encryption, encryption, parse, scrub};
+    use sqlx::Connection;
+    // A URL that does not parse was reported with the failed connection.
+    let Ok((opts, target)) = parse(url) else {
+        return;
+    };
+    let result = match pool {
+        Some(pool) => encryption(pool).await,
+        None => match sqlx::PgConnection::connect_with(&opts).await {
+            Ok(mut conn) => {
+                let found = encryption(&mut conn).await;
+                let _ = conn.close().await;
+                found
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(enc) => {
+            let (warn, line) = describe_encryption(&target, &enc);
+            let level = if warn { Level::Warning } else { Level::Ok };
+            report.push(scope, None, level, format!("{}: {line}", target.shown));
+        }
+        Err(e) => report.push(
+            scope,
+            None,
+            Level::Warning,
+            format!(
+                "cannot tell whether the connection to {} is encrypted (pg_stat_ssl): {}",
+                target.shown,
+                scrub(&e.to_string(), Some(url))
+            ),
         ),
     }
 }

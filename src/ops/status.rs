@@ -39,7 +39,7 @@ pub struct ModelStatus {
 pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<i32> {
     let state = super::read_only_state(config).await?;
     let warehouse = crate::app::connect_warehouse(config).await;
-    let warehouse_error = warehouse.as_ref().err().map(|e| format!("{e:#}"));
+    let warehouse_error = warehouse.as_ref().err().map(crate::error_line::one_line);
     let now = Utc::now();
     let mut all = Vec::with_capacity(config.models.len());
     for model in &config.models {

@@ -10,9 +10,8 @@ use crate::config::{ModelConfig, Secret};
 use crate::mapping::{ColumnInfo, Value, ValueKind};
 use crate::state::CursorPosition;
 use futures::TryStreamExt;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{Column, Executor, PgPool, Row, Statement, TypeInfo};
-use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -20,8 +19,9 @@ use tokio::sync::mpsc;
 pub enum SourceError {
     #[error("warehouse: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("warehouse URL is not valid: {0}")]
-    Url(String),
+    /// Not a source: the line already says the cause (see [`crate::connection::ConnectError`]).
+    #[error("warehouse: {0}")]
+    Connect(crate::connection::ConnectError),
     #[error("model `{model}`: the query failed: {message}")]
     Query { model: String, message: String },
     #[error("model `{model}`: {message}")]
@@ -136,14 +136,21 @@ impl Warehouse {
         statement_timeout: Duration,
         max_connections: u32,
     ) -> Result<Warehouse> {
-        let opts = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| SourceError::Url(e.to_string().replace(url.expose(), "[url]")))?
-            .application_name("capi-sync");
+        let (opts, target) = crate::connection::parse(url).map_err(SourceError::Connect)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(15))
-            .connect_with(opts)
-            .await?;
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    crate::connection::set_server_keepalives(conn).await;
+                    Ok(())
+                })
+            })
+            .connect_with(opts.application_name("capi-sync"))
+            .await
+            .map_err(|e| {
+                SourceError::Connect(crate::connection::explain(&e, &target, Some(url)))
+            })?;
         Ok(Warehouse {
             pool,
             statement_timeout,

@@ -7,10 +7,10 @@ mod report;
 pub use report::CursorRecord;
 
 use crate::config::Secret;
+pub use crate::connection::StateLimits;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +19,11 @@ pub enum StateError {
     Db(#[from] sqlx::Error),
     #[error("state database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("state database URL is not valid: {0}")]
-    Url(String),
     #[error("lost the model's lock: its session in the state database (backend {pid}) ended or no longer holds it, so another process may be syncing the model; nothing of this stretch was recorded and the cursor was not moved")]
     LockLost { pid: i32 },
+    /// Not a source: the line already says the cause (see [`crate::connection::ConnectError`]).
+    #[error("state database: {0}")]
+    Connect(crate::connection::ConnectError),
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
@@ -201,17 +202,29 @@ pub struct LockProof {
 }
 
 impl StateStore {
-    /// Connects with `search_path` set to our schema, creating the schema if needed.
+    /// Connects with `search_path` set to our schema, creating the schema if needed, with the
+    /// default session limits.
     pub async fn connect(url: &Secret, schema: &str) -> Result<StateStore> {
-        let opts = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| StateError::Url(e.to_string().replace(url.expose(), "[url]")))?
-            .options([("search_path", schema)])
+        Self::connect_with_limits(url, schema, &StateLimits::default()).await
+    }
+
+    /// Connects with `search_path` set to our schema and `limits` on every session (the
+    /// pool's and the model locks'), creating the schema if needed.
+    pub async fn connect_with_limits(
+        url: &Secret,
+        schema: &str,
+        limits: &StateLimits,
+    ) -> Result<StateStore> {
+        let (opts, target) = crate::connection::parse(url).map_err(StateError::Connect)?;
+        let opts = opts
+            .options(crate::connection::state_session_options(schema, limits))
             .application_name("capi-sync");
         let pool = PgPoolOptions::new()
             .max_connections(6)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts.clone())
-            .await?;
+            .await
+            .map_err(|e| StateError::Connect(crate::connection::explain(&e, &target, Some(url))))?;
         let store = StateStore {
             pool,
             lock_options: opts,
@@ -243,8 +256,23 @@ impl StateStore {
         Ok(())
     }
 
+    /// Runs the migrations on a session of their own without the state sessions' statement
+    /// and lock timeouts: a migration may rewrite a large ledger, and sqlx's migration lock
+    /// waits for another process's migrations to finish.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        // Later `-c` options win over the sessions' own.
+        let unbounded = self
+            .lock_options
+            .clone()
+            .options([("statement_timeout", "0"), ("lock_timeout", "0")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(LOCK_CONNECT_TIMEOUT)
+            .connect_with(unbounded)
+            .await?;
+        let result = MIGRATOR.run(&pool).await;
+        pool.close().await;
+        result?;
         Ok(())
     }
 
@@ -701,15 +729,25 @@ impl StateStore {
     }
 
     /// Removes ledger entries older than the retention.
+    ///
+    /// The retention of a large backfill ends all at once, and deleting millions of rows can
+    /// outlast the sessions' statement timeout; failing, the prune would fail again every
+    /// hour. It runs with a timeout of its own, long enough for that and still bounded.
     pub async fn prune_ledger(&self, retention: Duration) -> Result<u64> {
         let secs = retention.as_secs() as f64;
-        Ok(sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL statement_timeout = '30min'")
+            .execute(&mut *tx)
+            .await?;
+        let pruned = sqlx::query(
             "DELETE FROM deliveries WHERE delivered_at < now() - make_interval(secs => $1)",
         )
         .bind(secs)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        tx.commit().await?;
+        Ok(pruned)
     }
 }
 

@@ -68,19 +68,18 @@ impl StateStore {
         url: &crate::config::Secret,
         schema: &str,
     ) -> Result<Option<StateStore>> {
-        use std::str::FromStr;
-        let opts = sqlx::postgres::PgConnectOptions::from_str(url.expose())
-            .map_err(|e| super::StateError::Url(e.to_string().replace(url.expose(), "[url]")))?
-            .options([
-                ("search_path", schema),
-                ("default_transaction_read_only", "on"),
-            ])
+        use crate::connection::{explain, parse, state_session_options, StateLimits};
+        let (opts, target) = parse(url).map_err(super::StateError::Connect)?;
+        let opts = opts
+            .options(state_session_options(schema, &StateLimits::default()))
+            .options([("default_transaction_read_only", "on")])
             .application_name("capi-sync");
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(std::time::Duration::from_secs(15))
             .connect_with(opts.clone())
-            .await?;
+            .await
+            .map_err(|e| super::StateError::Connect(explain(&e, &target, Some(url))))?;
         let exists: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.tables
                             WHERE table_schema = $1 AND table_name IN ('runs', 'cursors', 'refused_rows', 'deliveries')

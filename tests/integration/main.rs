@@ -18,3 +18,4 @@ mod shutdown;
 mod soak;
 mod stalls;
 mod sync;
+mod tls;
