@@ -2,6 +2,7 @@
 
 mod cli;
 mod config_errors;
+mod config_rules;
 mod crash;
 mod delivery;
 mod helpers;
