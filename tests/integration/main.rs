@@ -5,6 +5,7 @@ mod config_errors;
 mod config_rules;
 mod crash;
 mod delivery;
+mod endpoints;
 mod helpers;
 mod ledger;
 mod lives;
