@@ -469,6 +469,14 @@ pub fn format_summary(s: &RunSummary, dry_run: bool) -> String {
             .collect();
         out.push_str(&format!("\n  refused: {}", parts.join(", ")));
     }
+    if let (Some(cursor), Some(key)) = (c.rows_null_cursor, c.rows_null_key) {
+        if cursor + key > 0 {
+            out.push_str(&format!(
+                "\n  unreadable: {cursor} rows with a NULL cursor, {key} with a NULL in the primary key; never read or sent (`capi-sync check {}` counts them)",
+                s.model
+            ));
+        }
+    }
     if !c.dropped_by_field.is_empty() {
         let parts: Vec<String> = c
             .dropped_by_field

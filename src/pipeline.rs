@@ -155,6 +155,19 @@ fn refused_row(key: &[String], cursor: &str, r: Refusal) -> RefusedRow {
     }
 }
 
+/// Why a row repeating the previous row's (cursor, primary key) is not sent: keyset paging
+/// cannot tell the two apart, and under one key they would share one event id.
+fn duplicate_key_refusal(model: &ModelConfig) -> Refusal {
+    Refusal::new(
+        "duplicate_primary_key",
+        format!(
+            "another row of the model's output has the same primary_key ({}) and cursor ({}); the first row read was handled, this one is not sent; make the key unique in the model's SQL",
+            model.primary_key.join(", "),
+            model.cursor
+        ),
+    )
+}
+
 /// Runs one model once, now.
 pub async fn sync_model_once(
     ctx: &SyncContext,
@@ -268,6 +281,10 @@ async fn run_inner(
         )
     })?);
     let plan_maps_event_id = plan.maps_event_id();
+    let unreadable = (opts.mode == RunMode::Incremental).then(|| {
+        let (warehouse, model, query) = (ctx.warehouse.clone(), model.clone(), query.clone());
+        tokio::spawn(async move { warehouse.unreadable_rows(&model, &query).await })
+    });
     let batch_size = model.batch_size;
     let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(2);
     let warehouse = ctx.warehouse.clone();
@@ -446,6 +463,11 @@ async fn run_inner(
                 // A re-read row refused before (by us or by Meta) keeps its verdict until it
                 // changes or `retry` is asked for; it is neither re-sent nor re-recorded.
                 _ if row.reread && known_refusals.contains(&row.key) => {}
+                _ if row.duplicate => pending.refused.push(refused_row(
+                    &row.key,
+                    &row.cursor_text,
+                    duplicate_key_refusal(model).with_event_id(outcome.ok().map(|e| e.event_id)),
+                )),
                 Err(refusal) => {
                     pending
                         .refused
@@ -606,10 +628,46 @@ async fn run_inner(
         }
         Err(_) => {}
     }
+    if let Some(count) = unreadable {
+        if failure.is_none() && status == RunStatus::Succeeded {
+            count_unreadable(model, &mut summary.counters, count).await;
+        } else {
+            count.abort();
+        }
+    }
     match failure {
         Some(Stop::Failed(f)) => Err(f),
         Some(Stop::Shutdown) => Ok(RunStatus::Cancelled),
         None => Ok(status),
+    }
+}
+
+/// Records how many rows the reader could not see (a count that fails leaves them unknown:
+/// it says nothing about the rows the run did read).
+async fn count_unreadable(
+    model: &ModelConfig,
+    c: &mut RunCounters,
+    count: tokio::task::JoinHandle<crate::source::Result<crate::source::UnreadableRows>>,
+) {
+    match count.await {
+        Ok(Ok(rows)) => {
+            if rows.total() > 0 {
+                warn!(
+                    model = %model.name,
+                    null_cursor = rows.null_cursor,
+                    null_key = rows.null_key,
+                    "rows with a NULL cursor or primary key are never read; fix the model's SQL"
+                );
+            }
+            c.rows_null_cursor = Some(rows.null_cursor);
+            c.rows_null_key = Some(rows.null_key);
+        }
+        Ok(Err(e)) => {
+            warn!(model = %model.name, error = %e, "cannot count the rows with a NULL cursor or key")
+        }
+        Err(e) => {
+            warn!(model = %model.name, error = %e, "the count of rows with a NULL cursor or key stopped")
+        }
     }
 }
 

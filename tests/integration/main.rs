@@ -14,3 +14,4 @@ mod privacy;
 mod shapes;
 mod soak;
 mod sync;
+mod unreadable_rows;
