@@ -323,6 +323,22 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
         if let Ok(Some(at)) = ctx.state.last_success(&model.name).await {
             metrics.set_last_success(&model.name, at);
         }
+        // The last count of a previous life of the service, until this one's first run.
+        if let Some(run) = ctx
+            .state
+            .recent_runs(&model.name, 1)
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next())
+        {
+            if let (Some(null_cursor), Some(null_key)) = (run.rows_null_cursor, run.rows_null_key) {
+                let rows = crate::source::UnreadableRows {
+                    null_cursor,
+                    null_key,
+                };
+                metrics.set_unreadable(&model.name, rows);
+            }
+        }
     }
     let stop = CancellationToken::new();
     let endpoints = match ctx

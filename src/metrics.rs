@@ -122,6 +122,11 @@ impl Metrics {
         });
     }
 
+    /// Rows of the model's output the reader cannot see, as a run counted them.
+    pub fn set_unreadable(&self, model: &str, rows: crate::source::UnreadableRows) {
+        self.with(model, |m| m.unreadable = Some(rows));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let all = self.lock().clone();
@@ -379,13 +384,14 @@ impl RunObserver for Metrics {
 
     fn run_finished(&self, summary: &RunSummary) {
         let c = &summary.counters;
+        if let (Some(null_cursor), Some(null_key)) = (c.rows_null_cursor, c.rows_null_key) {
+            let rows = crate::source::UnreadableRows {
+                null_cursor,
+                null_key,
+            };
+            self.set_unreadable(&summary.model, rows);
+        }
         self.with(&summary.model, |m| {
-            if let (Some(null_cursor), Some(null_key)) = (c.rows_null_cursor, c.rows_null_key) {
-                m.unreadable = Some(crate::source::UnreadableRows {
-                    null_cursor,
-                    null_key,
-                });
-            }
             m.runs += 1;
             if summary.status == RunStatus::Failed {
                 m.run_failures += 1;

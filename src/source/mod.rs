@@ -74,6 +74,11 @@ pub enum LowerBound {
     /// The page after a full one: rows at or after `last`, less the first `rows_at_last` rows
     /// at exactly `last`, which earlier pages read. Paging strictly after `last` would skip
     /// a row repeating the last one's (cursor, key) on the next page.
+    ///
+    /// Within a run every copy is therefore read (and refused as a duplicate). A run resumes
+    /// from the stored cursor strictly after it, though: a run that stops between two copies
+    /// (its deadline, a shutdown, a failed batch exactly there) leaves the later copies
+    /// unread, and with them only refusals that were never recorded.
     PageAfter {
         last: CursorPosition,
         rows_at_last: u32,
