@@ -557,10 +557,15 @@ async fn run_inner(
     }
     drop(rx_mapped);
 
-    // The last partial batch goes only when the read finished normally.
+    // The last partial batch goes only when the read finished normally. Rows found already
+    // sent settle too: a re-read row's verdict becomes "delivered" (a retried row whose
+    // duplicate is gone, say), even when the batch has no position to move the cursor to.
     if failure.is_none()
         && status == RunStatus::Succeeded
-        && (!pending.events.is_empty() || pending.last.is_some() || !pending.refused.is_empty())
+        && (!pending.events.is_empty()
+            || pending.last.is_some()
+            || !pending.refused.is_empty()
+            || !pending.already_sent.is_empty())
     {
         seq += 1;
         let mut batch = std::mem::take(&mut pending);

@@ -299,3 +299,63 @@ async fn check_says_ok_when_every_row_is_readable_and_keys_are_unique() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn retry_keeps_a_duplicate_refused_until_its_copy_is_gone() {
+    let db = TestDb::new().await;
+    create_signups(&db).await;
+    for id in 1..=3 {
+        add(&db, Some(id), Some(id)).await;
+    }
+    add(&db, Some(2), Some(2)).await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    let ctx = context(config(&db, &sandbox.base_url(), &model(""))).await;
+    assert_eq!(sync(&ctx, "signups").await.counters.events_sent, 3);
+    let retry = |ctx: SyncContext| async move {
+        let m = ctx.config.model("signups").unwrap().clone();
+        sync_model_once(
+            &ctx,
+            &m,
+            &RunOptions {
+                mode: capi_sync::pipeline::RunMode::RetryRefused,
+                trigger: "retry".into(),
+                ..Default::default()
+            },
+        )
+        .await
+    };
+    let refused = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT reason FROM capi_sync.refused_rows WHERE model = 'signups'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    let again = retry(ctx.clone()).await;
+    assert_eq!(again.status, RunStatus::Succeeded, "{:?}", again.error);
+    assert_eq!(again.counters.events_sent, 0);
+    assert_eq!(
+        refused(&db).await,
+        vec!["duplicate_primary_key".to_string()]
+    );
+
+    sqlx::query(
+        "DELETE FROM crm.signups WHERE ctid = (SELECT max(ctid) FROM crm.signups WHERE id = 2)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let fixed = retry(ctx.clone()).await;
+    assert_eq!(fixed.status, RunStatus::Succeeded, "{:?}", fixed.error);
+    assert_eq!(
+        fixed.counters.events_sent, 0,
+        "row 2's event was sent already"
+    );
+    assert!(refused(&db).await.is_empty(), "{:?}", fixed.counters);
+    assert_eq!(sandbox.events().len(), 3);
+}
