@@ -281,10 +281,6 @@ async fn run_inner(
         )
     })?);
     let plan_maps_event_id = plan.maps_event_id();
-    let unreadable = (opts.mode == RunMode::Incremental).then(|| {
-        let (warehouse, model, query) = (ctx.warehouse.clone(), model.clone(), query.clone());
-        tokio::spawn(async move { warehouse.unreadable_rows(&model, &query).await })
-    });
     let batch_size = model.batch_size;
     let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(2);
     let warehouse = ctx.warehouse.clone();
@@ -633,12 +629,10 @@ async fn run_inner(
         }
         Err(_) => {}
     }
-    if let Some(count) = unreadable {
-        if failure.is_none() && status == RunStatus::Succeeded {
-            count_unreadable(model, &mut summary.counters, count).await;
-        } else {
-            count.abort();
-        }
+    // Counted after the read, not beside it: a run holds one warehouse connection at a time,
+    // so models beyond `warehouse.max_connections` still get theirs.
+    if opts.mode == RunMode::Incremental && failure.is_none() && status == RunStatus::Succeeded {
+        count_unreadable(&ctx.warehouse, model, &query, &mut summary.counters).await;
     }
     match failure {
         Some(Stop::Failed(f)) => Err(f),
@@ -650,12 +644,13 @@ async fn run_inner(
 /// Records how many rows the reader could not see (a count that fails leaves them unknown:
 /// it says nothing about the rows the run did read).
 async fn count_unreadable(
+    warehouse: &Warehouse,
     model: &ModelConfig,
+    query: &crate::source::ModelQuery,
     c: &mut RunCounters,
-    count: tokio::task::JoinHandle<crate::source::Result<crate::source::UnreadableRows>>,
 ) {
-    match count.await {
-        Ok(Ok(rows)) => {
+    match warehouse.unreadable_rows(model, query).await {
+        Ok(rows) => {
             if rows.total() > 0 {
                 warn!(
                     model = %model.name,
@@ -667,11 +662,8 @@ async fn count_unreadable(
             c.rows_null_cursor = Some(rows.null_cursor);
             c.rows_null_key = Some(rows.null_key);
         }
-        Ok(Err(e)) => {
-            warn!(model = %model.name, error = %e, "cannot count the rows with a NULL cursor or key")
-        }
         Err(e) => {
-            warn!(model = %model.name, error = %e, "the count of rows with a NULL cursor or key stopped")
+            warn!(model = %model.name, error = %e, "cannot count the rows with a NULL cursor or key")
         }
     }
 }

@@ -58,7 +58,7 @@ impl Warehouse {
     /// Cost: each count evaluates the model's SQL once with the predicate pushed into it. On a
     /// table with an index on the cursor and key (which keyset paging wants anyway), or with
     /// NOT NULL columns, Postgres answers from the index or proves the count empty; a model
-    /// over a view or a join may need a full pass of its rows. A run makes it once, beside its
+    /// over a view or a join may need a full pass of its rows. A run makes it once, after its
     /// reading.
     pub async fn unreadable_rows(
         &self,
