@@ -1,6 +1,6 @@
 //! Commands and flags, and one function per command.
 
-use crate::config::Config;
+use crate::config::{command_env, Config};
 use crate::pipeline::{sync_model_once, RunOptions, RunStatus, RunSummary};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,12 +29,12 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "CAPI_SYNC_CONFIG",
+        env = command_env::CONFIG,
         default_value = "capi-sync.toml"
     )]
     pub config: PathBuf,
     /// Log format.
-    #[arg(long, global = true, env = "CAPI_SYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = command_env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -138,7 +138,7 @@ pub struct SandboxArgs {
     #[arg(long)]
     pub record: Option<PathBuf>,
     /// The access token requests must carry (any non-empty token when unset).
-    #[arg(long, env = "CAPI_SYNC_SANDBOX_TOKEN")]
+    #[arg(long, env = command_env::SANDBOX_TOKEN)]
     pub token: Option<String>,
     /// Fraction of requests answered with a transient HTTP 500.
     #[arg(long, default_value_t = 0.0)]
@@ -469,6 +469,14 @@ pub fn format_summary(s: &RunSummary, dry_run: bool) -> String {
             .collect();
         out.push_str(&format!("\n  refused: {}", parts.join(", ")));
     }
+    if let (Some(cursor), Some(key)) = (c.rows_null_cursor, c.rows_null_key) {
+        if cursor + key > 0 {
+            out.push_str(&format!(
+                "\n  unreadable: {cursor} rows with a NULL cursor, {key} with a NULL in the primary key; never read or sent (`capi-sync check {}` counts them)",
+                s.model
+            ));
+        }
+    }
     if !c.dropped_by_field.is_empty() {
         let parts: Vec<String> = c
             .dropped_by_field
@@ -536,4 +544,37 @@ async fn cmd_sandbox(args: &SandboxArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("while serving the sandbox on {addr}"))?;
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn envs_of(cmd: &clap::Command, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            envs_of(sub, out);
+        }
+    }
+
+    /// The config's `CAPI_SYNC_*` layer skips exactly the variables the command line reads; a
+    /// new `env` on a flag must be added to `command_env::ALL`, or the config load would take
+    /// it for an unknown key.
+    #[test]
+    fn every_command_line_variable_is_kept_out_of_the_config_keys() {
+        let mut envs = Vec::new();
+        envs_of(&Cli::command(), &mut envs);
+        assert!(envs.len() >= 3, "{envs:?}");
+        for env in &envs {
+            assert!(
+                command_env::ALL.contains(&env.as_str()),
+                "{env} is read by the command line but not listed in config::command_env::ALL"
+            );
+        }
+    }
 }

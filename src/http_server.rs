@@ -2,6 +2,13 @@
 //! alive), `/readyz` (the warehouse and the state database answer `SELECT 1` within
 //! [`READY_TIMEOUT`], and no run is past its deadline) and `/metrics` (Prometheus text format). Served with hyper, like the
 //! sandbox; stops with its cancellation token.
+//!
+//! The endpoints face whatever can reach `service.metrics_addr`, so a client cannot hold them:
+//! a connection must send its request headers within [`EndpointLimits::header_read_timeout`]
+//! (an idle keep-alive connection too), at most [`EndpointLimits::max_connections`] are served
+//! at once (the next ones wait in the listen backlog until one closes), and `/readyz` asks the
+//! databases at most once per [`EndpointLimits::readiness_ttl`], so a flood of probes cannot
+//! take the pool connections the runs need.
 
 use crate::metrics::Metrics;
 use crate::observer::RunObserver;
@@ -14,9 +21,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -27,10 +36,37 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// query per model on the warehouse), besides right after each run.
 pub const BACKLOG_REFRESH: Duration = Duration::from_secs(60);
 
+/// What keeps slow, idle or numerous clients from holding the endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLimits {
+    /// A connection that has not sent a whole request head within this time is closed.
+    /// Scrapers and probes send theirs at once; a client that trickles bytes (or keeps an idle
+    /// connection open) would otherwise hold a connection for as long as it likes.
+    pub header_read_timeout: Duration,
+    /// Connections served at once. Past it, new connections wait in the listen backlog and
+    /// are served as others close: a handful of Prometheus servers and kubelets need a few.
+    pub max_connections: usize,
+    /// How long one `/readyz` answer is given again before the databases are asked anew.
+    pub readiness_ttl: Duration,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        EndpointLimits {
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 64,
+            // Probes come every few seconds (kubelet's default period is 10 s): an answer two
+            // seconds old is as good as a new one to them.
+            readiness_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
 /// The endpoints, listening.
 pub struct Endpoints {
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    readiness: Arc<ReadinessCache>,
 }
 
 impl Endpoints {
@@ -38,40 +74,82 @@ impl Endpoints {
     pub async fn stopped(self) {
         let _ = self.task.await;
     }
+
+    /// How many times `/readyz` has asked the databases.
+    pub fn readiness_probes(&self) -> u64 {
+        self.readiness.probes.load(Ordering::Relaxed)
+    }
 }
 
-/// Binds `addr` and serves until `stop` is cancelled.
+/// Binds `addr` and serves until `stop` is cancelled, with the default limits.
 pub async fn start(
     addr: SocketAddr,
     ctx: SyncContext,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> std::io::Result<Endpoints> {
+    start_with_limits(addr, ctx, metrics, stop, EndpointLimits::default()).await
+}
+
+/// Binds `addr` and serves until `stop` is cancelled.
+pub async fn start_with_limits(
+    addr: SocketAddr,
+    ctx: SyncContext,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    limits: EndpointLimits,
+) -> std::io::Result<Endpoints> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(accept_loop(listener, ctx, metrics, stop));
-    Ok(Endpoints { addr, task })
+    let readiness = Arc::new(ReadinessCache::new(limits.readiness_ttl));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        ctx,
+        metrics,
+        readiness.clone(),
+        limits,
+        stop,
+    ));
+    Ok(Endpoints {
+        addr,
+        task,
+        readiness,
+    })
 }
 
 async fn accept_loop(
     listener: TcpListener,
     ctx: SyncContext,
     metrics: Arc<Metrics>,
+    readiness: Arc<ReadinessCache>,
+    limits: EndpointLimits,
     stop: CancellationToken,
 ) {
     let mut conns = tokio::task::JoinSet::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // A connection is accepted only with a slot in hand: past the cap, the kernel holds the
+    // next connections in the listen backlog, unanswered, until a served one closes.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            freed = slots.clone().acquire_owned(), if slot.is_none() => slot = freed.ok(),
+            accepted = listener.accept(), if slot.is_some() => match accepted {
                 Ok((stream, _)) => {
-                    let (ctx, metrics, stop) = (ctx.clone(), metrics.clone(), stop.clone());
+                    let held = slot.take();
+                    let (ctx, metrics, readiness, stop) =
+                        (ctx.clone(), metrics.clone(), readiness.clone(), stop.clone());
                     conns.spawn(async move {
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let (ctx, metrics) = (ctx.clone(), metrics.clone());
-                            async move { Ok::<_, Infallible>(route(&ctx, &metrics, &req).await) }
+                            let (ctx, metrics, readiness) =
+                                (ctx.clone(), metrics.clone(), readiness.clone());
+                            async move {
+                                Ok::<_, Infallible>(route(&ctx, &metrics, &readiness, &req).await)
+                            }
                         });
                         let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(limits.header_read_timeout)
                             .serve_connection(TokioIo::new(stream), svc);
                         tokio::pin!(conn);
                         tokio::select! {
@@ -81,6 +159,7 @@ async fn accept_loop(
                                 let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                             }
                         }
+                        drop(held);
                     });
                 }
                 Err(e) => {
@@ -94,6 +173,57 @@ async fn accept_loop(
     while conns.join_next().await.is_some() {}
 }
 
+/// The last `/readyz` answer, given again for `ttl`; one request at a time asks the databases.
+#[derive(Debug)]
+struct ReadinessCache {
+    ttl: Duration,
+    last: std::sync::Mutex<Option<(Instant, Arc<Vec<String>>)>>,
+    asking: tokio::sync::Mutex<()>,
+    probes: AtomicU64,
+}
+
+impl ReadinessCache {
+    fn new(ttl: Duration) -> ReadinessCache {
+        ReadinessCache {
+            ttl,
+            last: std::sync::Mutex::new(None),
+            asking: tokio::sync::Mutex::new(()),
+            probes: AtomicU64::new(0),
+        }
+    }
+
+    fn cached(&self, fresh_only: bool) -> Option<Arc<Vec<String>>> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| !fresh_only || at.elapsed() < self.ttl)
+            .map(|(_, problems)| problems.clone())
+    }
+
+    /// The problems keeping the service from working (none: ready).
+    async fn answer(&self, ctx: &SyncContext) -> Arc<Vec<String>> {
+        if let Some(fresh) = self.cached(true) {
+            return fresh;
+        }
+        let _asking = match self.asking.try_lock() {
+            Ok(guard) => guard,
+            // Another request is asking the databases: the previous answer stands meanwhile,
+            // and only the very first requests wait for one.
+            Err(_) => match self.cached(false) {
+                Some(previous) => return previous,
+                None => self.asking.lock().await,
+            },
+        };
+        if let Some(fresh) = self.cached(true) {
+            return fresh;
+        }
+        self.probes.fetch_add(1, Ordering::Relaxed);
+        let problems = Arc::new(readiness(ctx).await);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), problems.clone()));
+        problems
+    }
+}
+
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -105,6 +235,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 async fn route(
     ctx: &SyncContext,
     metrics: &Metrics,
+    readiness: &ReadinessCache,
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
@@ -118,7 +249,7 @@ async fn route(
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
         "/readyz" => {
-            let problems = readiness(ctx).await;
+            let problems = readiness.answer(ctx).await;
             if problems.is_empty() {
                 text(StatusCode::OK, PLAIN, "ready\n".into())
             } else {
@@ -201,6 +332,22 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
     for model in ctx.config.models.iter().filter(|m| m.enabled) {
         if let Ok(Some(at)) = ctx.state.last_success(&model.name).await {
             metrics.set_last_success(&model.name, at);
+        }
+        // The last count of a previous life of the service, until this one's first run.
+        if let Some(run) = ctx
+            .state
+            .recent_runs(&model.name, 1)
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next())
+        {
+            if let (Some(null_cursor), Some(null_key)) = (run.rows_null_cursor, run.rows_null_key) {
+                let rows = crate::source::UnreadableRows {
+                    null_cursor,
+                    null_key,
+                };
+                metrics.set_unreadable(&model.name, rows);
+            }
         }
     }
     let stop = CancellationToken::new();

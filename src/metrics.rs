@@ -51,6 +51,8 @@ struct ModelMetrics {
     last_success: Option<f64>,
     cursor_lag: Option<f64>,
     rows_waiting: Option<i64>,
+    /// Rows the reader cannot see, as the last run that counted them found.
+    unreadable: Option<crate::source::UnreadableRows>,
 }
 
 /// Every model's counters and gauges since the service started.
@@ -120,6 +122,11 @@ impl Metrics {
                 None => None,
             };
         });
+    }
+
+    /// Rows of the model's output the reader cannot see, as a run counted them.
+    pub fn set_unreadable(&self, model: &str, rows: crate::source::UnreadableRows) {
+        self.with(model, |m| m.unreadable = Some(rows));
     }
 
     /// The text exposition format.
@@ -295,6 +302,26 @@ impl Metrics {
             }),
         );
         family(
+            "capi_sync_rows_unreadable",
+            "gauge",
+            "Rows of the model's output that are never read: a NULL cursor or a NULL in the primary key (as the last run counted).",
+            per_model(&|n, m| {
+                m.unreadable
+                    .map(|u| {
+                        [("null_cursor", u.null_cursor), ("null_key", u.null_key)]
+                            .map(|(reason, v)| {
+                                sample(
+                                    "capi_sync_rows_unreadable",
+                                    &[("model", n), ("reason", reason)],
+                                    v as f64,
+                                )
+                            })
+                            .to_vec()
+                    })
+                    .unwrap_or_default()
+            }),
+        );
+        family(
             "capi_sync_rows_waiting",
             "gauge",
             "Rows after the cursor, not yet read by a run.",
@@ -358,6 +385,14 @@ impl RunObserver for Metrics {
     }
 
     fn run_finished(&self, summary: &RunSummary) {
+        let c = &summary.counters;
+        if let (Some(null_cursor), Some(null_key)) = (c.rows_null_cursor, c.rows_null_key) {
+            let rows = crate::source::UnreadableRows {
+                null_cursor,
+                null_key,
+            };
+            self.set_unreadable(&summary.model, rows);
+        }
         self.with(&summary.model, |m| {
             m.runs += 1;
             if summary.status == RunStatus::Failed {

@@ -162,6 +162,19 @@ fn refused_row(key: &[String], cursor: &str, r: Refusal) -> RefusedRow {
     }
 }
 
+/// Why a row repeating the previous row's (cursor, primary key) is not sent: keyset paging
+/// cannot tell the two apart, and under one key they would share one event id.
+fn duplicate_key_refusal(model: &ModelConfig) -> Refusal {
+    Refusal::new(
+        "duplicate_primary_key",
+        format!(
+            "another row of the model's output has the same primary_key ({}) and cursor ({}); the first row read was handled, this one is not sent; make the key unique in the model's SQL",
+            model.primary_key.join(", "),
+            model.cursor
+        ),
+    )
+}
+
 /// Runs one model once, now.
 pub async fn sync_model_once(
     ctx: &SyncContext,
@@ -510,6 +523,11 @@ async fn run_inner(
                 // A re-read row refused before (by us or by Meta) keeps its verdict until it
                 // changes or `retry` is asked for; it is neither re-sent nor re-recorded.
                 _ if row.reread && known_refusals.contains(&row.key) => {}
+                _ if row.duplicate => pending.refused.push(refused_row(
+                    &row.key,
+                    &row.cursor_text,
+                    duplicate_key_refusal(model).with_event_id(outcome.ok().map(|e| e.event_id)),
+                )),
                 Err(refusal) => {
                     pending
                         .refused
@@ -605,10 +623,15 @@ async fn run_inner(
         mapper.abort();
     }
 
-    // The last partial batch goes only when the read finished normally.
+    // The last partial batch goes only when the read finished normally. Rows found already
+    // sent settle too: a re-read row's verdict becomes "delivered" (a retried row whose
+    // duplicate is gone, say), even when the batch has no position to move the cursor to.
     if failure.is_none()
         && status == RunStatus::Succeeded
-        && (!pending.events.is_empty() || pending.last.is_some() || !pending.refused.is_empty())
+        && (!pending.events.is_empty()
+            || pending.last.is_some()
+            || !pending.refused.is_empty()
+            || !pending.already_sent.is_empty())
     {
         seq += 1;
         let mut batch = std::mem::take(&mut pending);
@@ -676,10 +699,42 @@ async fn run_inner(
         }
         Err(_) => {}
     }
+    // Counted after the read, not beside it: a run holds one warehouse connection at a time,
+    // so models beyond `warehouse.max_connections` still get theirs.
+    if opts.mode == RunMode::Incremental && failure.is_none() && status == RunStatus::Succeeded {
+        count_unreadable(&ctx.warehouse, model, &query, &mut summary.counters).await;
+    }
     match failure {
         Some(Stop::Failed(f)) => Err(f),
         Some(Stop::Shutdown) => Ok(RunStatus::Cancelled),
         None => Ok(status),
+    }
+}
+
+/// Records how many rows the reader could not see (a count that fails leaves them unknown:
+/// it says nothing about the rows the run did read).
+async fn count_unreadable(
+    warehouse: &Warehouse,
+    model: &ModelConfig,
+    query: &crate::source::ModelQuery,
+    c: &mut RunCounters,
+) {
+    match warehouse.unreadable_rows(model, query).await {
+        Ok(rows) => {
+            if rows.total() > 0 {
+                warn!(
+                    model = %model.name,
+                    null_cursor = rows.null_cursor,
+                    null_key = rows.null_key,
+                    "rows with a NULL cursor or primary key are never read; fix the model's SQL"
+                );
+            }
+            c.rows_null_cursor = Some(rows.null_cursor);
+            c.rows_null_key = Some(rows.null_key);
+        }
+        Err(e) => {
+            warn!(model = %model.name, error = %e, "cannot count the rows with a NULL cursor or key")
+        }
     }
 }
 

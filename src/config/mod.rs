@@ -354,10 +354,27 @@ fn database_url_env() -> Env {
         .map(|_| "warehouse.url".into())
 }
 
+/// The prefix of the environment variables read as config keys.
+pub const ENV_PREFIX: &str = "CAPI_SYNC_";
+
+/// Environment variables that belong to the command line (each a clap `env` in `cli.rs`), not
+/// to the configuration: read as config keys they would fail the load as unknown keys (the
+/// sandbox's token) or be taken for settings they are not. A test in `cli.rs` proves that
+/// every `env` of every command is listed here.
+pub mod command_env {
+    pub const CONFIG: &str = "CAPI_SYNC_CONFIG";
+    pub const LOG_FORMAT: &str = "CAPI_SYNC_LOG_FORMAT";
+    pub const SANDBOX_TOKEN: &str = "CAPI_SYNC_SANDBOX_TOKEN";
+    pub const ALL: &[&str] = &[CONFIG, LOG_FORMAT, SANDBOX_TOKEN];
+}
+
 fn capi_env() -> Env {
-    // CAPI_SYNC_CONFIG and CAPI_SYNC_LOG_FORMAT are command-line settings, not config keys.
-    Env::prefixed("CAPI_SYNC_")
-        .filter(|k| k != "config" && k != "log_format")
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| {
+            !command_env::ALL
+                .iter()
+                .any(|name| name.get(ENV_PREFIX.len()..).is_some_and(|k| key == k))
+        })
         .split("__")
 }
 
@@ -428,6 +445,11 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             raw.state.schema
         ));
     }
+    // A retention that does not parse is reported once, here; models are then not compared
+    // with it.
+    let retention = parse_duration(&raw.state.ledger_retention)
+        .ok()
+        .map(|d| (raw.state.ledger_retention.trim().to_string(), d));
     let state = StateSettings {
         schema: raw.state.schema,
         url: raw.state.url,
@@ -517,13 +539,12 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             .clone()
             .unwrap_or_else(|| format!("#{} (no name)", i + 1));
         let mut mp = Vec::new();
-        if let Some(model) = validate_model(
-            m,
-            base_dir,
-            meta.batch_size,
-            warehouse.page_size.max(1),
-            &mut mp,
-        ) {
+        let defaults = ModelDefaults {
+            batch_size: meta.batch_size,
+            page_size: warehouse.page_size.max(1),
+            ledger_retention: retention.as_ref().map(|(text, d)| (text.as_str(), *d)),
+        };
+        if let Some(model) = validate_model(m, base_dir, &defaults, &mut mp) {
             if !seen.insert(model.name.clone()) {
                 mp.push(format!(
                     "key `name`: a second model is named `{}`; model names must be unique",
@@ -554,11 +575,18 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
     }
 }
 
+/// What a model's settings default to, or are bounded by, from the global sections.
+struct ModelDefaults<'a> {
+    batch_size: usize,
+    page_size: u32,
+    /// `state.ledger_retention` as written and parsed; None when it does not parse.
+    ledger_retention: Option<(&'a str, Duration)>,
+}
+
 fn validate_model(
     m: RawModel,
     base_dir: &Path,
-    default_batch: usize,
-    default_page: u32,
+    defaults: &ModelDefaults<'_>,
     problems: &mut Vec<String>,
 ) -> Option<ModelConfig> {
     let name = match m.name {
@@ -730,12 +758,23 @@ fn validate_model(
         }
     };
     let batch_size = match m.batch_size {
-        None => default_batch,
+        None => defaults.batch_size,
         Some(n) if (1..=1000).contains(&n) => n as usize,
         Some(n) => {
-            problems.push(format!("key `batch_size`: {n} is outside 1..=1000"));
-            default_batch
+            problems.push(format!(
+                "key `batch_size`: {n} is outside 1..=1000 (Meta accepts at most 1000 events per request)"
+            ));
+            defaults.batch_size
         }
+    };
+    let page_size = match m.page_size {
+        None => defaults.page_size,
+        Some(0) => {
+            problems
+                .push("key `page_size`: 0 rows per keyset page; it must be at least 1".to_string());
+            defaults.page_size
+        }
+        Some(n) => n,
     };
     let lookback = match m.lookback.as_deref() {
         None => Duration::ZERO,
@@ -744,6 +783,20 @@ fn validate_model(
             Duration::ZERO
         }),
     };
+    // The lookback re-reads rows already settled; the delivery ledger is what keeps a re-read
+    // row from being sent again, and it forgets events after its retention. A longer lookback
+    // would re-send, under the same event id, rows whose ledger entry was pruned (Meta
+    // deduplicates an event_id for 48 hours only, capi-reference.md §7).
+    if let (Some(text), Some((retention_text, retention))) =
+        (m.lookback.as_deref(), defaults.ledger_retention)
+    {
+        if lookback > retention {
+            problems.push(format!(
+                "key `lookback` = \"{}\" is longer than key `state.ledger_retention` = \"{retention_text}\": the delivery ledger suppresses re-sends only within its retention, so rows re-read after their ledger entry is pruned would be sent again; shorten lookback or lengthen state.ledger_retention",
+                text.trim()
+            ));
+        }
+    }
 
     Some(ModelConfig {
         name,
@@ -760,7 +813,7 @@ fn validate_model(
         external_id,
         test_event_code: m.test_event_code.filter(|s| !s.is_empty()),
         batch_size,
-        page_size: m.page_size.unwrap_or(default_page),
+        page_size,
         lookback,
         enabled: m.enabled,
     })

@@ -448,6 +448,68 @@ async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Re
                 format!("{e}; use a timestamp, date or integer cursor and an orderable key"),
             ),
         }
+        check_unreadable_rows(warehouse, model, &query, report).await;
+    }
+}
+
+/// Rows keyset paging cannot handle: counted with aggregate queries (no row is read), each
+/// in a read-only transaction under the statement timeout.
+async fn check_unreadable_rows(
+    warehouse: &Warehouse,
+    model: &ModelConfig,
+    query: &crate::source::ModelQuery,
+    report: &mut Report,
+) {
+    let name = model.name.as_str();
+    let key = model.primary_key.join(", ");
+    match warehouse.unreadable_rows(model, query).await {
+        Ok(u) if u.total() == 0 => report.push(
+            name,
+            Some("rows"),
+            Level::Ok,
+            format!("no row has a NULL cursor ({}) or primary key ({key})", model.cursor),
+        ),
+        Ok(u) => report.push(
+            name,
+            Some("rows"),
+            Level::Warning,
+            format!(
+                "{} with a NULL cursor ({}) and {} with a NULL in the primary key ({key}): paging on (cursor, key) cannot reach them, so they are never sent; every run counts them (capi_sync_rows_unreadable)",
+                super::rows(u.null_cursor),
+                model.cursor,
+                super::group_digits(u.null_key)
+            ),
+        ),
+        Err(e) => report.push(
+            name,
+            Some("rows"),
+            Level::Warning,
+            format!("cannot count the rows with a NULL cursor or key: {e}"),
+        ),
+    }
+    match warehouse.duplicate_keys(model, query).await {
+        Ok(d) if d.keys == 0 => report.push(
+            name,
+            Some("rows"),
+            Level::Ok,
+            format!("each primary key ({key}) is on one row"),
+        ),
+        Ok(d) => report.push(
+            name,
+            Some("rows"),
+            Level::Warning,
+            format!(
+                "{} primary key value(s) ({key}) are on more than one row; {} of them also share the cursor value: a run sends the first such row and refuses the others as duplicate_primary_key. Rows of one key with different cursor values are read as one row that changed: one event per key and event name",
+                super::group_digits(d.keys),
+                super::group_digits(d.keys_with_same_cursor)
+            ),
+        ),
+        Err(e) => report.push(
+            name,
+            Some("rows"),
+            Level::Warning,
+            format!("cannot count the primary keys on more than one row: {e}"),
+        ),
     }
 }
 

@@ -35,6 +35,14 @@ pub fn run_json(r: &RunRecord) -> serde_json::Value {
         "rows_refused": r.rows_refused,
         "rows_already_sent": r.rows_already_sent,
         "refused_by_reason": r.refused_by_reason,
+        // Rows the keyset reader never sees; null when the run did not count them.
+        "unreadable_rows": match (r.rows_null_cursor, r.rows_null_key) {
+            (Some(null_cursor), Some(null_key)) => json!({
+                "null_cursor": null_cursor,
+                "null_key": null_key,
+            }),
+            _ => serde_json::Value::Null,
+        },
         "error": r.error,
     })
 }

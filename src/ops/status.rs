@@ -248,6 +248,19 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         }
         (None, None) => {}
     }
+    if let Some(u) = s.last_run.as_ref().map(|r| &r["unreadable_rows"]) {
+        let (cursor, key) = (
+            u["null_cursor"].as_i64().unwrap_or(0),
+            u["null_key"].as_i64().unwrap_or(0),
+        );
+        if cursor + key > 0 {
+            out.push_str(&format!(
+                "  unreadable: {} with a NULL cursor, {} with a NULL in the primary key, counted by the last run; never read or sent (fix the model's SQL)\n",
+                super::rows(cursor),
+                super::group_digits(key)
+            ));
+        }
+    }
     if !s.refused_by_reason.is_empty() {
         let parts: Vec<String> = s
             .refused_by_reason

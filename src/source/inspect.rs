@@ -46,7 +46,7 @@ pub struct WindowCount {
 
 impl ModelQuery {
     /// `SELECT <what> FROM (<model sql>) AS t WHERE <cursor and key not null>`.
-    fn wrapped(&self, sql: &str, what: &str) -> String {
+    pub(super) fn wrapped(&self, sql: &str, what: &str) -> String {
         let not_null: Vec<String> = self
             .order_columns()
             .iter()
@@ -59,7 +59,7 @@ impl ModelQuery {
     }
 
     /// `t."cursor", t."key1", ...` in paging order.
-    fn order_columns(&self) -> Vec<String> {
+    pub(super) fn order_columns(&self) -> Vec<String> {
         std::iter::once(self.cursor_index)
             .chain(self.key_indexes.iter().copied())
             .map(|i| format!("t.{}", quote_ident(&self.columns[i].name)))

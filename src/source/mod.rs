@@ -3,8 +3,10 @@
 //! The model's SQL is wrapped as a subquery, never edited.
 
 mod inspect;
+mod unreadable;
 
 pub use inspect::{Backlog, EventTimeWindow, WindowCount, WindowDays};
+pub use unreadable::{DuplicateKeys, UnreadableRows};
 
 use crate::config::{ModelConfig, Secret};
 use crate::mapping::{ColumnInfo, Value, ValueKind};
@@ -69,6 +71,18 @@ pub enum LowerBound {
     Beginning,
     /// Rows strictly after this (cursor, key) position.
     After(CursorPosition),
+    /// The page after a full one: rows at or after `last`, less the first `rows_at_last` rows
+    /// at exactly `last`, which earlier pages read. Paging strictly after `last` would skip
+    /// a row repeating the last one's (cursor, key) on the next page.
+    ///
+    /// Within a run every copy is therefore read (and refused as a duplicate). A run resumes
+    /// from the stored cursor strictly after it, though: a run that stops between two copies
+    /// (its deadline, a shutdown, a failed batch exactly there) leaves the later copies
+    /// unread, and with them only refusals that were never recorded.
+    PageAfter {
+        last: CursorPosition,
+        rows_at_last: u32,
+    },
     /// Rows whose cursor is at least this value (a backfill from a point).
     CursorAtLeast(String),
     /// Rows whose cursor is later than this value minus the lookback (late-row re-reads).
@@ -100,6 +114,10 @@ pub struct SourceRow {
     pub key: Vec<String>,
     /// Read again from the range behind the stored cursor (lookback), not new.
     pub reread: bool,
+    /// The row repeats the (cursor, primary key) of the row read just before it: the model's
+    /// output holds two rows for one key at one cursor value. Keyset paging cannot tell them
+    /// apart, so the run refuses this one as `duplicate_primary_key`.
+    pub duplicate: bool,
 }
 
 impl SourceRow {
@@ -108,6 +126,14 @@ impl SourceRow {
             cursor_value: self.cursor_text.clone(),
             row_key: self.key.clone(),
         }
+    }
+
+    fn is_at(&self, p: &CursorPosition) -> bool {
+        self.cursor_text == p.cursor_value && self.key == p.row_key
+    }
+
+    fn same_position(&self, other: &SourceRow) -> bool {
+        self.cursor_text == other.cursor_text && self.key == other.key
     }
 }
 
@@ -230,8 +256,18 @@ impl Warehouse {
         let mut total = 0u64;
         for range in ranges {
             let mut lower = range.lower.clone();
+            // The last row read in this range and how many rows in a row had its position:
+            // a row at the same position is a duplicate, on this page or across pages.
+            let mut previous: Option<CursorPosition> = None;
+            let mut rows_at_previous = 0u32;
             loop {
                 let (sql, params) = query.page_sql(&lower, range.upper.as_ref());
+                let (limit, mut skip) = match &lower {
+                    LowerBound::PageAfter { rows_at_last, .. } => {
+                        (query.page_size as u64 + *rows_at_last as u64, *rows_at_last)
+                    }
+                    _ => (query.page_size as u64, 0),
+                };
                 let mut tx = self.read_only_tx().await?;
                 let mut q = sqlx::query(&sql);
                 for p in &params {
@@ -244,6 +280,7 @@ impl Warehouse {
                 // buffer freed before the next (collecting the page first kept a page of
                 // both forms in memory at once).
                 let mut page: Vec<SourceRow> = Vec::new();
+                let mut fetched = 0u64;
                 {
                     let mut stream = q.fetch(&mut *tx);
                     while let Some(row) =
@@ -252,7 +289,20 @@ impl Warehouse {
                             message: db_message(&e),
                         })?
                     {
+                        fetched += 1;
                         let mut r = query.decode(&row)?;
+                        let repeats = match page.last() {
+                            Some(last) => r.same_position(last),
+                            None => previous.as_ref().is_some_and(|p| r.is_at(p)),
+                        };
+                        if repeats && skip > 0 {
+                            // Read by the previous page already.
+                            skip -= 1;
+                            continue;
+                        }
+                        skip = 0;
+                        r.duplicate = repeats;
+                        rows_at_previous = if repeats { rows_at_previous + 1 } else { 1 };
                         r.reread = range.reread;
                         page.push(r);
                     }
@@ -272,7 +322,13 @@ impl Warehouse {
                 }
                 total += in_page;
                 match last {
-                    Some(p) if in_page >= query.page_size as u64 => lower = LowerBound::After(p),
+                    Some(p) if fetched >= limit => {
+                        lower = LowerBound::PageAfter {
+                            last: p.clone(),
+                            rows_at_last: rows_at_previous,
+                        };
+                        previous = Some(p);
+                    }
                     _ => break,
                 }
             }
@@ -300,8 +356,11 @@ impl Warehouse {
                     model: query.model.clone(),
                     message: db_message(&e),
                 })?;
+            let first = out.len();
             for row in rows {
-                out.push(query.decode(&row)?);
+                let mut r = query.decode(&row)?;
+                r.duplicate = out[first..].iter().any(|o: &SourceRow| r.same_position(o));
+                out.push(r);
             }
         }
         tx.rollback().await?;
@@ -430,6 +489,10 @@ impl ModelQuery {
                 let t = tuple(&mut params, p);
                 sql.push_str(&format!(" AND ({}) > ({t})", self.order_by));
             }
+            LowerBound::PageAfter { last, .. } => {
+                let t = tuple(&mut params, last);
+                sql.push_str(&format!(" AND ({}) >= ({t})", self.order_by));
+            }
             LowerBound::CursorAtLeast(v) => {
                 params.push(Param::Text(v.clone()));
                 sql.push_str(&format!(
@@ -454,10 +517,13 @@ impl ModelQuery {
             let t = tuple(&mut params, p);
             sql.push_str(&format!(" AND ({}) <= ({t})", self.order_by));
         }
-        sql.push_str(&format!(
-            " ORDER BY {} LIMIT {}",
-            self.order_by, self.page_size
-        ));
+        let limit = match lower {
+            LowerBound::PageAfter { rows_at_last, .. } => {
+                self.page_size as u64 + *rows_at_last as u64
+            }
+            _ => self.page_size as u64,
+        };
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", self.order_by));
         (sql, params)
     }
 
@@ -498,6 +564,7 @@ impl ModelQuery {
             cursor_text,
             key,
             reread: false,
+            duplicate: false,
         })
     }
 }

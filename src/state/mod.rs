@@ -81,6 +81,10 @@ pub struct RunCounters {
     pub dropped_by_field: std::collections::BTreeMap<String, i64>,
     /// Events carrying each identifier.
     pub coverage: std::collections::BTreeMap<String, i64>,
+    /// Rows of the model's output with a NULL cursor, or a cursor and a NULL in the primary
+    /// key: the keyset reader never sees them (counted once per run; None when not counted).
+    pub rows_null_cursor: Option<i64>,
+    pub rows_null_key: Option<i64>,
 }
 
 /// One settled stretch of rows, committed in a single transaction.
@@ -156,6 +160,8 @@ pub struct RunRecord {
     pub refused_by_reason: serde_json::Value,
     pub coverage: serde_json::Value,
     pub error: Option<String>,
+    pub rows_null_cursor: Option<i64>,
+    pub rows_null_key: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -669,7 +675,7 @@ impl StateStore {
     pub async fn recent_runs(&self, model: &str, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
             "SELECT id, model, trigger, started_at, finished_at, status, rows_read, events_sent, rows_refused,
-                    rows_already_sent, refused_by_reason, coverage, error
+                    rows_already_sent, refused_by_reason, coverage, error, rows_null_cursor, rows_null_key
              FROM runs WHERE model = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(model)
@@ -692,6 +698,8 @@ impl StateStore {
                 refused_by_reason: r.get(10),
                 coverage: r.get(11),
                 error: r.get(12),
+                rows_null_cursor: r.get(13),
+                rows_null_key: r.get(14),
             })
             .collect())
     }
@@ -764,7 +772,8 @@ async fn write_counters(
         "UPDATE runs SET rows_read = $2, events_sent = $3, rows_refused = $4, rows_already_sent = $5,
             requests = $6, retries = $7, refused_by_reason = $8, dropped_by_field = $9, coverage = $10,
             status = COALESCE($11, status), error = COALESCE($12, error),
-            finished_at = CASE WHEN $11 IS NULL THEN finished_at ELSE now() END
+            finished_at = CASE WHEN $11 IS NULL THEN finished_at ELSE now() END,
+            rows_null_cursor = $13, rows_null_key = $14
          WHERE id = $1",
     )
     .bind(run_id)
@@ -779,6 +788,8 @@ async fn write_counters(
     .bind(json(&c.coverage))
     .bind(status)
     .bind(error)
+    .bind(c.rows_null_cursor)
+    .bind(c.rows_null_key)
     .execute(conn)
     .await?;
     Ok(())

@@ -2,8 +2,10 @@
 
 mod cli;
 mod config_errors;
+mod config_rules;
 mod crash;
 mod delivery;
+mod endpoints;
 mod faults;
 mod graph_answers;
 mod helpers;
@@ -19,3 +21,4 @@ mod soak;
 mod stalls;
 mod sync;
 mod tls;
+mod unreadable_rows;
