@@ -124,8 +124,12 @@ impl Warehouse {
             cursor_value: String::new(),
             row_key: vec![String::new(); query.key_indexes.len()],
         };
-        let first = query.page_sql(&LowerBound::Beginning, None).0;
-        let next = query.page_sql(&LowerBound::After(somewhere), None).0;
+        let first = query
+            .page_sql(&LowerBound::Beginning, None, query.page_size)
+            .0;
+        let next = query
+            .page_sql(&LowerBound::After(somewhere), None, query.page_size)
+            .0;
         let mut tx = self.read_only_tx().await?;
         for sql in [&first, &next] {
             tx.prepare(sql.as_str())

@@ -2,6 +2,7 @@
 //! `(cursor, primary key)`, each page in a READ ONLY transaction with a statement timeout.
 //! The model's SQL is wrapped as a subquery, never edited.
 
+mod decode;
 mod inspect;
 
 pub use inspect::{Backlog, EventTimeWindow, WindowCount, WindowDays};
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("warehouse: {0}")]
+    #[error("warehouse: {}", db_message(.0))]
     Db(#[from] sqlx::Error),
     #[error("warehouse URL is not valid: {0}")]
     Url(String),
@@ -35,7 +36,12 @@ pub type Result<T> = std::result::Result<T, SourceError>;
 pub struct Warehouse {
     pool: PgPool,
     statement_timeout: Duration,
+    /// A page stops at this many bytes of values even before `page_size` rows.
+    page_bytes: usize,
 }
+
+/// `warehouse.page_bytes` when none is set.
+pub const DEFAULT_PAGE_BYTES: usize = 64 << 20;
 
 /// How one output column is read.
 #[derive(Debug, Clone)]
@@ -44,6 +50,9 @@ struct ReadColumn {
     kind: ValueKind,
     /// SQL type name (for casting the stored cursor/key text back).
     sql_type: String,
+    /// Its place in the page query's select list; None when no parameter takes it (an
+    /// ignored column, or a key or cursor only read as text), so it is never fetched.
+    select_index: Option<usize>,
 }
 
 /// A model's query, described and wrapped for keyset paging.
@@ -54,6 +63,10 @@ pub struct ModelQuery {
     /// Index of the cursor and key columns among `columns`.
     cursor_index: usize,
     key_indexes: Vec<usize>,
+    /// How many model columns the page query fetches (the cursor and key text follow them).
+    fetched: usize,
+    /// `primary_key` as configured, for messages.
+    primary_key: Vec<String>,
     /// `SELECT ... FROM (model sql) AS t WHERE <cursor and keys not null>`.
     base_sql: String,
     /// `t."cursor", t."key1", ...`
@@ -147,7 +160,14 @@ impl Warehouse {
         Ok(Warehouse {
             pool,
             statement_timeout,
+            page_bytes: DEFAULT_PAGE_BYTES,
         })
+    }
+
+    /// Bounds each page by bytes of values as well as by rows (`warehouse.page_bytes`).
+    pub fn with_page_bytes(mut self, page_bytes: u64) -> Warehouse {
+        self.page_bytes = usize::try_from(page_bytes).unwrap_or(usize::MAX).max(1);
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -190,6 +210,7 @@ impl Warehouse {
                 name: c.name().to_string(),
                 kind: kind_of(ti.name()),
                 sql_type,
+                select_index: None,
             });
         }
         tx.rollback().await?;
@@ -220,11 +241,22 @@ impl Warehouse {
         tx_rows: mpsc::Sender<Vec<SourceRow>>,
         chunk: usize,
     ) -> Result<u64> {
+        for range in &ranges {
+            if let LowerBound::After(p) = &range.lower {
+                query.check_position(p)?;
+            }
+            if let Some(p) = &range.upper {
+                query.check_position(p)?;
+            }
+        }
         let mut total = 0u64;
         for range in ranges {
             let mut lower = range.lower.clone();
+            // Rows asked per page: `page_size`, fewer after a page that filled `page_bytes`
+            // (the rows Postgres sends past the budget are read and discarded), growing back.
+            let mut limit = query.page_size.max(1);
             loop {
-                let (sql, params) = query.page_sql(&lower, range.upper.as_ref());
+                let (sql, params) = query.page_sql(&lower, range.upper.as_ref(), limit);
                 let mut tx = self.read_only_tx().await?;
                 let mut q = sqlx::query(&sql);
                 for p in &params {
@@ -237,6 +269,8 @@ impl Warehouse {
                 // buffer freed before the next (collecting the page first kept a page of
                 // both forms in memory at once).
                 let mut page: Vec<SourceRow> = Vec::new();
+                let mut page_bytes = 0usize;
+                let mut full = false;
                 {
                     let mut stream = q.fetch(&mut *tx);
                     while let Some(row) =
@@ -245,9 +279,16 @@ impl Warehouse {
                             message: db_message(&e),
                         })?
                     {
-                        let mut r = query.decode(&row)?;
+                        let (mut r, bytes) = query.decode(&row)?;
                         r.reread = range.reread;
                         page.push(r);
+                        page_bytes = page_bytes.saturating_add(bytes);
+                        // Keyset paging makes a short page exact: the next starts after the
+                        // last row kept. At least one row is kept, so every page moves on.
+                        if page_bytes >= self.page_bytes {
+                            full = true;
+                            break;
+                        }
                     }
                 }
                 tx.commit().await?;
@@ -264,8 +305,14 @@ impl Warehouse {
                     }
                 }
                 total += in_page;
+                let more = full || in_page >= u64::from(limit);
+                limit = if full {
+                    (in_page as u32).max(1)
+                } else {
+                    limit.saturating_mul(2).min(query.page_size.max(1))
+                };
                 match last {
-                    Some(p) if in_page >= query.page_size as u64 => lower = LowerBound::After(p),
+                    Some(p) if more => lower = LowerBound::After(p),
                     _ => break,
                 }
             }
@@ -280,6 +327,9 @@ impl Warehouse {
         keys: &[Vec<String>],
     ) -> Result<Vec<SourceRow>> {
         let mut out = Vec::new();
+        for key in keys {
+            query.check_key(key)?;
+        }
         let mut tx = self.read_only_tx().await?;
         for key in keys {
             let mut q = sqlx::query(&query.by_key_sql);
@@ -294,7 +344,7 @@ impl Warehouse {
                     message: db_message(&e),
                 })?;
             for row in rows {
-                out.push(query.decode(&row)?);
+                out.push(query.decode(&row)?.0);
             }
         }
         tx.rollback().await?;
@@ -332,8 +382,17 @@ impl ModelQuery {
                 ))
             })?);
         }
+        let mut columns = columns;
+        let mut fetched = 0;
+        for c in &mut columns {
+            if crate::mapping::event::column_is_mapped(model, &c.name) {
+                c.select_index = Some(fetched);
+                fetched += 1;
+            }
+        }
         let mut select: Vec<String> = columns
             .iter()
+            .filter(|c| c.select_index.is_some())
             .map(|c| {
                 let q = format!("t.{}", quote_ident(&c.name));
                 match (c.kind, c.sql_type.as_str()) {
@@ -383,6 +442,8 @@ impl ModelQuery {
             columns,
             cursor_index,
             key_indexes,
+            fetched,
+            primary_key: model.primary_key.clone(),
             base_sql: base,
             order_by: order.join(", "),
             by_key_sql,
@@ -396,7 +457,12 @@ impl ModelQuery {
 
     /// One page's SQL and parameters. Positions travel as text and are cast back to the
     /// column types, so any orderable cursor and key type round-trips exactly.
-    fn page_sql(&self, lower: &LowerBound, upper: Option<&CursorPosition>) -> (String, Vec<Param>) {
+    fn page_sql(
+        &self,
+        lower: &LowerBound,
+        upper: Option<&CursorPosition>,
+        limit: u32,
+    ) -> (String, Vec<Param>) {
         let mut params: Vec<Param> = Vec::new();
         let mut sql = self.base_sql.clone();
         let cursor_type = &self.columns[self.cursor_index].sql_type;
@@ -410,9 +476,10 @@ impl ModelQuery {
             let mut parts = Vec::new();
             params.push(Param::Text(p.cursor_value.clone()));
             parts.push(format!("${}::text::{cursor_type}", params.len()));
-            for (i, k) in p.row_key.iter().enumerate() {
+            // `check_position` proved the arities equal before any page was asked for.
+            for (k, &ki) in p.row_key.iter().zip(&self.key_indexes) {
                 params.push(Param::Text(k.clone()));
-                let ty = &self.columns[self.key_indexes[i]].sql_type;
+                let ty = &self.columns[ki].sql_type;
                 parts.push(format!("${}::text::{ty}", params.len()));
             }
             parts.join(", ")
@@ -447,10 +514,7 @@ impl ModelQuery {
             let t = tuple(&mut params, p);
             sql.push_str(&format!(" AND ({}) <= ({t})", self.order_by));
         }
-        sql.push_str(&format!(
-            " ORDER BY {} LIMIT {}",
-            self.order_by, self.page_size
-        ));
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", self.order_by));
         (sql, params)
     }
 
@@ -466,136 +530,74 @@ impl ModelQuery {
         &self.columns[self.cursor_index].sql_type
     }
 
-    fn decode(&self, row: &PgRow) -> Result<SourceRow> {
-        let n = self.columns.len();
-        let mut values = Vec::with_capacity(n);
-        for (i, c) in self.columns.iter().enumerate() {
-            values.push(decode_value(row, i, c.kind, &c.sql_type).map_err(|e| {
-                SourceError::Model {
-                    model: self.model.clone(),
-                    message: format!(
-                        "column `{}` could not be read as {}: {e}",
-                        c.name,
-                        c.kind.describe()
-                    ),
-                }
-            })?);
+    /// A stored position must have one key value per `primary_key` column: a cursor written
+    /// before `primary_key` changed cannot be compared with the rows.
+    pub fn check_position(&self, p: &CursorPosition) -> Result<()> {
+        self.check_key(&p.row_key)
+    }
+
+    fn check_key(&self, key: &[String]) -> Result<()> {
+        if key.len() == self.key_indexes.len() {
+            return Ok(());
         }
-        let cursor_text: String = row.try_get_unchecked(n)?;
-        let mut key = Vec::with_capacity(self.key_indexes.len());
-        for i in 0..self.key_indexes.len() {
-            key.push(row.try_get_unchecked::<String, _>(n + 1 + i)?);
-        }
-        Ok(SourceRow {
-            values,
-            cursor_text,
-            key,
-            reread: false,
+        Err(SourceError::Model {
+            model: self.model.clone(),
+            message: format!(
+                "the stored cursor's row key has {} value(s) ({}) but primary_key lists {} column(s) ({}); \
+                 primary_key changed after the cursor was stored. Put the earlier primary_key back, \
+                 or move the cursor with `capi-sync reset {} --to VALUE`",
+                key.len(),
+                key.join(", "),
+                self.primary_key.len(),
+                self.primary_key.join(", "),
+                self.model
+            ),
         })
     }
-}
 
-/// `sql_type` is the column's `format_type` name, decided once per run, so the integer and
-/// float widths need no per-value type lookup. The kinds were checked against the columns'
-/// types when the run described the query, so the values are decoded without sqlx's per-value
-/// type check (`try_get_unchecked`), a few percent of a backfill's CPU.
-fn decode_value(
-    row: &PgRow,
-    i: usize,
-    kind: ValueKind,
-    sql_type: &str,
-) -> std::result::Result<Value, sqlx::Error> {
-    Ok(match kind {
-        ValueKind::Bool => row
-            .try_get_unchecked::<Option<bool>, _>(i)?
-            .map(Value::Bool),
-        ValueKind::Int => match sql_type {
-            "smallint" => row
-                .try_get_unchecked::<Option<i16>, _>(i)?
-                .map(|v| Value::Int(v.into())),
-            "integer" => row
-                .try_get_unchecked::<Option<i32>, _>(i)?
-                .map(|v| Value::Int(v.into())),
-            _ => row.try_get_unchecked::<Option<i64>, _>(i)?.map(Value::Int),
-        },
-        ValueKind::Float => {
-            if sql_type == "real" {
-                row.try_get_unchecked::<Option<f32>, _>(i)?
-                    .map(|v| Value::Float(v.into()))
-            } else {
-                row.try_get_unchecked::<Option<f64>, _>(i)?
-                    .map(Value::Float)
-            }
-        }
-        ValueKind::Numeric | ValueKind::Text => {
-            row.try_get_unchecked::<Option<&str>, _>(i)?.map(|s| {
-                let s = crate::mapping::value::Text::new(s);
-                if kind == ValueKind::Numeric {
-                    Value::Numeric(s)
-                } else {
-                    Value::Text(s)
+    /// The row, and the bytes its fetched values took on the wire. No value fails the read:
+    /// one that cannot be sent is a `Value::Unusable` for the mapping to judge.
+    fn decode(&self, row: &PgRow) -> Result<(SourceRow, usize)> {
+        let mut values = Vec::with_capacity(self.columns.len());
+        let mut bytes = 0usize;
+        for c in &self.columns {
+            let value = match c.select_index {
+                Some(i) => {
+                    let d = decode::decode_value(row, i, c.kind, &c.sql_type);
+                    bytes = bytes.saturating_add(d.wire_bytes);
+                    d.value
                 }
-            })
+                None => Value::Null,
+            };
+            values.push(value);
         }
-        ValueKind::Date => row
-            .try_get_unchecked::<Option<chrono::NaiveDate>, _>(i)?
-            .map(Value::Date),
-        ValueKind::Timestamp => row
-            .try_get_unchecked::<Option<chrono::NaiveDateTime>, _>(i)?
-            .map(Value::Timestamp),
-        ValueKind::TimestampTz => row
-            .try_get_unchecked::<Option<chrono::DateTime<chrono::Utc>>, _>(i)?
-            .map(Value::TimestampTz),
-        ValueKind::Json => row
-            .try_get::<Option<serde_json::Value>, _>(i)?
-            .map(Value::Json),
-        ValueKind::TextArray => row
-            .try_get::<Option<Vec<Option<String>>>, _>(i)?
-            .map(Value::TextArray),
+        let n = self.fetched;
+        let cursor_text: String = row.try_get_unchecked(n)?;
+        bytes = bytes.saturating_add(cursor_text.len());
+        let mut key = Vec::with_capacity(self.key_indexes.len());
+        for i in 0..self.key_indexes.len() {
+            let k = row.try_get_unchecked::<String, _>(n + 1 + i)?;
+            bytes = bytes.saturating_add(k.len());
+            key.push(k);
+        }
+        Ok((
+            SourceRow {
+                values,
+                cursor_text,
+                key,
+                reread: false,
+            },
+            bytes,
+        ))
     }
-    .unwrap_or(Value::Null))
 }
 
-/// A database error's message without the query text, and without the offending value when
-/// Postgres quotes one (a failed cast in a model's SQL names the row's value, which may be
-/// customer data).
+/// A database error's message without the query text, and without the row values Postgres
+/// quotes in data and integrity errors (a failed cast in a model's SQL names the row's value,
+/// which may be customer data). The DETAIL, which quotes key values, is never shown.
 pub fn db_message(e: &sqlx::Error) -> String {
     match e.as_database_error() {
-        Some(d) => without_quoted_value(d.code().as_deref(), d.message()),
+        Some(d) => crate::redact::postgres_message(d.code().as_deref(), d.message()),
         None => e.to_string(),
-    }
-}
-
-/// Data exceptions (SQLSTATE class 22) end their message with the value that failed, as in
-/// `invalid input syntax for type integer: "jane@example.com"`; that part is cut.
-fn without_quoted_value(code: Option<&str>, message: &str) -> String {
-    match (code, message.find(": \"")) {
-        (Some(c), Some(at)) if c.starts_with("22") => format!(
-            "{} (SQLSTATE {c}; the value is not shown because it may be customer data)",
-            &message[..at]
-        ),
-        _ => message.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_errors_lose_the_quoted_value() {
-        let m = without_quoted_value(
-            Some("22P02"),
-            "invalid input syntax for type integer: \"jane@example.com\"",
-        );
-        assert!(!m.contains("jane"), "{m}");
-        assert!(
-            m.starts_with("invalid input syntax for type integer"),
-            "{m}"
-        );
-        assert_eq!(
-            without_quoted_value(Some("42703"), "column \"emial\" does not exist"),
-            "column \"emial\" does not exist"
-        );
     }
 }
