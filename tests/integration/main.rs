@@ -12,3 +12,4 @@ mod privacy;
 mod shapes;
 mod soak;
 mod sync;
+mod values;
