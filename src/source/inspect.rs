@@ -98,7 +98,10 @@ fn age_secs_sql(sql_type: &str, expr: &str) -> Option<String> {
     } else {
         return None;
     };
-    Some(format!("extract(epoch from now() - {as_utc})::float8"))
+    // An `infinity` cursor has no age (Postgres refuses to subtract infinite timestamps).
+    Some(format!(
+        "CASE WHEN isfinite({expr}) THEN extract(epoch from now() - {as_utc})::float8 END"
+    ))
 }
 
 /// SQL turning an `event_time` column into a timestamptz, like the mapping reads it; None for
@@ -260,6 +263,9 @@ impl Warehouse {
         what: &str,
         after: Option<&CursorPosition>,
     ) -> Result<sqlx::postgres::PgRow> {
+        if let Some(p) = after {
+            query.check_position(p)?;
+        }
         let mut sql = query.wrapped(&model.sql, what);
         if after.is_some() {
             sql.push_str(&query.after_condition(1));

@@ -257,6 +257,18 @@ async fn rows_with_an_infinity_cursor_are_read_once_and_the_stored_cursor_round_
         Some(("infinity".to_string(), vec!["6".to_string()]))
     );
 
+    // `status` and `check` count the rows waiting: `-infinity` has no age, and no error.
+    let model = ctx.config.model("odd").expect("model").clone();
+    let (query, _) = ctx.warehouse.describe(&model).await.expect("describe");
+    let all = ctx
+        .warehouse
+        .backlog(&model, &query, None)
+        .await
+        .expect("backlog of every row");
+    assert_eq!(all.rows, 6);
+    assert_eq!(all.oldest.as_deref(), Some("-infinity"));
+    assert_eq!(all.oldest_age_secs, None);
+
     // Nothing after (infinity, 6) until a row sorts after it.
     let run = sync(&ctx, "odd").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
