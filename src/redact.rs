@@ -95,11 +95,7 @@ pub fn graph_message(text: &str) -> String {
             };
             if let Some(len) = chars[i + 1..].iter().position(|&x| x == close) {
                 let inner: String = chars[i + 1..i + 1 + len].iter().collect();
-                let is_name = !inner.is_empty()
-                    && inner.len() <= 40
-                    && inner.chars().all(|x| {
-                        x.is_ascii_lowercase() || x == '_' || x == '.' || x == '[' || x == ']'
-                    });
+                let is_name = is_parameter_name(&inner);
                 if is_name {
                     out.push(c);
                     out.push_str(&inner);
@@ -118,6 +114,22 @@ pub fn graph_message(text: &str) -> String {
         .map(|w| if w.contains('@') { "…" } else { w })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A parameter path as Meta writes it (`user_data.em`, `data[0].event_time`): lowercase,
+/// short, and without the long digit runs of ids, phone numbers and timestamps.
+fn is_parameter_name(text: &str) -> bool {
+    let starts_like_a_name = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let mut digit_run = 0;
+    starts_like_a_name
+        && text.len() <= 40
+        && text.chars().all(|c| {
+            digit_run = if c.is_ascii_digit() { digit_run + 1 } else { 0 };
+            digit_run < 4 && (c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c))
+        })
 }
 
 #[cfg(test)]
@@ -198,9 +210,14 @@ mod tests {
     #[test]
     fn graph_messages_lose_quoted_values_and_addresses() {
         let m = graph_message(
-            "The parameter 'client_ip_address' has an invalid value: '203.0.113.9' for \"Jane Roe\"; contact jane@example.com. It's fine",
+            "The parameter 'client_ip_address' has an invalid value: '203.0.113.9' for \"Jane Roe\"; contact jane@example.com. It's fine; 'data[0].event_time' 'fb.1.1554763741205.abc'",
         );
-        for gone in ["203.0.113.9", "Jane Roe", "jane@example.com"] {
+        for gone in [
+            "203.0.113.9",
+            "Jane Roe",
+            "jane@example.com",
+            "1554763741205",
+        ] {
             assert!(!m.contains(gone), "{m}");
         }
         assert!(
