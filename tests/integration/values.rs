@@ -37,6 +37,15 @@ async fn stored_cursor(db: &TestDb, model: &str) -> Option<(String, Vec<String>)
         .expect("read the cursor")
 }
 
+/// The shared test config with patience for a loaded machine: the Graph stand-in may answer
+/// slowly while other tests run, and a timed-out batch must not fail these runs.
+fn patient_config(db: &TestDb, graph_url: &str, models: &str) -> capi_sync::config::Config {
+    let mut cfg = config(db, graph_url, models);
+    cfg.meta.request_timeout = std::time::Duration::from_secs(60);
+    cfg.meta.max_attempts = 6;
+    cfg
+}
+
 const ODD_MODEL: &str = r#"
 [[models]]
 name = "odd"
@@ -124,7 +133,7 @@ async fn infinity_in_ignored_columns_is_never_read_and_odd_field_values_drop_onl
     .await;
 
     let sandbox = start_sandbox(Faults::default()).await;
-    let ctx = context(config(&db, &sandbox.base_url(), ODD_MODEL)).await;
+    let ctx = context(patient_config(&db, &sandbox.base_url(), ODD_MODEL)).await;
     let run = sync(&ctx, "odd").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.counters.rows_read, 9);
@@ -195,7 +204,7 @@ async fn an_event_time_at_infinity_or_beyond_chrono_refuses_its_row_with_a_reaso
     .await;
     let models = ODD_MODEL.replace("name = \"odd\"", "name = \"times\"");
     let sandbox = start_sandbox(Faults::default()).await;
-    let ctx = context(config(&db, &sandbox.base_url(), &models)).await;
+    let ctx = context(patient_config(&db, &sandbox.base_url(), &models)).await;
     let run = sync(&ctx, "times").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.counters.rows_read, 6);
@@ -247,7 +256,7 @@ async fn rows_with_an_infinity_cursor_are_read_once_and_the_stored_cursor_round_
         "cursor = \"updated_at\"\npage_size = 2\nlookback = \"10m\"",
     );
     let sandbox = start_sandbox(Faults::default()).await;
-    let ctx = context(config(&db, &sandbox.base_url(), &models)).await;
+    let ctx = context(patient_config(&db, &sandbox.base_url(), &models)).await;
     let run = sync(&ctx, "odd").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.counters.rows_read, 6);
@@ -306,7 +315,7 @@ async fn a_stored_cursor_with_another_key_arity_is_a_configuration_error_naming_
     .await;
     let models = ODD_MODEL.replace("ignore_columns = [", "ignore_columns = [\"line\", ");
     let sandbox = start_sandbox(Faults::default()).await;
-    let ctx = context(config(&db, &sandbox.base_url(), &models)).await;
+    let ctx = context(patient_config(&db, &sandbox.base_url(), &models)).await;
     let run = sync(&ctx, "odd").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     let before = stored_cursor(&db, "odd").await.expect("cursor stored");
@@ -314,7 +323,7 @@ async fn a_stored_cursor_with_another_key_arity_is_a_configuration_error_naming_
 
     // primary_key grows to two columns after the cursor was stored with one.
     let changed = models.replace("primary_key = \"id\"", "primary_key = [\"id\", \"line\"]");
-    let ctx = context(config(&db, &sandbox.base_url(), &changed)).await;
+    let ctx = context(patient_config(&db, &sandbox.base_url(), &changed)).await;
     let run = sync(&ctx, "odd").await;
     assert_eq!(run.status, RunStatus::Failed);
     let error = run.error.expect("an error");
@@ -353,8 +362,10 @@ async fn rows_larger_than_the_page_byte_budget_are_each_delivered_once() {
         &ODD_MODEL.replace("[[models]]", "[[models]]\npage_size = 1000"),
     )
     .replace("[warehouse]\n", "[warehouse]\npage_bytes = 2500000\n");
-    let cfg = capi_sync::config::Config::from_toml_str(&text, Path::new(".")).expect("config");
+    let mut cfg = capi_sync::config::Config::from_toml_str(&text, Path::new(".")).expect("config");
     assert_eq!(cfg.warehouse.page_bytes, 2_500_000);
+    cfg.meta.request_timeout = std::time::Duration::from_secs(60);
+    cfg.meta.max_attempts = 6;
 
     // The reader's pages: each stops once it holds 2.5 MB, three rows at most.
     let warehouse = capi_sync::app::connect_warehouse(&cfg)
@@ -599,7 +610,7 @@ async fn random_typed_rows_are_each_delivered_or_refused_with_a_reason() {
     let db = TestDb::new().await;
     create_odd_table(&db).await;
     let sandbox = start_sandbox(Faults::default()).await;
-    let ctx = context(config(&db, &sandbox.base_url(), ODD_MODEL)).await;
+    let ctx = context(patient_config(&db, &sandbox.base_url(), ODD_MODEL)).await;
     let mut runner = TestRunner::new(RunnerConfig {
         cases: 12,
         failure_persistence: None,
