@@ -469,6 +469,11 @@ impl ModelPlan {
                     (Some(raw), true) => custom.push((k.as_str(), Cow::Borrowed(raw))),
                     _ => match custom_value(k, value) {
                         Ok(raw) => custom.push((k.as_str(), Cow::Owned(raw))),
+                        // `contents` is optional and no rule depends on it: text that is not a
+                        // JSON array loses the field, not the event.
+                        Err(r) if k == "contents" => {
+                            dropped.push(DroppedValue::new("custom_data.contents", r.reason))
+                        }
                         Err(r) => {
                             refusal.get_or_insert(r);
                         }

@@ -76,7 +76,7 @@ async fn create_odd_table(db: &TestDb) {
         "CREATE TABLE crm.odd (id int PRIMARY KEY, updated_at timestamptz NOT NULL,
             event_time timestamptz, email text, valid_to timestamptz, archived_on date,
             expires_at timestamp, score float8, amount numeric, blob text, doc json, note text,
-            birthday date)",
+            birthday date, contents text)",
     )
     .await;
 }
@@ -86,13 +86,13 @@ async fn infinity_in_ignored_columns_is_never_read_and_odd_field_values_drop_onl
     let db = TestDb::new().await;
     create_odd_table(&db).await;
     // Every row: infinite dates in the ignored columns (the reader panicked on these before,
-    // on every run, at the same page). Rows 2-8 each carry one odd value in a mapped field.
+    // on every run, at the same page). Rows 2-10 carry odd values in mapped fields.
     exec(
         &db,
         "INSERT INTO crm.odd (id, updated_at, event_time, email, valid_to, archived_on)
          SELECT g, now() - interval '1 hour' + g * interval '1 second', now() - interval '2 hours',
                 'person' || g || '@example.com', 'infinity', '-infinity'
-         FROM generate_series(1, 9) g",
+         FROM generate_series(1, 10) g",
     )
     .await;
     exec(
@@ -128,7 +128,14 @@ async fn infinity_in_ignored_columns_is_never_read_and_odd_field_values_drop_onl
     exec(&db, "UPDATE crm.odd SET birthday = 'infinity' WHERE id = 8").await;
     exec(
         &db,
-        "UPDATE crm.odd SET score = 'Infinity', expires_at = '-infinity', doc = '[1, 2]' WHERE id = 9",
+        "UPDATE crm.odd SET score = 'Infinity', expires_at = '-infinity', doc = '[1, 2]',
+            contents = '[{\"id\": \"sku-1\", \"quantity\": 2}]' WHERE id = 9",
+    )
+    .await;
+    // JSON held in a text column, mapped to `contents` by its name: not JSON at all.
+    exec(
+        &db,
+        "UPDATE crm.odd SET contents = '[{\"id\": \"sku-1\", ' WHERE id = 10",
     )
     .await;
 
@@ -136,8 +143,8 @@ async fn infinity_in_ignored_columns_is_never_read_and_odd_field_values_drop_onl
     let ctx = context(patient_config(&db, &sandbox.base_url(), ODD_MODEL)).await;
     let run = sync(&ctx, "odd").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
-    assert_eq!(run.counters.rows_read, 9);
-    assert_eq!(run.counters.events_sent, 9, "{:?}", run.counters);
+    assert_eq!(run.counters.rows_read, 10);
+    assert_eq!(run.counters.events_sent, 10, "{:?}", run.counters);
     assert_eq!(run.counters.rows_refused, 0);
     let dropped: Vec<(&str, i64)> = run
         .counters
@@ -150,6 +157,7 @@ async fn infinity_in_ignored_columns_is_never_read_and_odd_field_values_drop_onl
         vec![
             ("custom_data.amount:not_a_finite_number", 1),
             ("custom_data.blob:value_too_long", 1),
+            ("custom_data.contents:invalid_contents", 1),
             ("custom_data.doc:invalid_json", 1),
             ("custom_data.expires_at:infinite_time", 2),
             ("custom_data.expires_at:time_out_of_range", 1),
@@ -174,6 +182,11 @@ async fn infinity_in_ignored_columns_is_never_read_and_odd_field_values_drop_onl
     let nine = by_email_hash(9);
     assert_eq!(nine["custom_data"]["doc"], serde_json::json!([1, 2]));
     assert!(nine["custom_data"].get("score").is_none());
+    assert_eq!(
+        nine["custom_data"]["contents"],
+        serde_json::json!([{"id": "sku-1", "quantity": 2}])
+    );
+    assert!(by_email_hash(10)["custom_data"].get("contents").is_none());
     // Control characters, quotes and backslashes arrive as they were.
     assert_eq!(
         by_email_hash(7)["custom_data"]["note"],
