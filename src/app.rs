@@ -44,6 +44,7 @@ pub async fn connect_warehouse(config: &Config) -> anyhow::Result<Warehouse> {
             redact_url(config.warehouse.url.expose())
         )
     })
+    .map(|w| w.with_page_bytes(config.warehouse.page_bytes))
 }
 
 pub async fn connect(

@@ -15,6 +15,7 @@ pub mod observer;
 pub mod ops;
 pub mod pipeline;
 pub mod progress;
+pub mod redact;
 pub mod sandbox;
 pub mod scheduler;
 pub mod sink;

@@ -1171,6 +1171,7 @@ fn read_ranges(
             reread: false,
         }]);
     };
+    query.check_position(&stored).map_err(|e| e.to_string())?;
     let mut ranges = Vec::new();
     if !model.lookback.is_zero() {
         ranges.push(ReadRange {
@@ -1655,7 +1656,7 @@ fn meta_refusal(e: &PendingEvent, err: &SinkError) -> RefusedRow {
             "Meta rejected the event (code {}{}): {}",
             g.code,
             g.error_subcode.map(|s| format!("/{s}")).unwrap_or_default(),
-            text.chars().take(300).collect::<String>()
+            crate::redact::graph_message(&text.chars().take(300).collect::<String>())
         ),
         meta_code: Some(g.code as i32),
         meta_subcode: g.error_subcode.map(|s| s as i32),

@@ -83,6 +83,7 @@ struct RawWarehouse {
     url: Secret,
     statement_timeout: String,
     page_size: u32,
+    page_bytes: u64,
     max_connections: u32,
 }
 
@@ -174,6 +175,8 @@ pub struct WarehouseSettings {
     pub url: Secret,
     pub statement_timeout: Duration,
     pub page_size: u32,
+    /// A page also ends once its values reach this many bytes (multi-megabyte rows).
+    pub page_bytes: u64,
     pub max_connections: u32,
 }
 
@@ -434,8 +437,12 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             &mut problems,
         ),
         page_size: raw.warehouse.page_size,
+        page_bytes: raw.warehouse.page_bytes,
         max_connections: raw.warehouse.max_connections.max(2),
     };
+    if warehouse.page_bytes == 0 {
+        problems.push("key `warehouse.page_bytes`: must be at least 1".into());
+    }
     if warehouse.page_size == 0 {
         problems.push("key `warehouse.page_size`: must be at least 1".into());
     }

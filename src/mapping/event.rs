@@ -5,7 +5,7 @@ use super::json::{write_str, ObjectWriter};
 use super::normalize::{self, Hashed, NormalizeContext, PiiField, PiiInput};
 use super::params::{Target, TopField, UserDataKey};
 use super::rules::{self, Refusal};
-use super::value::{Value, ValueKind};
+use super::value::{Unusable, Value, ValueKind};
 use crate::config::{ExternalIdMode, ModelConfig};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -161,10 +161,21 @@ impl MappedEvent {
 }
 
 /// A value of one field dropped from an event (the event itself may still go).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DroppedValue {
-    pub field: &'static str,
+    /// The parameter: a `user_data` key (`em`), or a path for free-form keys
+    /// (`custom_data.plan`).
+    pub field: Cow<'static, str>,
     pub reason: &'static str,
+}
+
+impl DroppedValue {
+    pub fn new(field: &'static str, reason: &'static str) -> DroppedValue {
+        DroppedValue {
+            field: Cow::Borrowed(field),
+            reason,
+        }
+    }
 }
 
 /// What became of one row.
@@ -399,6 +410,15 @@ impl ModelPlan {
                     None => continue,
                 },
             };
+            if let Some(u) = value.unusable() {
+                match unusable_effect(&slot.target, u) {
+                    Err(r) => {
+                        refusal.get_or_insert(r);
+                    }
+                    Ok(d) => dropped.push(d),
+                }
+                continue;
+            }
             match &slot.target {
                 Target::Top(f) => top[*f as usize] = Some(value),
                 Target::UserData(UserDataKey::Hashed(field)) => {
@@ -424,7 +444,7 @@ impl ModelPlan {
                         ud.str(k, &text);
                     }
                     Ok(None) => {}
-                    Err(reason) => dropped.push(DroppedValue { field: k, reason }),
+                    Err(reason) => dropped.push(DroppedValue::new(k, reason)),
                 },
                 Target::UserData(UserDataKey::Integer(k)) => match integer_digits(value) {
                     Some(d) => {
@@ -441,10 +461,7 @@ impl ModelPlan {
                                 "lead_id is not an integer (Meta's Lead Ads lead IDs are 15-17 digits)",
                             ));
                         } else {
-                            dropped.push(DroppedValue {
-                                field: k,
-                                reason: "not_an_integer",
-                            });
+                            dropped.push(DroppedValue::new(k, "not_an_integer"));
                         }
                     }
                 },
@@ -452,6 +469,11 @@ impl ModelPlan {
                     (Some(raw), true) => custom.push((k.as_str(), Cow::Borrowed(raw))),
                     _ => match custom_value(k, value) {
                         Ok(raw) => custom.push((k.as_str(), Cow::Owned(raw))),
+                        // `contents` is optional and no rule depends on it: text that is not a
+                        // JSON array loses the field, not the event.
+                        Err(r) if k == "contents" => {
+                            dropped.push(DroppedValue::new("custom_data.contents", r.reason))
+                        }
                         Err(r) => {
                             refusal.get_or_insert(r);
                         }
@@ -640,6 +662,36 @@ impl Drop for ScratchBuffer {
     }
 }
 
+/// True when a parameter takes the column's values: it is mapped in `[models.columns]`, or
+/// named after a parameter and not in `ignore_columns` (the rule [`ModelPlan::new`] applies).
+/// Other columns are never fetched: the reader selects only these.
+pub fn column_is_mapped(model: &ModelConfig, name: &str) -> bool {
+    model.columns.iter().any(|(_, c)| c == name)
+        || (!model.ignore_columns.iter().any(|c| c == name) && super::params::resolve(name).is_ok())
+}
+
+/// What an unusable value does to its row: an event-level value (the event's name, time, id
+/// or action source, and a Lead Ads lead_id, which the event stands for) refuses the row; any
+/// other drops its field, and the event goes without it.
+fn unusable_effect(target: &Target, u: Unusable) -> Result<DroppedValue, Refusal> {
+    let refuse = |reason: &'static str, name: &str| {
+        Err(Refusal::new(reason, format!("{name} {}", u.describe())))
+    };
+    match target {
+        Target::Top(TopField::EventTime) => refuse("invalid_event_time", "event_time"),
+        Target::Top(TopField::EventName) => refuse("invalid_event_name", "event_name"),
+        Target::Top(TopField::EventId) => refuse("invalid_event_id", "event_id"),
+        Target::Top(TopField::ActionSource) => refuse("invalid_action_source", "action_source"),
+        Target::UserData(UserDataKey::Integer("lead_id")) => refuse("invalid_lead_id", "lead_id"),
+        Target::Top(f) => Ok(DroppedValue::new(f.key(), u.reason())),
+        Target::UserData(k) => Ok(DroppedValue::new(k.key(), u.reason())),
+        Target::CustomData(_) | Target::Nested { .. } => Ok(DroppedValue {
+            field: Cow::Owned(target.path()),
+            reason: u.reason(),
+        }),
+    }
+}
+
 fn add_column_slot(
     slots: &mut Vec<Slot>,
     target: Target,
@@ -749,10 +801,7 @@ fn hash_values(
                 hashes.push(h)
             }
         }
-        Err(reason) => dropped.push(DroppedValue {
-            field: field.key(),
-            reason: reason.code(),
-        }),
+        Err(reason) => dropped.push(DroppedValue::new(field.key(), reason.code())),
     };
     match value {
         Value::Null => {}
@@ -779,10 +828,10 @@ fn hash_values(
             }
         }
         Value::Json(serde_json::Value::String(s)) => one(PiiInput::Text(s)),
-        Value::Bool(_) | Value::Float(_) | Value::Json(_) => dropped.push(DroppedValue {
-            field: field.key(),
-            reason: "unsupported_type",
-        }),
+        Value::Bool(_) | Value::Float(_) | Value::Json(_) => {
+            dropped.push(DroppedValue::new(field.key(), "unsupported_type"))
+        }
+        Value::Unusable(u) => dropped.push(DroppedValue::new(field.key(), u.reason())),
     }
 }
 

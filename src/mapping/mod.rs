@@ -1,6 +1,8 @@
 //! Rows → Conversions API events. Pure: no I/O, so most unit tests live here.
 
 pub mod event;
+#[cfg(test)]
+mod event_props;
 pub mod json;
 pub mod normalize;
 pub mod normalize_cli;

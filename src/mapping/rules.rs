@@ -104,9 +104,9 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
     if !crate::config::ACTION_SOURCES.contains(&f.action_source) {
         return Err(Refusal::new(
             "invalid_action_source",
+            // The row's own value is not quoted: a detail never carries a row's value.
             format!(
-                "action_source `{}` is not one of {}",
-                f.action_source.chars().take(40).collect::<String>(),
+                "action_source is not one of {}",
                 crate::config::ACTION_SOURCES.join(", ")
             ),
         ));
@@ -121,8 +121,7 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
         return Err(Refusal::new(
             "event_time_too_old",
             format!(
-                "event_time {} is {} days old; Meta accepts at most {} days for action_source {}",
-                fmt_time(f.event_time),
+                "event_time is {} days old; Meta accepts at most {} days for action_source {}",
                 age / 86_400,
                 max_age / 86_400,
                 f.action_source
@@ -132,11 +131,7 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
     if -age > MAX_FUTURE_SECS {
         return Err(Refusal::new(
             "event_time_in_future",
-            format!(
-                "event_time {} is {} minutes in the future",
-                fmt_time(f.event_time),
-                (-age) / 60
-            ),
+            format!("event_time is {} minutes in the future", (-age) / 60),
         ));
     }
     match f.action_source {
@@ -239,12 +234,6 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
         ));
     }
     Ok(())
-}
-
-fn fmt_time(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| t.to_string())
 }
 
 /// True for the plain decimal text Postgres prints for NUMERIC (no NaN or Infinity).

@@ -42,6 +42,61 @@ impl ValueKind {
 /// string for each, allocated by the reader and freed by the mapper, cost more than decoding.
 pub type Text = compact_str::CompactString;
 
+/// The most bytes one value may have (its wire size as read). Meta caps the whole request body
+/// far below a megabyte per event, so a longer value is a column mapped by mistake or a blob;
+/// it is dropped with a reason instead of being carried through the pipeline.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Why a warehouse value cannot be sent, although the row was read. The reader yields this
+/// instead of failing (one odd value must not stop a model), and the mapping refuses the row
+/// when the value was event-level, or drops the field otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unusable {
+    /// A date or timestamp at `infinity` or `-infinity`.
+    InfiniteTime,
+    /// A date or timestamp Postgres holds but chrono cannot (beyond the year 262143, which
+    /// Postgres dates and timestamps reach).
+    TimeOutOfRange,
+    /// `NaN`, `Infinity` or `-Infinity` in a float or numeric column: JSON has no such number.
+    NotFinite,
+    /// Longer than [`MAX_VALUE_BYTES`].
+    TooLong,
+    /// JSON that Postgres accepts but no JSON reader here can hold (a number beyond the range
+    /// of a double, nesting deeper than 128 levels).
+    InvalidJson,
+    /// Any other value that could not be decoded (an array of several dimensions, text that is
+    /// not UTF-8 in a SQL_ASCII database, ...).
+    Unreadable,
+}
+
+impl Unusable {
+    /// Stable snake_case reason, as counted in `dropped_by_field`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unusable::InfiniteTime => "infinite_time",
+            Unusable::TimeOutOfRange => "time_out_of_range",
+            Unusable::NotFinite => "not_a_finite_number",
+            Unusable::TooLong => "value_too_long",
+            Unusable::InvalidJson => "invalid_json",
+            Unusable::Unreadable => "unreadable_value",
+        }
+    }
+
+    /// What is wrong, for a refusal's detail (never the value itself).
+    pub fn describe(self) -> String {
+        match self {
+            Unusable::InfiniteTime => "is infinity or -infinity".into(),
+            Unusable::TimeOutOfRange => {
+                "is a date or timestamp beyond the year 262143".into()
+            }
+            Unusable::NotFinite => "is NaN or infinite".into(),
+            Unusable::TooLong => format!("is longer than {} KiB", MAX_VALUE_BYTES / 1024),
+            Unusable::InvalidJson => "is JSON that cannot be read (a number beyond a double's range or nesting deeper than 128)".into(),
+            Unusable::Unreadable => "could not be decoded".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
@@ -55,6 +110,8 @@ pub enum Value {
     TimestampTz(DateTime<Utc>),
     Json(serde_json::Value),
     TextArray(Vec<Option<String>>),
+    /// A value that was read but cannot be sent (see [`Unusable`]).
+    Unusable(Unusable),
 }
 
 impl Value {
@@ -72,6 +129,17 @@ impl Value {
                 .all(|v| v.as_deref().is_none_or(|s| s.trim().is_empty())),
             Value::Json(serde_json::Value::Null) => true,
             _ => false,
+        }
+    }
+
+    /// Why the value cannot be sent, if it cannot: an [`Unusable`] from the reader, or a
+    /// float or numeric that is not a finite number.
+    pub fn unusable(&self) -> Option<Unusable> {
+        match self {
+            Value::Unusable(u) => Some(*u),
+            Value::Float(f) if !f.is_finite() => Some(Unusable::NotFinite),
+            Value::Numeric(s) if is_non_finite_numeric(s) => Some(Unusable::NotFinite),
+            _ => None,
         }
     }
 
@@ -99,6 +167,7 @@ impl Value {
                     .map(|v| v.as_ref().map(|s| J::String(s.clone())).unwrap_or(J::Null))
                     .collect(),
             ),
+            Value::Unusable(_) => J::Null,
         }
     }
 
@@ -117,7 +186,7 @@ impl Value {
             Value::Json(serde_json::Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
             Value::Json(serde_json::Value::Number(n)) => Some(Cow::Owned(n.to_string())),
             Value::Json(serde_json::Value::Bool(b)) => Some(Cow::Owned(b.to_string())),
-            Value::Json(_) | Value::TextArray(_) => None,
+            Value::Json(_) | Value::TextArray(_) | Value::Unusable(_) => None,
         }
     }
 
@@ -134,6 +203,11 @@ impl Value {
             other => Value::Json(other.clone()),
         }
     }
+}
+
+/// Postgres prints these for NUMERIC (and float) values that are no number.
+pub fn is_non_finite_numeric(s: &str) -> bool {
+    matches!(s, "NaN" | "Infinity" | "-Infinity")
 }
 
 #[cfg(test)]

@@ -98,7 +98,10 @@ fn age_secs_sql(sql_type: &str, expr: &str) -> Option<String> {
     } else {
         return None;
     };
-    Some(format!("extract(epoch from now() - {as_utc})::float8"))
+    // An `infinity` cursor has no age (Postgres refuses to subtract infinite timestamps).
+    Some(format!(
+        "CASE WHEN isfinite({expr}) THEN extract(epoch from now() - {as_utc})::float8 END"
+    ))
 }
 
 /// SQL turning an `event_time` column into a timestamptz, like the mapping reads it; None for
@@ -124,8 +127,12 @@ impl Warehouse {
             cursor_value: String::new(),
             row_key: vec![String::new(); query.key_indexes.len()],
         };
-        let first = query.page_sql(&LowerBound::Beginning, None).0;
-        let next = query.page_sql(&LowerBound::After(somewhere), None).0;
+        let first = query
+            .page_sql(&LowerBound::Beginning, None, query.page_size)
+            .0;
+        let next = query
+            .page_sql(&LowerBound::After(somewhere), None, query.page_size)
+            .0;
         let mut tx = self.read_only_tx().await?;
         for sql in [&first, &next] {
             tx.prepare(sql.as_str())
@@ -256,6 +263,9 @@ impl Warehouse {
         what: &str,
         after: Option<&CursorPosition>,
     ) -> Result<sqlx::postgres::PgRow> {
+        if let Some(p) = after {
+            query.check_position(p)?;
+        }
         let mut sql = query.wrapped(&model.sql, what);
         if after.is_some() {
             sql.push_str(&query.after_condition(1));

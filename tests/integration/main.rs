@@ -22,3 +22,4 @@ mod stalls;
 mod sync;
 mod tls;
 mod unreadable_rows;
+mod values;
