@@ -16,7 +16,8 @@ pub mod ops;
 pub mod pipeline;
 pub mod progress;
 pub mod redact;
-pub mod sandbox;
+/// The Graph API stand-in, a crate of its own (`crates/graph-sandbox`) that cannot see this one.
+pub use graph_sandbox as sandbox;
 pub mod scheduler;
 pub mod sink;
 pub mod source;

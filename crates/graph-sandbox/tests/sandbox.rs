@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use capi_sync::sandbox::{start, Faults, SandboxConfig, SandboxHandle};
+use graph_sandbox::{start, Faults, SandboxConfig, SandboxHandle};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "sandbox-test-token";

@@ -2,7 +2,8 @@
 //! endpoint of Meta's Conversions API, validating requests as strictly as Meta documents.
 //!
 //! Used by `capi-sync sandbox` (offline testing), by the integration tests (started in-process
-//! with [`start`]) and by the benchmarks.
+//! with [`start`]) and by the benchmarks. It depends on nothing of capi-sync, so that it stays
+//! a separate check of what capi-sync sends (the compiler holds that: this crate cannot see it).
 //!
 //! # Requests
 //! * `POST /vNN.N/{numeric id}/events` only; anything else is HTTP 400, code 100, subcode 33
