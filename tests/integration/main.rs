@@ -12,7 +12,7 @@ mod helpers;
 mod ledger;
 mod lives;
 mod lock_loss;
-mod ops;
+mod cmd_check;
 mod privacy;
 mod proxy;
 mod shapes;
