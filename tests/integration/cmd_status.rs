@@ -35,13 +35,7 @@ async fn status_shows_the_last_run_cursor_waiting_rows_and_refusals() {
 #[tokio::test]
 async fn status_lag_is_the_age_of_the_oldest_row_waiting() {
     let db = TestDb::new().await;
-    seed_leads(
-        &db.pool,
-        2,
-        "now() - interval '1 hour' + g * interval '1 minute'",
-        "now() - interval '1 hour'",
-    )
-    .await;
+    seed_waiting_leads(&db, 2).await;
     let sandbox = start_sandbox(Faults::default()).await;
     let cfg = config_file(&db, &sandbox.base_url(), LEADS_MODEL, "");
     let out = cli(&cfg.path, &["status", "--json"]).await;

@@ -7,6 +7,8 @@ use capi_sync::sandbox::Faults;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Serves the endpoints of `ctx` with `metrics` on a free port: their base URL, and the token
+/// that stops them.
 async fn serve(
     ctx: &capi_sync::pipeline::SyncContext,
     metrics: Arc<Metrics>,
@@ -136,13 +138,7 @@ async fn metrics_give_the_last_successful_run_time() {
 #[tokio::test]
 async fn metrics_give_rows_waiting_and_cursor_lag_per_model() {
     let db = TestDb::new().await;
-    seed_leads(
-        &db.pool,
-        3,
-        "now() - interval '1 hour' + g * interval '1 minute'",
-        "now() - interval '1 hour'",
-    )
-    .await;
+    seed_waiting_leads(&db, 3).await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
     let metrics = Arc::new(Metrics::new(["leads"]));

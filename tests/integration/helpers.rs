@@ -209,6 +209,18 @@ pub async fn seed_recent_leads(db: &TestDb, n: i64) {
     .await;
 }
 
+/// Rows 1..=n of `crm.leads`, changed a minute apart from an hour ago, each event an hour old:
+/// before any run, the oldest row waiting changed 59 minutes ago (a lag of 3540 s).
+pub async fn seed_waiting_leads(db: &TestDb, n: i64) {
+    seed_leads(
+        &db.pool,
+        n,
+        "now() - interval '1 hour' + g * interval '1 minute'",
+        "now() - interval '1 hour'",
+    )
+    .await;
+}
+
 /// A fresh database holding `rows` recent leads ([`seed_recent_leads`]) and a sandbox that
 /// answers normally: where most tests of a command start.
 pub async fn leads_and_sandbox(rows: i64) -> (TestDb, SandboxHandle) {
