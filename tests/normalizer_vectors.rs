@@ -62,7 +62,7 @@ fn load() -> Vec<Case> {
 }
 
 #[test]
-fn vectors() {
+fn every_reference_vector_normalizes_and_hashes_as_expected_or_declares_its_deviation() {
     let cases = load();
     assert!(cases.len() >= 300, "{} cases", cases.len());
     let mut failures = Vec::new();
@@ -156,7 +156,7 @@ fn vectors() {
 }
 
 #[test]
-fn covers_every_field() {
+fn the_vectors_cover_every_field_at_least_ten_times() {
     let cases = load();
     for f in PiiField::ALL {
         let n = cases.iter().filter(|c| c.field == f.key()).count();

@@ -51,17 +51,6 @@ async fn last_run_row(db: &TestDb) -> (String, String) {
     .unwrap()
 }
 
-/// Rows 1..=n, an hour old, changed a second apart.
-async fn seed(db: &TestDb, n: i64) {
-    seed_leads(
-        &db.pool,
-        n,
-        "now() - interval '2 hours' + g * interval '1 second'",
-        "now() - interval '1 hour'",
-    )
-    .await;
-}
-
 /// The leads model in batches of `batch`, one request in flight.
 async fn context_in_batches(
     db: &TestDb,
@@ -113,7 +102,7 @@ async fn an_answer_not_from_the_graph_api_fails_the_first_batch_refusing_nothing
     ];
     // Nothing a failed case does may stay behind, so one database serves every case.
     let db = TestDb::new().await;
-    seed(&db, 30).await;
+    seed_recent_leads(&db, 30).await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context_in_batches(&db, &sandbox, 10).await;
     for (answer, status, shown) in cases {
@@ -150,7 +139,7 @@ async fn an_answer_not_from_the_graph_api_fails_the_first_batch_refusing_nothing
 #[tokio::test]
 async fn a_misanswer_after_two_batches_keeps_the_cursor_at_the_last_acknowledged_batch() {
     let db = TestDb::new().await;
-    seed(&db, 30).await;
+    seed_recent_leads(&db, 30).await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context_in_batches(&db, &sandbox, 10).await;
     sandbox.misanswer(Misanswer::Html404, 2, u64::MAX);
@@ -170,7 +159,7 @@ async fn a_misanswer_after_two_batches_keeps_the_cursor_at_the_last_acknowledged
 #[tokio::test]
 async fn a_load_balancers_502_page_is_retried_then_fails_the_run_refusing_nothing() {
     let db = TestDb::new().await;
-    seed(&db, 5).await;
+    seed_recent_leads(&db, 5).await;
     let sandbox = start_sandbox(Faults::default()).await;
     let ctx = context_in_batches(&db, &sandbox, 10).await;
     sandbox.misanswer(Misanswer::BadGatewayHtml, 0, u64::MAX);
@@ -194,7 +183,7 @@ async fn a_load_balancers_502_page_is_retried_then_fails_the_run_refusing_nothin
 async fn after_the_graph_stand_in_answered_404_html_for_a_while_every_row_goes_once_under_its_one_id(
 ) {
     let db = TestDb::new().await;
-    seed(&db, 400).await;
+    seed_recent_leads(&db, 400).await;
     let sandbox = start_sandbox(Faults::default()).await;
     let models = LEADS_MODEL.replace(
         "cursor = \"updated_at\"",
@@ -254,7 +243,7 @@ async fn after_the_graph_stand_in_answered_404_html_for_a_while_every_row_goes_o
 #[tokio::test]
 async fn the_sync_command_exits_1_when_graph_url_answers_an_html_page() {
     let db = TestDb::new().await;
-    seed(&db, 5).await;
+    seed_recent_leads(&db, 5).await;
     let sandbox = start_sandbox(Faults::default()).await;
     sandbox.misanswer(Misanswer::Html404, 0, u64::MAX);
     let dir = tempfile::tempdir().unwrap();
@@ -293,7 +282,7 @@ async fn the_sync_command_exits_1_when_graph_url_answers_an_html_page() {
 #[tokio::test]
 async fn check_reports_a_graph_url_that_answers_an_html_page_and_exits_2() {
     let db = TestDb::new().await;
-    seed(&db, 3).await;
+    seed_recent_leads(&db, 3).await;
     let sandbox = start_sandbox(Faults::default()).await;
     sandbox.misanswer(Misanswer::Html404, 0, u64::MAX);
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+mod binary;
+pub use binary::*;
+
 pub const TOKEN: &str = "test-token-5f2a9c";
 
 /// The server tests create their databases on (`CAPI_SYNC_TEST_PG`, default the local one).
@@ -192,4 +195,62 @@ pub async fn cursor_key(pool: &PgPool, model: &str) -> Option<Vec<String>> {
         .fetch_optional(pool)
         .await
         .expect("read the cursor")
+}
+
+/// Rows 1..=n of `crm.leads`, changed a second apart from two hours ago, each event an hour
+/// old: well inside Meta's 7-day window.
+pub async fn seed_recent_leads(db: &TestDb, n: i64) {
+    seed_leads(
+        &db.pool,
+        n,
+        "now() - interval '2 hours' + g * interval '1 second'",
+        "now() - interval '1 hour'",
+    )
+    .await;
+}
+
+/// Rows 1..=n of `crm.leads`, changed a minute apart from an hour ago, each event an hour old:
+/// before any run, the oldest row waiting changed 59 minutes ago (a lag of 3540 s).
+pub async fn seed_waiting_leads(db: &TestDb, n: i64) {
+    seed_leads(
+        &db.pool,
+        n,
+        "now() - interval '1 hour' + g * interval '1 minute'",
+        "now() - interval '1 hour'",
+    )
+    .await;
+}
+
+/// A fresh database holding `rows` recent leads ([`seed_recent_leads`]) and a sandbox that
+/// answers normally: where most tests of a command start.
+pub async fn leads_and_sandbox(rows: i64) -> (TestDb, SandboxHandle) {
+    let db = TestDb::new().await;
+    seed_recent_leads(&db, rows).await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    (db, sandbox)
+}
+
+/// Moves lead `id`'s event 30 days back, beyond Meta's 7-day window: its row is refused
+/// with `event_time_too_old`.
+pub async fn make_too_old(db: &TestDb, id: i64) {
+    sqlx::query("UPDATE crm.leads SET happened_at = now() - interval '30 days' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// Whether our state schema was created (a command that only reads must not create it).
+pub async fn state_table_exists(db: &TestDb) -> bool {
+    sqlx::query_scalar("SELECT to_regclass('capi_sync.runs') IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// `GET url`: the status and the body.
+pub async fn get(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
 }

@@ -1,6 +1,15 @@
 //! Integration tests: real Postgres (a fresh database per test) and the sandbox in-process.
 
 mod cli;
+mod cmd_check;
+mod cmd_preview;
+mod cmd_refused;
+mod cmd_reset;
+mod cmd_run;
+mod cmd_runs;
+mod cmd_status;
+mod cmd_sync_dry_run;
+mod cmd_sync_from;
 mod config_errors;
 mod config_rules;
 mod crash;
@@ -8,18 +17,21 @@ mod delivery;
 mod endpoints;
 mod faults;
 mod graph_answers;
+mod health_and_metrics;
 mod helpers;
 mod ledger;
 mod lives;
 mod lock_loss;
-mod ops;
+mod log_privacy;
 mod privacy;
 mod proxy;
+mod run_observer;
 mod shapes;
 mod shutdown;
 mod soak;
 mod stalls;
 mod sync;
+mod test_event_codes;
 mod tls;
 mod unreadable_rows;
 mod values;

@@ -261,7 +261,7 @@ async fn a_second_process_on_the_same_model_skips_while_the_lock_is_held() {
 }
 
 #[tokio::test]
-async fn warehouse_queries_run_read_only() {
+async fn a_model_query_that_writes_fails_the_run_as_read_only_and_writes_nothing() {
     let db = TestDb::new().await;
     seed_leads(&db.pool, 2, "now()", "now() - interval '1 hour'").await;
     sqlx::query("CREATE SEQUENCE crm.s")

@@ -9,7 +9,6 @@ use capi_sync::pipeline::RunStatus;
 use capi_sync::sandbox::Faults;
 use capi_sync::source::{LowerBound, ReadRange, SourceRow};
 use std::path::Path;
-use std::process::Stdio;
 
 async fn exec(db: &TestDb, sql: &str) {
     sqlx::query(sql)
@@ -425,22 +424,6 @@ async fn rows_larger_than_the_page_byte_budget_are_each_delivered_once() {
     assert!(counts.values().all(|&c| c == 1));
 }
 
-fn command(config: &Path, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
-    cmd.arg("--config").arg(config).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CAPI_SYNC_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
 #[tokio::test]
 async fn postgres_data_errors_never_show_the_customer_value_they_quote() {
     let db = TestDb::new().await;
@@ -483,18 +466,7 @@ event_name = "Lead"
 action_source = "system_generated"
 "#;
     let sandbox = start_sandbox(Faults::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("values.toml");
-    std::fs::write(
-        &path,
-        config_text(
-            &db,
-            &sandbox.base_url(),
-            "[service]\nmetrics_addr = \"\"",
-            models,
-        ),
-    )
-    .unwrap();
+    let cfg = config_file(&db, &sandbox.base_url(), models, "");
     let mut outputs = Vec::new();
     for args in [
         vec!["--log-format", "json", "sync", "bad_cast"],
@@ -505,7 +477,11 @@ action_source = "system_generated"
         vec!["--log-format", "json", "status"],
         vec!["--log-format", "json", "runs", "bad_cast"],
     ] {
-        let out = command(&path, &args).output().await.expect("run capi-sync");
+        let out = command(&cfg.path, &args)
+            .env("RUST_LOG", "debug")
+            .output()
+            .await
+            .expect("run capi-sync");
         outputs.push(format!(
             "{}\n{}",
             String::from_utf8_lossy(&out.stdout),
