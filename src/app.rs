@@ -14,8 +14,13 @@ pub async fn connect_state(config: &Config) -> anyhow::Result<StateStore> {
         statement_timeout: config.state.statement_timeout,
         ..Default::default()
     };
-    let state = StateStore::connect_with_limits(config.state_url(), &config.state.schema, &limits)
-        .await
+    let state = StateStore::connect_with_pool(
+        config.state_url(),
+        &config.state.schema,
+        &limits,
+        config.state.max_connections,
+    )
+    .await
         .with_context(|| {
             format!(
                 "while connecting to the state database at {} (set state.url, or warehouse.url when they are the same)",
