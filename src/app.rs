@@ -65,6 +65,7 @@ pub async fn connect(
         graph,
         cancel,
         runs: Default::default(),
+        pixels: Default::default(),
     })
 }
 

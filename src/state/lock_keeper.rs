@@ -266,12 +266,10 @@ impl Keeper {
         if let (Some(_), Some(pid)) = (&self.session, self.held().backend_pid) {
             return Ok(pid);
         }
-        let mut session = tokio::time::timeout(
-            KEEPER_TIMEOUT,
-            PgConnection::connect_with(&self.options),
-        )
-        .await
-        .unwrap_or_else(|_| Err(timed_out("connecting the model locks' session")))?;
+        let mut session =
+            tokio::time::timeout(KEEPER_TIMEOUT, PgConnection::connect_with(&self.options))
+                .await
+                .unwrap_or_else(|_| Err(timed_out("connecting the model locks' session")))?;
         let pid = tokio::time::timeout(
             KEEPER_TIMEOUT,
             sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&mut session),

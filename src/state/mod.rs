@@ -5,8 +5,8 @@ mod copy;
 mod lock_keeper;
 mod report;
 
-pub use lock_keeper::ModelLock;
 use lock_keeper::LockKeeper;
+pub use lock_keeper::ModelLock;
 
 pub use report::CursorRecord;
 
