@@ -108,6 +108,16 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
         ),
     );
 
+    let budget = crate::app::ConnectionBudget::of(config);
+    let mut budget_line = format!("connections per syncing process: {budget}");
+    if config.state.url.is_some() {
+        budget_line.push_str(&format!(
+            " ({} of them on the state database)",
+            budget.state + budget.lock_sessions
+        ));
+    }
+    report.push("config", None, Level::Ok, budget_line);
+
     let warehouse = match crate::app::connect_warehouse(config).await {
         Ok(w) => {
             report.push(

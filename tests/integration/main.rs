@@ -2,6 +2,7 @@
 
 mod cli;
 mod config_errors;
+mod connection_budget;
 mod crash;
 mod delivery;
 mod faults;
