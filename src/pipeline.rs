@@ -282,7 +282,7 @@ pub async fn sync_model_once(
     summary
 }
 
-/// How long the run's end (its row in `runs`, the lock's session closing) may take.
+/// How long the run's end (its row in `runs`, freeing the model's lock) may take.
 const END_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn timed_out<T: From<sqlx::Error>>(what: &str) -> T {
@@ -293,8 +293,9 @@ fn timed_out<T: From<sqlx::Error>>(what: &str) -> T {
     .into()
 }
 
-/// Closes the lock's session; if the state database does not answer, the session is dropped
-/// (its socket closed), which frees the lock all the same once the server notices.
+/// Frees the model's lock. The request to the process's lock keeper stands even if this gives
+/// up waiting; and if the state database does not answer, the keeper's session is dropped,
+/// which frees the lock all the same once the server notices.
 async fn release(lock: crate::state::ModelLock) {
     let _ = tokio::time::timeout(END_TIMEOUT, lock.release()).await;
 }

@@ -397,13 +397,13 @@ async fn models_on_different_pixels_each_have_their_own_requests_in_flight() {
     assert_eq!(ids.len(), rows as usize);
 }
 
-#[tokio::test]
-async fn check_shows_the_connection_budget_formula() {
-    let db = TestDb::new().await;
+/// The output of `capi-sync check --offline` with `warehouse.max_connections` set to
+/// `warehouse_connections` and `state.max_connections` to 5.
+async fn check_offline(db: &TestDb, warehouse_connections: u32) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("budget.toml");
     let text = config_text(
-        &db,
+        db,
         "http://127.0.0.1:9",
         "[state]\nmax_connections = 5\n",
         LEADS_MODEL,
@@ -416,12 +416,36 @@ async fn check_shows_the_connection_budget_formula() {
             cmd.env_remove(k);
         }
     }
-    cmd.env("CAPI_SYNC_WAREHOUSE__MAX_CONNECTIONS", "3");
+    cmd.env(
+        "CAPI_SYNC_WAREHOUSE__MAX_CONNECTIONS",
+        warehouse_connections.to_string(),
+    );
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .expect("check ended")
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn check_shows_the_connection_budget_and_warns_when_the_server_has_no_room_for_it() {
+    let db = TestDb::new().await;
+    let stdout = check_offline(&db, 3).await;
     let line = "config: ok — connections per syncing process: at most 9 = warehouse.max_connections (3) + state.max_connections (5) + 1 model-lock session";
     assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    assert!(!stdout.contains("client connections in all"), "{stdout}");
+
+    // A warehouse pool as large as the server's whole max_connections.
+    let server_max: i32 = sqlx::query_scalar("SELECT current_setting('max_connections')::int")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let stdout = check_offline(&db, server_max as u32).await;
+    let warning = "warehouse: warning — the server allows";
+    assert!(stdout.contains(warning), "missing {warning:?} in\n{stdout}");
+    let total = format!(
+        "fewer than the {} this process may open there",
+        server_max + 6
+    );
+    assert!(stdout.contains(&total), "{stdout}");
 }
