@@ -216,10 +216,13 @@ impl Keeper {
                     return Ok(Some(LockProof { backend_pid, lease }));
                 }
                 Ok(false) => return Ok(None),
+                // The server refused the statement: no lock was granted. Unless the refusal
+                // was the session's end (a terminated backend says so), the session stands.
+                Err(e @ sqlx::Error::Database(_)) if self.alive().await => return Err(e.into()),
+                // The session failed or stopped answering, perhaps after granting the lock
+                // (a lock we do not know of would stay held by our session for good): it
+                // goes, and every lock with it.
                 Err(e) => {
-                    if self.alive().await {
-                        return Err(e.into());
-                    }
                     self.lose_session(&e);
                     if retried {
                         return Err(e.into());
