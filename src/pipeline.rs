@@ -1318,9 +1318,6 @@ struct BatchSender {
 /// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
 const NEAR_LIMIT_PERCENT: u32 = 90;
 
-// A batch holds its request slot from before its first request until Meta's last answer, not
-// through its ledger write, so a busy ledger writer does not hold back the next requests.
-
 impl BatchSender {
     async fn send_batch(self, batch: Batch, slot: RequestSlot) -> BatchResult {
         let span = info_span!("batch", seq = batch.seq, events = batch.events.len());

@@ -55,7 +55,9 @@ struct Pace {
     hold_until: Option<Instant>,
 }
 
-/// One request slot of a pixel; freed when dropped.
+/// One request slot of a pixel; freed when dropped. A batch holds its slot from before its
+/// first request until Meta's last answer, not through its ledger write, so a busy ledger
+/// writer does not hold back the next requests.
 pub struct RequestSlot {
     budget: Arc<PixelBudget>,
 }
