@@ -14,8 +14,13 @@ pub async fn connect_state(config: &Config) -> anyhow::Result<StateStore> {
         statement_timeout: config.state.statement_timeout,
         ..Default::default()
     };
-    let state = StateStore::connect_with_limits(config.state_url(), &config.state.schema, &limits)
-        .await
+    let state = StateStore::connect_with_pool(
+        config.state_url(),
+        &config.state.schema,
+        &limits,
+        config.state.max_connections,
+    )
+    .await
         .with_context(|| {
             format!(
                 "while connecting to the state database at {} (set state.url, or warehouse.url when they are the same)",
@@ -61,7 +66,49 @@ pub async fn connect(
         graph,
         cancel,
         runs: Default::default(),
+        pixels: Default::default(),
     })
+}
+
+/// The most connections a syncing process (`run`, `sync`) opens, however many models it
+/// has: the warehouse pool, the state pool, and the one session holding every model lock.
+/// The readiness probe and `/metrics` use the pools' sessions. At startup the migrations
+/// take one session of their own, closed before any run starts and any lock is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    pub warehouse: u32,
+    pub state: u32,
+    pub lock_sessions: u32,
+}
+
+/// Sessions holding the model locks: one per process (see `state::lock_keeper`).
+pub const LOCK_SESSIONS: u32 = 1;
+
+impl ConnectionBudget {
+    pub fn of(config: &Config) -> ConnectionBudget {
+        ConnectionBudget {
+            warehouse: config.warehouse.max_connections,
+            state: config.state.max_connections,
+            lock_sessions: LOCK_SESSIONS,
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.warehouse + self.state + self.lock_sessions
+    }
+}
+
+impl std::fmt::Display for ConnectionBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "at most {} = warehouse.max_connections ({}) + state.max_connections ({}) + {} model-lock session, however many models run",
+            self.total(),
+            self.warehouse,
+            self.state,
+            self.lock_sessions
+        )
+    }
 }
 
 /// Exit status when a second signal, or the end of the shutdown grace, stops the process

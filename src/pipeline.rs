@@ -16,16 +16,19 @@ pub use deadline::{OverdueRun, RunRegistry};
 use early_ledger::EarlyLedger;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
+pub use pixel_budget::PixelBudgets;
+use pixel_budget::{PixelBudget, RequestSlot};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 pub mod deadline;
 pub mod early_ledger;
+pub mod pixel_budget;
 
 /// Everything a run needs, shared by the scheduler's model tasks.
 #[derive(Clone)]
@@ -37,6 +40,8 @@ pub struct SyncContext {
     pub cancel: CancellationToken,
     /// The runs in progress, for `/readyz`.
     pub runs: RunRegistry,
+    /// Requests to Meta in flight per pixel, shared by the runs sending to it.
+    pub pixels: PixelBudgets,
 }
 
 /// What a run reads.
@@ -290,7 +295,7 @@ pub async fn sync_model_once(
     summary
 }
 
-/// How long the run's end (its row in `runs`, the lock's session closing) may take.
+/// How long the run's end (its row in `runs`, freeing the model's lock) may take.
 const END_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn timed_out<T: From<sqlx::Error>>(what: &str) -> T {
@@ -301,8 +306,9 @@ fn timed_out<T: From<sqlx::Error>>(what: &str) -> T {
     .into()
 }
 
-/// Closes the lock's session; if the state database does not answer, the session is dropped
-/// (its socket closed), which frees the lock all the same once the server notices.
+/// Frees the model's lock. The request to the process's lock keeper stands even if this gives
+/// up waiting; and if the state database does not answer, the keeper's session is dropped,
+/// which frees the lock all the same once the server notices.
 async fn release(lock: crate::state::ModelLock) {
     let _ = tokio::time::timeout(END_TIMEOUT, lock.release()).await;
 }
@@ -415,8 +421,13 @@ async fn run_inner(
         .clone()
         .or_else(|| model.test_event_code.clone())
         .or_else(|| ctx.config.meta.test_event_code.clone());
+    // Meta limits requests by pixel: the runs of one pixel share its slots and its pace.
+    let pixel = ctx
+        .pixels
+        .pixel(&model.pixel_id, ctx.config.meta.concurrency);
     let sender = BatchSender {
         graph: ctx.graph.clone(),
+        pixel: pixel.clone(),
         pixel_id: model.pixel_id.clone(),
         test_event_code,
         policy: RetryPolicy::new(ctx.config.meta.max_attempts),
@@ -428,8 +439,6 @@ async fn run_inner(
             EarlyLedger::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused)
         }),
     };
-    let mut pacer = Pacer::new(ctx.config.meta.concurrency);
-    let requests = RequestSlots::default();
     let settler = Settler::start(
         ctx.state.clone(),
         model.name.clone(),
@@ -591,13 +600,23 @@ async fn run_inner(
                     count_dry(&mut summary.counters, &batch, &model.name, &opts.observer);
                     continue;
                 }
-                let slot = requests.acquire(pacer.limit).await;
+                // Bounded by the deadline: the slots may all be taken by other runs of the pixel.
+                let slot = tokio::select! {
+                    slot = pixel.acquire() => slot,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        failure = Some(Stop::Failed(passed_deadline(
+                            run_deadline,
+                            "while waiting for one of the pixel's request slots (meta.concurrency)",
+                        )));
+                        break 'read;
+                    }
+                };
                 in_flight.push_back(AbortOnDrop::spawn(sender.clone().send_batch(batch, slot)));
                 // Batches answered by Meta and waiting for their ledger write hold no request
                 // slot; they are settled in order as they finish, and at most as many again
                 // as requests in flight wait so.
                 loop {
-                    let done = if in_flight.len() >= pacer.limit + ctx.config.meta.concurrency {
+                    let done = if in_flight.len() >= pixel.limit() + ctx.config.meta.concurrency {
                         in_flight.next().await
                     } else {
                         match in_flight.next().now_or_never() {
@@ -610,7 +629,7 @@ async fn run_inner(
                         failure = Some(stop);
                         break 'read;
                     }
-                    pacer.after_batch(sender.throttled.load(Ordering::Relaxed), &model.name);
+                    pixel.after_batch(&model.name);
                 }
             }
         }
@@ -655,7 +674,7 @@ async fn run_inner(
             };
             in_flight.push_back(AbortOnDrop::spawn(async move { empty }));
         } else {
-            let slot = requests.acquire(pacer.limit).await;
+            let slot = pixel.acquire().await;
             in_flight.push_back(AbortOnDrop::spawn(sender.clone().send_batch(batch, slot)));
         }
     }
@@ -1338,6 +1357,8 @@ fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
 #[derive(Clone)]
 struct BatchSender {
     graph: GraphClient,
+    /// The request slots and pace of the pixel, shared with its other runs.
+    pixel: Arc<PixelBudget>,
     pixel_id: String,
     test_event_code: Option<String>,
     policy: RetryPolicy,
@@ -1352,96 +1373,6 @@ struct BatchSender {
 
 /// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
 const NEAR_LIMIT_PERCENT: u32 = 90;
-
-/// Requests to Meta in flight for one run. A batch holds its slot from before its first
-/// request until Meta's last answer, not through its ledger write, so a busy ledger writer
-/// does not hold back the next requests (with eight in flight, the batching loop used to wait
-/// on the oldest batch's write while the other seven had long been answered).
-#[derive(Default)]
-struct RequestSlots {
-    busy: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
-}
-
-/// One request slot; freed when dropped.
-struct RequestSlot {
-    busy: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
-}
-
-impl RequestSlots {
-    /// Waits until fewer than `limit` slots are taken, then takes one. Only the batching loop
-    /// takes slots.
-    async fn acquire(&self, limit: usize) -> RequestSlot {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.busy.load(Ordering::Acquire) < limit.max(1) {
-                self.busy.fetch_add(1, Ordering::AcqRel);
-                return RequestSlot {
-                    busy: self.busy.clone(),
-                    freed: self.freed.clone(),
-                };
-            }
-            freed.await;
-        }
-    }
-
-    #[cfg(test)]
-    fn taken(&self) -> usize {
-        self.busy.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for RequestSlot {
-    fn drop(&mut self) {
-        self.busy.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
-    }
-}
-
-/// Requests in flight for one model: halved when Meta throttles, grown back by one after
-/// a run of calm batches (additive increase, multiplicative decrease).
-struct Pacer {
-    limit: usize,
-    max: usize,
-    seen_throttles: u64,
-    calm: u32,
-}
-
-impl Pacer {
-    fn new(max: usize) -> Pacer {
-        Pacer {
-            limit: max.max(1),
-            max: max.max(1),
-            seen_throttles: 0,
-            calm: 0,
-        }
-    }
-
-    fn after_batch(&mut self, throttles: u64, model: &str) {
-        if throttles > self.seen_throttles {
-            self.seen_throttles = throttles;
-            self.calm = 0;
-            let lower = (self.limit / 2).max(1);
-            if lower < self.limit {
-                warn!(
-                    model,
-                    in_flight = lower,
-                    "Meta is throttling; lowering requests in flight"
-                );
-            }
-            self.limit = lower;
-        } else if self.limit < self.max {
-            self.calm += 1;
-            if self.calm >= 8 {
-                self.calm = 0;
-                self.limit += 1;
-            }
-        }
-    }
-}
 
 impl BatchSender {
     async fn send_batch(self, batch: Batch, slot: RequestSlot) -> BatchResult {
@@ -1590,6 +1521,7 @@ impl BatchSender {
                     // down as if throttled so the pixel is never blocked.
                     if ack.usage_percent.is_some_and(|p| p >= NEAR_LIMIT_PERCENT) {
                         self.throttled.fetch_add(1, Ordering::Relaxed);
+                        self.pixel.throttled();
                         warn!(
                             usage_percent = ack.usage_percent,
                             "Meta reports rate-limit usage near its limit; lowering requests in flight"
@@ -1609,6 +1541,9 @@ impl BatchSender {
                             result.retries += 1;
                             if class == ErrorClass::Throttled {
                                 self.throttled.fetch_add(1, Ordering::Relaxed);
+                                self.pixel.throttled();
+                                // The pixel's other requests would be throttled alike.
+                                self.pixel.hold_until(tokio::time::Instant::now() + wait);
                             }
                             if let Some(o) = &self.observer {
                                 o.retry(&self.model, class);
@@ -1779,42 +1714,5 @@ mod tests {
             1000,
             "no taken id may be missed"
         );
-    }
-
-    #[tokio::test]
-    async fn a_request_slot_is_taken_again_only_once_one_is_dropped() {
-        let slots = RequestSlots::default();
-        let first = slots.acquire(2).await;
-        let _second = slots.acquire(2).await;
-        assert_eq!(slots.taken(), 2);
-        let third = tokio::time::timeout(Duration::from_millis(50), slots.acquire(2)).await;
-        assert!(
-            third.is_err(),
-            "a third slot was given while two of two were taken"
-        );
-        drop(first);
-        let _third = tokio::time::timeout(Duration::from_secs(5), slots.acquire(2))
-            .await
-            .expect("a slot is free again");
-        assert_eq!(slots.taken(), 2);
-        // A lower limit (Meta throttling) is honoured by the next acquire.
-        let fourth = tokio::time::timeout(Duration::from_millis(50), slots.acquire(1)).await;
-        assert!(fourth.is_err());
-    }
-
-    #[test]
-    fn pacer_halves_on_throttling_and_recovers_slowly() {
-        let mut p = Pacer::new(16);
-        p.after_batch(1, "m");
-        assert_eq!(p.limit, 8);
-        p.after_batch(3, "m");
-        assert_eq!(p.limit, 4);
-        for _ in 0..8 {
-            p.after_batch(3, "m");
-        }
-        assert_eq!(p.limit, 5);
-        let mut floor = Pacer::new(1);
-        floor.after_batch(5, "m");
-        assert_eq!(floor.limit, 1);
     }
 }

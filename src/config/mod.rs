@@ -94,6 +94,7 @@ struct RawState {
     url: Option<Secret>,
     ledger_retention: String,
     statement_timeout: String,
+    max_connections: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +189,8 @@ pub struct StateSettings {
     pub ledger_retention: Duration,
     /// Any one statement on the state database (`state.statement_timeout`).
     pub statement_timeout: Duration,
+    /// The state pool's size (`state.max_connections`); the model locks take one more.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -470,6 +473,9 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             &raw.state.statement_timeout,
             &mut problems,
         ),
+        // A run commits its cursor and writes its ledger at once: one session would queue
+        // every run's commits behind its ledger writes.
+        max_connections: raw.state.max_connections.max(2),
     };
     if state.statement_timeout.is_zero() {
         problems.push("key `state.statement_timeout`: must be more than 0s".into());

@@ -108,6 +108,16 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
         ),
     );
 
+    let budget = crate::app::ConnectionBudget::of(config);
+    let mut budget_line = format!("connections per syncing process: {budget}");
+    if config.state.url.is_some() {
+        budget_line.push_str(&format!(
+            " ({} of them on the state database)",
+            budget.state + budget.lock_sessions
+        ));
+    }
+    report.push("config", None, Level::Ok, budget_line);
+
     let warehouse = match crate::app::connect_warehouse(config).await {
         Ok(w) => {
             report.push(
@@ -135,6 +145,9 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
             None
         }
     };
+    if let Some(w) = &warehouse {
+        check_server_room(config, &budget, w.pool(), &mut report).await;
+    }
     check_state(config, &mut report).await;
 
     for model in &models {
@@ -233,6 +246,38 @@ async fn check_state(config: &Config, report: &mut Report) {
             Level::Warning,
             format!("cannot read the migration history in schema `{schema}`: {e}"),
         ),
+    }
+}
+
+/// Warns when the warehouse's server allows fewer client connections than this process may
+/// open there (all of them when the state tables live in the warehouse database): runs would
+/// then fail with "too many clients already" under load, and starve the server's other users.
+async fn check_server_room(
+    config: &Config,
+    budget: &crate::app::ConnectionBudget,
+    pool: &sqlx::PgPool,
+    report: &mut Report,
+) {
+    let allowed: Result<i32, _> = sqlx::query_scalar(
+        "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int",
+    )
+    .fetch_one(pool)
+    .await;
+    // A Postgres-wire warehouse that is not Postgres may not know these settings.
+    let Ok(allowed) = allowed else { return };
+    let here = match config.state.url {
+        Some(_) => budget.warehouse,
+        None => budget.total(),
+    };
+    if i64::from(here) > i64::from(allowed) {
+        report.push(
+            "warehouse",
+            None,
+            Level::Warning,
+            format!(
+                "the server allows {allowed} client connections in all, fewer than the {here} this process may open there; lower warehouse.max_connections or state.max_connections, or raise the server's max_connections"
+            ),
+        );
     }
 }
 

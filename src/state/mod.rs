@@ -2,14 +2,18 @@
 //! lock. All live in one schema (`state.schema`), created and upgraded by embedded migrations.
 
 mod copy;
+mod lock_keeper;
 mod report;
+
+use lock_keeper::LockKeeper;
+pub use lock_keeper::ModelLock;
 
 pub use report::CursorRecord;
 
 use crate::config::Secret;
 pub use crate::connection::StateLimits;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -29,7 +33,7 @@ pub enum StateError {
 pub type Result<T> = std::result::Result<T, StateError>;
 
 /// Like the pool's acquire timeout.
-const LOCK_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const MIGRATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -167,8 +171,10 @@ pub struct RunRecord {
 #[derive(Clone)]
 pub struct StateStore {
     pool: PgPool,
-    /// For the model locks' own sessions (see [`StateStore::try_lock_model`]).
+    /// The sessions' options, for the migrations' own session.
     lock_options: PgConnectOptions,
+    /// Holds this process's model locks on one session (see [`StateStore::try_lock_model`]).
+    locks: LockKeeper,
     schema: String,
 }
 
@@ -178,34 +184,21 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
-/// Holds a model's advisory lock for as long as it lives, on a session of its own. Ending the
-/// session frees the lock, so `release` just closes it, and dropping it (or the process dying)
-/// does the same.
-pub struct ModelLock {
-    conn: PgConnection,
-    proof: LockProof,
-}
-
-impl ModelLock {
-    pub async fn release(self) {
-        let _ = self.conn.close().await;
-    }
-
-    /// What a run shows its cursor writes to prove it still holds the model.
-    pub fn proof(&self) -> LockProof {
-        self.proof
-    }
-}
-
-/// The server process (backend pid) of a model lock's session. A session that ended (killed
-/// by `pg_terminate_backend`, a network failure, a server restart) frees the lock, and another
-/// process may then take the model; so each cursor write first checks that this backend still
-/// holds it (see [`StateStore::settle_holding`]). Checking the lock itself, not a connection of
-/// ours, keeps the proof valid wherever the lock's session lives.
+/// Who holds a model's lock: the server process (backend pid) of the session holding it, and
+/// the lease under which this process's keeper gave it to one run. A session that ended
+/// (killed by `pg_terminate_backend`, a network failure, a server restart) frees every lock
+/// it held, and another process may then take the models; so each cursor write first checks
+/// that this backend still holds the model and this process still holds it under this lease
+/// (see [`StateStore::settle_holding`]). The lease tells apart two runs of one model in turn
+/// on the same session, which share the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockProof {
     pub backend_pid: i32,
+    pub lease: u64,
 }
+
+/// The state pool's size when `state.max_connections` is not set.
+pub const DEFAULT_POOL_SIZE: u32 = 6;
 
 impl StateStore {
     /// Connects with `search_path` set to our schema, creating the schema if needed, with the
@@ -215,24 +208,37 @@ impl StateStore {
     }
 
     /// Connects with `search_path` set to our schema and `limits` on every session (the
-    /// pool's and the model locks'), creating the schema if needed.
+    /// pool's and the model locks'), creating the schema if needed, with the default pool.
     pub async fn connect_with_limits(
         url: &Secret,
         schema: &str,
         limits: &StateLimits,
+    ) -> Result<StateStore> {
+        Self::connect_with_pool(url, schema, limits, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`StateStore::connect_with_limits`] with a pool of at most `pool_size` sessions. The
+    /// model locks take one more, however many models run (see
+    /// [`StateStore::try_lock_model`]).
+    pub async fn connect_with_pool(
+        url: &Secret,
+        schema: &str,
+        limits: &StateLimits,
+        pool_size: u32,
     ) -> Result<StateStore> {
         let (opts, target) = crate::connection::parse(url).map_err(StateError::Connect)?;
         let opts = opts
             .options(crate::connection::state_session_options(schema, limits))
             .application_name("capi-sync");
         let pool = PgPoolOptions::new()
-            .max_connections(6)
+            .max_connections(pool_size.max(1))
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts.clone())
             .await
             .map_err(|e| StateError::Connect(crate::connection::explain(&e, &target, Some(url))))?;
         let store = StateStore {
             pool,
+            locks: LockKeeper::start(opts.clone(), schema.to_string()),
             lock_options: opts,
             schema: schema.to_string(),
         };
@@ -273,7 +279,7 @@ impl StateStore {
             .options([("statement_timeout", "0"), ("lock_timeout", "0")]);
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(LOCK_CONNECT_TIMEOUT)
+            .acquire_timeout(MIGRATION_CONNECT_TIMEOUT)
             .connect_with(unbounded)
             .await?;
         let result = MIGRATOR.run(&pool).await;
@@ -290,46 +296,26 @@ impl StateStore {
         &self.schema
     }
 
-    /// Takes the model's lock if no other process (or task) holds it.
+    /// Takes the model's lock if no other process, nor another task of this one, holds it.
     ///
-    /// The lock is held for a whole run, so it lives on a session of its own rather than on
-    /// one of the pool's: a pooled session per running model would leave a service with as
-    /// many models as pool slots no connection for the runs' own ledger reads and commits,
-    /// and every run would stall until the pool's acquire timeout failed it.
+    /// Every lock of the process is held on one session of its own, the lock keeper's
+    /// (see `lock_keeper`), so the connections do not grow with the number of models, and
+    /// the pool's sessions stay free for the runs' ledger reads and commits.
     pub async fn try_lock_model(&self, model: &str) -> Result<Option<ModelLock>> {
-        let connect = PgConnection::connect_with(&self.lock_options);
-        let mut conn = tokio::time::timeout(LOCK_CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| {
-                sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connecting a session for the model lock timed out",
-                ))
-            })??;
-        let got: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
-                .bind(&self.schema)
-                .bind(model)
-                .fetch_one(&mut conn)
-                .await?;
-        if !got {
-            let _ = conn.close().await;
+        let Some(lock) = self.locks.take(model).await? else {
             return Ok(None);
-        }
+        };
         // A process whose lock session died may still be committing a cursor write it checked
         // before we took the lock: wait for it (it holds the settle lock while it commits),
-        // so this run reads the cursor after that write, never before it.
-        let backend_pid: i32 = sqlx::query_scalar(
-            "SELECT pg_backend_pid() FROM (SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2 || '#settle'))) AS fence",
-        )
-        .bind(&self.schema)
-        .bind(model)
-        .fetch_one(&mut conn)
-        .await?;
-        Ok(Some(ModelLock {
-            conn,
-            proof: LockProof { backend_pid },
-        }))
+        // so this run reads the cursor after that write, never before it. Any session can
+        // wait for it; the lock itself stays with the keeper. On failure the dropped lock is
+        // freed.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2 || '#settle'))")
+            .bind(&self.schema)
+            .bind(model)
+            .execute(&self.pool)
+            .await?;
+        Ok(Some(lock))
     }
 
     pub async fn cursor(&self, model: &str) -> Result<Option<CursorPosition>> {
@@ -547,7 +533,9 @@ impl StateStore {
             .bind(lock.backend_pid)
             .fetch_one(&mut *tx)
             .await?;
-            if !held {
+            // The backend alone cannot tell a run whose lock was freed and taken again by
+            // another run of this process on the same session: the lease can.
+            if !held || !self.locks.holds(model, lock) {
                 return Err(StateError::LockLost {
                     pid: lock.backend_pid,
                 });

@@ -90,6 +90,7 @@ impl StateStore {
         .await?;
         Ok(exists.then(|| StateStore {
             pool,
+            locks: super::LockKeeper::start(opts.clone(), schema.to_string()),
             lock_options: opts,
             schema: schema.to_string(),
         }))

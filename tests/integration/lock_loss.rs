@@ -85,6 +85,7 @@ async fn a_run_whose_lock_session_dies_stops_without_moving_the_cursor_and_anoth
 
     let run = start_run(&first).await;
     wait_until("some events are sent", || sandbox.events().len() >= 300).await;
+    // The first process's lock session, which holds every lock of that process.
     let backend = lock_backend(&db.pool).await;
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(backend)
@@ -170,7 +171,8 @@ async fn a_cursor_write_whose_lock_is_no_longer_held_writes_nothing() {
         .expect("the lock is held");
     assert_eq!(cursor_id(&db.pool).await, Some(1));
 
-    // The session ends and another takes the model: the old proof no longer holds.
+    // The lock is freed and another run of this process takes the model again, on the same
+    // lock session (the same backend): the old proof no longer holds all the same.
     lock.release().await;
     let other = state.try_lock_model("leads").await.unwrap().unwrap();
     let refused = state

@@ -12,6 +12,7 @@ mod cmd_sync_dry_run;
 mod cmd_sync_from;
 mod config_errors;
 mod config_rules;
+mod connection_budget;
 mod crash;
 mod delivery;
 mod endpoints;

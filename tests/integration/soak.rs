@@ -8,7 +8,8 @@
 //! when throttled, so at a 10% throttle rate one model's batches go about one at a time.
 //! Isolating the ~200 rejected events takes about 2 000 requests, which one model would need
 //! several minutes of throttle waits for. Twenty models (the table split by `id % 20`, 1 000
-//! rows each) pace themselves independently, as separate pixels would, and the test takes
+//! rows each) on twenty pixels pace themselves independently (the models of one pixel share
+//! its pace, see `connection_budget.rs`), and the test takes
 //! about a minute. A run that fails when retries run out is simply re-run by the next tick.
 
 use crate::crash::assert_each_event_carries_its_rows_id_in;
@@ -45,7 +46,7 @@ fn soak_models() -> String {
                 r#"
 [[models]]
 name = "leads_{k}"
-pixel_id = "123456789012345"
+pixel_id = "1234567890123{k:02}"
 schedule = "* * * * * *"
 sql = "SELECT id, updated_at, stage AS event_name, happened_at AS event_time, email AS em, phone AS ph, id::text AS row_ref FROM crm.leads WHERE id % {MODELS} = {k}"
 primary_key = "id"

@@ -132,6 +132,8 @@ pub struct SandboxStats {
     pub misanswered: u64,
     /// The `test_event_code` of the last accepted request that carried one.
     pub last_test_event_code: Option<String>,
+    /// The most requests being answered at once (Meta limits requests per pixel and app).
+    pub max_in_flight: u64,
 }
 
 /// A running sandbox. Dropping it stops the server without waiting; prefer [`Self::shutdown`].

@@ -43,6 +43,25 @@ pub(super) struct Counters {
     events_accepted: AtomicU64,
     misanswered: AtomicU64,
     rejected_by: Mutex<(BTreeMap<i64, u64>, BTreeMap<i64, u64>)>,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// A request being answered; counted out when dropped, also when its connection is dropped.
+struct InFlight<'a>(&'a Counters);
+
+impl<'a> InFlight<'a> {
+    fn enter(counters: &'a Counters) -> InFlight<'a> {
+        let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(counters)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// State shared by every connection.
@@ -83,6 +102,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            max_in_flight: c.max_in_flight.load(Ordering::SeqCst),
         }
     }
 
@@ -243,6 +263,7 @@ async fn handle(
     drop_conn: &CancellationToken,
 ) -> Response<Full<Bytes>> {
     shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&shared.counters);
     let misanswer = shared
         .misanswer
         .lock()
