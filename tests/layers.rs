@@ -37,7 +37,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The module path of a file: `src/mapping/normalize/geo.rs` → `[mapping, normalize, geo]`,
+/// The module path of a file: `src/normalize/geo.rs` → `[normalize, geo]`,
 /// `src/commands/mod.rs` → `[commands]`.
 fn module_path(file: &Path) -> Vec<String> {
     let rel = file.strip_prefix(src()).expect("a file under src/");
