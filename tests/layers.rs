@@ -466,6 +466,18 @@ fn no_module_of_src_uses_one_that_uses_it_back() {
 }
 
 #[test]
+fn the_command_line_is_on_top_and_only_it_calls_the_commands() {
+    let graph = top_level(&module_graph());
+    for (from, uses) in &graph {
+        assert!(!uses.contains("cli"), "{from} uses cli, which is above it");
+        assert!(
+            from == "cli" || !uses.contains("commands"),
+            "{from} uses commands, which only cli calls"
+        );
+    }
+}
+
+#[test]
 fn paths_are_read_from_code_only_and_resolved_from_where_they_stand() {
     let here = vec!["mapping".to_string(), "event".to_string()];
     let code = code_only(
