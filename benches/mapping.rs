@@ -4,8 +4,8 @@
 //!   cargo bench --bench mapping
 
 use capi_sync::config::Config;
-use capi_sync::mapping::normalize::{normalize_and_hash, NormalizeContext, PiiField, PiiInput};
 use capi_sync::mapping::{ColumnInfo, ModelPlan, Value, ValueKind};
+use capi_sync::normalize::{normalize_and_hash, NormalizeContext, PiiField, PiiInput};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 

@@ -13,7 +13,7 @@
 //! name-mismatch error that rustls returned before 0.23.24 (sqlx issue 3793). Stricter,
 //! never weaker; a host must be reached by a name its certificate bears.
 
-use crate::config::Secret;
+use crate::config::{shown, Secret};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Executor, Postgres};
 use std::str::FromStr;
@@ -59,18 +59,6 @@ pub fn ssl_mode_name(mode: PgSslMode) -> &'static str {
         PgSslMode::Require => "require",
         PgSslMode::VerifyCa => "verify-ca",
         PgSslMode::VerifyFull => "verify-full",
-    }
-}
-
-/// `host:port/db` of parsed options.
-pub fn shown(opts: &PgConnectOptions) -> String {
-    let place = match opts.get_socket() {
-        Some(dir) => dir.display().to_string(),
-        None => opts.get_host().to_string(),
-    };
-    match opts.get_database() {
-        Some(db) => format!("{place}:{}/{db}", opts.get_port()),
-        None => format!("{place}:{}", opts.get_port()),
     }
 }
 

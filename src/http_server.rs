@@ -312,7 +312,7 @@ pub async fn refresh_backlog(ctx: &SyncContext, metrics: &Metrics) {
                 continue;
             }
         };
-        match crate::ops::model_backlog(&ctx.warehouse, model, after.as_ref()).await {
+        match crate::source::model_backlog(&ctx.warehouse, model, after.as_ref()).await {
             Ok(b) => metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs),
             Err(e) => warn!(model = %model.name, error = %e, "cannot measure the rows waiting"),
         }
@@ -361,7 +361,7 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
     {
         Some(text) => {
             let addr: SocketAddr = text.parse().map_err(|_| {
-                crate::ops::UsageError(format!(
+                crate::exit::UsageError(format!(
                     "service.metrics_addr `{text}` is not an address to listen on (like 127.0.0.1:9464); set it to \"\" to serve no endpoints"
                 ))
             })?;

@@ -3,16 +3,19 @@
 
 pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod connection;
-pub mod demo;
 pub mod error_line;
+pub mod exit;
 pub mod http_server;
+pub mod human;
 pub mod map_pool;
 pub mod mapping;
 pub mod metrics;
+pub mod normalize;
 pub mod observer;
-pub mod ops;
+pub mod params;
 pub mod pipeline;
 pub mod progress;
 pub mod redact;

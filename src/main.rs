@@ -28,6 +28,6 @@ fn main() {
         .enable_all()
         .build()
         .expect("the async runtime starts");
-    let code = runtime.block_on(capi_sync::cli::run(cli));
+    let code = runtime.block_on(capi_sync::cli::run(cli)).code();
     std::process::exit(code);
 }

@@ -180,7 +180,7 @@ impl Progress {
 
     /// "7 500 / 30 040 rows, 7 000 events sent, 9 refused, 2 802 rows/s, ETA 8s"
     pub fn describe(&self, s: &Snapshot) -> String {
-        use crate::ops::group_digits;
+        use crate::human::group_digits;
         let n = |v: u64| group_digits(v as i64);
         let read = match self.estimate {
             Some(total) => format!("{} / {} rows", n(s.rows_read), n(total.max(s.rows_read))),
@@ -188,7 +188,7 @@ impl Progress {
         };
         let eta = s
             .eta_secs
-            .map(|e| format!(", ETA {}", crate::ops::human_duration(e)))
+            .map(|e| format!(", ETA {}", crate::human::human_duration(e)))
             .unwrap_or_default();
         format!(
             "{read}, {} events sent, {} refused, {} rows/s{eta}",

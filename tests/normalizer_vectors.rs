@@ -7,7 +7,7 @@
 //! carry a `deviation` naming the policy row that decides it; and where they agree and the source
 //! published a SHA-256, our hash must equal it.
 
-use capi_sync::mapping::normalize::{
+use capi_sync::normalize::{
     normalize, normalize_and_hash, sha256_hex, NormalizeContext, Normalized, PiiField, PiiInput,
 };
 use chrono::Datelike;

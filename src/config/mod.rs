@@ -6,10 +6,10 @@ mod graph_url;
 mod secret;
 
 pub use duration::parse_duration;
-pub use secret::{redact_url, Secret};
+pub use secret::{redact_url, shown, Secret};
 
-use crate::mapping::normalize::country_code;
-use crate::mapping::params::{self, Target, TopField};
+use crate::normalize::country_code;
+use crate::params::{self, Target, TopField};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;

@@ -48,7 +48,7 @@ pub fn redact_url(url: &str) -> String {
     // sqlx's reading of the URL is the one that is connected to (`?host=`, `?port=`,
     // `?dbname=` and the PG* environment count).
     if let Ok(opts) = sqlx::postgres::PgConnectOptions::from_str(url) {
-        return crate::connection::shown(&opts);
+        return shown(&opts);
     }
     match url::Url::parse(url) {
         Ok(parsed) => {
@@ -62,6 +62,18 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         Err(_) => "[unparseable url]".to_string(),
+    }
+}
+
+/// `host:port/db` of parsed options: where a connection goes, as every message names it.
+pub fn shown(opts: &sqlx::postgres::PgConnectOptions) -> String {
+    let place = match opts.get_socket() {
+        Some(dir) => dir.display().to_string(),
+        None => opts.get_host().to_string(),
+    };
+    match opts.get_database() {
+        Some(db) => format!("{place}:{}/{db}", opts.get_port()),
+        None => format!("{place}:{}", opts.get_port()),
     }
 }
 

@@ -1,12 +1,13 @@
 //! Rows → Conversions API server events: the model plan (which column feeds which parameter,
 //! decided once per run) and the per-row mapping with Meta's pre-flight rules.
 
+pub use super::identifiers::{Identifiers, IDENTIFIER_NAMES};
 use super::json::{write_str, ObjectWriter};
-use super::normalize::{self, Hashed, NormalizeContext, PiiField, PiiInput};
-use super::params::{Target, TopField, UserDataKey};
 use super::rules::{self, Refusal};
 use super::value::{Unusable, Value, ValueKind};
 use crate::config::{ExternalIdMode, ModelConfig};
+use crate::normalize::{self, Hashed, NormalizeContext, PiiField, PiiInput};
+use crate::params::{Target, TopField, UserDataKey};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -55,68 +56,6 @@ pub struct ModelPlan {
     country_constant: Option<String>,
     default_country: Option<&'static str>,
     external_id_raw: bool,
-}
-
-/// Which customer identifiers an event carried, as a bit set (for coverage and the
-/// too-broad check).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Identifiers(pub u32);
-
-/// Identifier names in bit order: the 11 hashed fields, then the plain ones we track.
-pub const IDENTIFIER_NAMES: [&str; 16] = [
-    "em",
-    "ph",
-    "fn",
-    "ln",
-    "ct",
-    "st",
-    "zp",
-    "country",
-    "db",
-    "ge",
-    "external_id",
-    "client_ip_address",
-    "client_user_agent",
-    "fbc",
-    "fbp",
-    "lead_id",
-];
-const OTHER_IDENTIFIER_BIT: u32 = 1 << 16;
-
-impl Identifiers {
-    pub fn bit(name: &str) -> u32 {
-        IDENTIFIER_NAMES
-            .iter()
-            .position(|n| *n == name)
-            .map(|i| 1 << i)
-            .unwrap_or(OTHER_IDENTIFIER_BIT)
-    }
-
-    /// Marks a hashed field: its bit is its position in `PiiField::ALL`, which
-    /// `IDENTIFIER_NAMES` starts with.
-    pub fn set_hashed(&mut self, field: PiiField) {
-        self.0 |= 1 << (field as u32);
-    }
-
-    pub fn set(&mut self, name: &str) {
-        self.0 |= Self::bit(name);
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.0 & Self::bit(name) != 0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0 == 0
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        IDENTIFIER_NAMES
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.0 & (1 << i) != 0)
-            .map(|(_, n)| *n)
-    }
 }
 
 /// An event ready to send.
@@ -216,7 +155,7 @@ impl ModelPlan {
             if explicitly_mapped[i] || model.ignore_columns.iter().any(|c| c == &col.name) {
                 continue;
             }
-            match super::params::resolve(&col.name) {
+            match crate::params::resolve(&col.name) {
                 Ok(target) => add_column_slot(&mut slots, target, i, columns, &mut problems),
                 Err(e) => {
                     let is_key = model.primary_key.contains(&col.name) || model.cursor == col.name;
@@ -613,7 +552,7 @@ impl ModelPlan {
             }
             cd.finish();
         }
-        for object in super::params::OTHER_OBJECTS {
+        for object in crate::params::OTHER_OBJECTS {
             if nested.iter().any(|(o, _, _)| o == object) {
                 let out = ev.key(object);
                 let mut obj = ObjectWriter::new(out);
@@ -667,7 +606,7 @@ impl Drop for ScratchBuffer {
 /// Other columns are never fetched: the reader selects only these.
 pub fn column_is_mapped(model: &ModelConfig, name: &str) -> bool {
     model.columns.iter().any(|(_, c)| c == name)
-        || (!model.ignore_columns.iter().any(|c| c == name) && super::params::resolve(name).is_ok())
+        || (!model.ignore_columns.iter().any(|c| c == name) && crate::params::resolve(name).is_ok())
 }
 
 /// What an unusable value does to its row: an event-level value (the event's name, time, id

@@ -3,16 +3,14 @@
 pub mod event;
 #[cfg(test)]
 mod event_props;
+pub mod identifiers;
 pub mod json;
-pub mod normalize;
-pub mod normalize_cli;
-pub mod params;
 pub mod rules;
 pub mod value;
 
 pub use event::{
-    derive_event_id, ColumnInfo, DroppedValue, Identifiers, MappedEvent, ModelPlan, PlanProblem,
-    RowOutcome,
+    derive_event_id, ColumnInfo, DroppedValue, MappedEvent, ModelPlan, PlanProblem, RowOutcome,
 };
+pub use identifiers::Identifiers;
 pub use rules::Refusal;
 pub use value::{Value, ValueKind};

@@ -2,7 +2,7 @@
 //! A row that breaks one is refused with a stable reason code and a detail that never
 //! contains customer data.
 
-use super::event::Identifiers;
+use super::identifiers::Identifiers;
 use super::value::Value;
 
 /// Events older than this are refused by Meta for the whole request (code 100/2804003).

@@ -294,6 +294,16 @@ fn query_error(query: &ModelQuery, e: &sqlx::Error) -> SourceError {
     }
 }
 
+/// The rows after `after` that the model's next run would read (one describe, one aggregate).
+pub async fn model_backlog(
+    warehouse: &Warehouse,
+    model: &ModelConfig,
+    after: Option<&CursorPosition>,
+) -> Result<Backlog> {
+    let (query, _) = warehouse.describe(model).await?;
+    warehouse.backlog(model, &query, after).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ mod decode;
 mod inspect;
 mod unreadable;
 
-pub use inspect::{Backlog, EventTimeWindow, WindowCount, WindowDays};
+pub use inspect::{model_backlog, Backlog, EventTimeWindow, WindowCount, WindowDays};
 pub use unreadable::{DuplicateKeys, UnreadableRows};
 
 use crate::config::{ModelConfig, Secret};

@@ -10,7 +10,7 @@ async fn preview_prints_the_next_events_hashed_and_sends_nothing() {
     let cfg = config_file(&db, &sandbox.base_url(), LEADS_MODEL, "");
     let out = cli(&cfg.path, &["preview", "leads", "--limit", "2"]).await;
     assert_eq!(out.code, 0, "{}", out.all());
-    let hashed = capi_sync::mapping::normalize::sha256_hex("person.1@example.com");
+    let hashed = capi_sync::normalize::sha256_hex("person.1@example.com");
     assert!(out.stdout.contains(&hashed), "{}", out.stdout);
     assert!(out.stdout.contains("row 1 ") && out.stdout.contains("row 2 "));
     assert!(!out.stdout.contains("row 3 "), "limit 2 shows 2 rows");
@@ -38,9 +38,11 @@ async fn preview_starts_after_the_cursor() {
     let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
     sync(&ctx, "leads").await;
     seed_leads(&db.pool, 2, "now()", "now() - interval '1 hour'").await;
-    let state = capi_sync::ops::read_only_state(&ctx.config).await.unwrap();
+    let state = capi_sync::commands::read_only_state(&ctx.config)
+        .await
+        .unwrap();
     let model = ctx.config.model("leads").unwrap();
-    let preview = capi_sync::ops::preview::build(&ctx.warehouse, state.as_ref(), model, 10)
+    let preview = capi_sync::commands::preview::build(&ctx.warehouse, state.as_ref(), model, 10)
         .await
         .unwrap()
         .unwrap();
@@ -48,7 +50,7 @@ async fn preview_starts_after_the_cursor() {
         .rows
         .iter()
         .map(|r| match r {
-            capi_sync::ops::preview::RowPreview::Send { key, .. } => key.clone(),
+            capi_sync::commands::preview::RowPreview::Send { key, .. } => key.clone(),
             other => panic!("expected events to send, got {other:?}"),
         })
         .collect();

@@ -55,7 +55,8 @@ fn the_example_config_loads_and_validates() {
 #[test]
 fn the_demo_config_built_from_the_example_validates() {
     let c =
-        capi_sync::demo::demo_config("postgres://localhost/demo", "http://127.0.0.1:1").unwrap();
+        capi_sync::commands::demo::demo_config("postgres://localhost/demo", "http://127.0.0.1:1")
+            .unwrap();
     assert_eq!(c.models.len(), 2);
     assert_eq!(c.meta.graph_url, "http://127.0.0.1:1");
 }

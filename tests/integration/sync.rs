@@ -44,7 +44,7 @@ async fn events_carry_hashed_customer_data_and_crm_fields() {
     // ' Person.1@Example.com ' → trimmed, lowercased, SHA-256.
     assert_eq!(
         e["user_data"]["em"],
-        capi_sync::mapping::normalize::sha256_hex("person.1@example.com")
+        capi_sync::normalize::sha256_hex("person.1@example.com")
     );
     assert_eq!(
         e["event_id"],

@@ -117,7 +117,7 @@ async fn rows_with_a_null_cursor_or_key_are_counted_in_the_summary_status_and_me
     assert_eq!(run.counters.events_sent, 4, "{:?}", run.counters);
     assert_eq!(run.counters.rows_null_cursor, Some(3));
     assert_eq!(run.counters.rows_null_key, Some(1));
-    let text = capi_sync::cli::format_summary(&run, false);
+    let text = capi_sync::commands::summary::format_summary(&run, false);
     assert!(
         text.contains("unreadable: 3 rows with a NULL cursor, 1 with a NULL in the primary key"),
         "{text}"

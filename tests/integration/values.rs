@@ -167,7 +167,7 @@ async fn infinity_in_ignored_columns_is_never_read_and_odd_field_values_drop_onl
 
     let events = sandbox.events();
     let by_email_hash = |id: i32| {
-        let hash = capi_sync::mapping::normalize::sha256_hex(&format!("person{id}@example.com"));
+        let hash = capi_sync::normalize::sha256_hex(&format!("person{id}@example.com"));
         events
             .iter()
             .find(|e| e["user_data"]["em"] == hash)

@@ -1,26 +1,68 @@
-//! Operator commands: `check`, `preview`, `status`, `runs`, `refused`, `reset` and the
-//! up-front report of `sync --from`. They read (and `reset` moves a cursor); they never send.
-//! Nothing they print carries customer data: row keys, event ids, cursor values, counts,
-//! reason codes and hashed events only.
+//! The commands, one file each. `src/cli.rs` reads the flags and calls one of them; each
+//! returns the code the process exits with ([`Exit`]).
+//!
+//! `sync`, `retry`, `run` and `demo` send; `migrate` creates our tables; `sandbox` and
+//! `normalize` stand alone. `check`, `preview`, `status`, `runs` and `refused` read (and
+//! `reset` moves a cursor); they never send. Nothing a command prints carries customer data:
+//! row keys, event ids, cursor values, counts, reason codes and hashed events only.
 
 pub mod check;
+pub mod demo;
 pub mod history;
+pub mod migrate;
+pub mod normalize;
 pub mod preview;
 pub mod reset;
+pub mod retry;
+pub mod run;
+pub mod sandbox;
 pub mod status;
+pub mod summary;
+pub mod sync;
 
 use crate::config::{Config, ConfigError, ModelConfig};
-use crate::mapping::params::{Target, TopField};
+pub use crate::exit::{Exit, UsageError};
+pub use crate::human::{group_digits, human_duration, rows, utc};
 use crate::mapping::rules::{MAX_AGE_PHYSICAL_STORE_SECS, MAX_AGE_SECS};
 use crate::mapping::ColumnInfo;
+use crate::params::{Target, TopField};
+pub use crate::source::model_backlog;
 use crate::source::{EventTimeWindow, ModelQuery, Warehouse, WindowDays};
 use crate::state::{CursorPosition, StateStore};
+use anyhow::Context;
+use std::sync::Arc;
 
-/// A command used wrongly (a value that does not fit, a missing `--yes`): exit code 2, like
-/// a config error, with a message that says what to do instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+/// The config file at `path`, loaded and validated.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<Arc<Config>> {
+    Ok(Arc::new(Config::load(path)?))
+}
+
+/// The models named (all enabled ones when none is), or an error naming the models there are.
+pub fn select_models<'a>(
+    config: &'a Config,
+    names: &[String],
+) -> anyhow::Result<Vec<&'a ModelConfig>> {
+    if names.is_empty() {
+        return Ok(config.models.iter().filter(|m| m.enabled).collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            config.model(n).with_context(|| {
+                format!(
+                    "no model named `{n}` in {} (models: {})",
+                    config.source,
+                    config
+                        .models
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        })
+        .collect()
+}
 
 /// The model named `name`, or a config error listing the models there are.
 pub fn model_named<'a>(config: &'a Config, name: &str) -> Result<&'a ModelConfig, ConfigError> {
@@ -40,7 +82,6 @@ pub fn model_named<'a>(config: &'a Config, name: &str) -> Result<&'a ModelConfig
 
 /// Our tables, opened for reading only; None when capi-sync has never run against them.
 pub async fn read_only_state(config: &Config) -> anyhow::Result<Option<StateStore>> {
-    use anyhow::Context;
     StateStore::open_existing(config.state_url(), &config.state.schema)
         .await
         .with_context(|| {
@@ -126,7 +167,7 @@ pub async fn window_report(
         Ok(Some(c)) => format!(
             "{} to read; {} older than {age} and cannot be sent (they will be recorded as refused: event_time_too_old)",
             rows(c.rows),
-            are(c.outside_window)
+            crate::human::rows_are(c.outside_window)
         ),
         Ok(None) => format!(
             "the event_time column `{}` is text, so rows outside Meta's window cannot be counted in advance",
@@ -136,84 +177,14 @@ pub async fn window_report(
     }
 }
 
-/// "1 row" / "3 120 rows".
-pub fn rows(n: i64) -> String {
-    if n == 1 {
-        "1 row".into()
-    } else {
-        format!("{} rows", group_digits(n))
-    }
-}
-
-/// "1 row is" / "3 120 rows are".
-fn are(n: i64) -> String {
-    if n == 1 {
-        "1 row is".into()
-    } else {
-        format!("{} rows are", group_digits(n))
-    }
-}
-
-/// Thousands separated by a space: 3120 → "3 120".
-pub fn group_digits(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// A short human duration: "45s", "3m 10s", "2h 5m", "3d 4h".
-pub fn human_duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
-    }
-}
-
-/// `2026-03-01 12:00:02 UTC`.
-pub fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
-
 /// A cursor position as shown to people: the cursor value and the row key.
 pub fn position_text(p: &CursorPosition) -> String {
     format!("{} / key {}", p.cursor_value, p.row_key.join(", "))
 }
 
-/// The rows after `after` that the model's next run would read (one describe, one aggregate).
-pub async fn model_backlog(
-    warehouse: &Warehouse,
-    model: &ModelConfig,
-    after: Option<&CursorPosition>,
-) -> Result<crate::source::Backlog, crate::source::SourceError> {
-    let (query, _) = warehouse.describe(model).await?;
-    warehouse.backlog(model, &query, after).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn digits_are_grouped_by_three_with_spaces() {
-        assert_eq!(group_digits(0), "0");
-        assert_eq!(group_digits(999), "999");
-        assert_eq!(group_digits(3120), "3 120");
-        assert_eq!(group_digits(1_234_567), "1 234 567");
-        assert_eq!(rows(1), "1 row");
-        assert_eq!(rows(3120), "3 120 rows");
-    }
 
     fn model(constants: &str, sql: &str) -> ModelConfig {
         let text = format!(
@@ -257,13 +228,5 @@ mod tests {
     fn an_event_time_without_a_column_cannot_be_counted() {
         let m = model("action_source = \"crm\"", "SELECT 1");
         assert!(event_time_window(&m, &cols(&["id", "u"])).is_err());
-    }
-
-    #[test]
-    fn durations_read_like_a_person_would_say_them() {
-        assert_eq!(human_duration(42.4), "42s");
-        assert_eq!(human_duration(190.0), "3m 10s");
-        assert_eq!(human_duration(7500.0), "2h 5m");
-        assert_eq!(human_duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3d 4h");
     }
 }

@@ -3,8 +3,8 @@
 //! `model: column: level — message`, OK lines included.
 
 use crate::config::{redact_url, Config, ExternalIdMode, ModelConfig};
-use crate::mapping::params::{self, Target, TopField, UserDataKey};
 use crate::mapping::{ColumnInfo, ModelPlan, PlanProblem, ValueKind};
+use crate::params::{self, Target, TopField, UserDataKey};
 use crate::sink::{ErrorClass, GraphClient, SinkError};
 use crate::source::Warehouse;
 use std::collections::BTreeSet;
@@ -73,20 +73,20 @@ impl Report {
     }
 
     /// 2 for any config or model error, else 3 for anything unreachable, else 0.
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> super::Exit {
         if self.count(|l| l == Level::Error) > 0 {
-            crate::cli::exit::BAD_CONFIG
+            super::Exit::BadConfig
         } else if self.count(|l| l == Level::Unreachable) > 0 {
-            crate::cli::exit::UNEXPECTED
+            super::Exit::Unexpected
         } else {
-            crate::cli::exit::OK
+            super::Exit::Ok
         }
     }
 }
 
 /// Runs every check for the selected models (all when `names` is empty), printing each
 /// finding as it is made. Returns the exit code.
-pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Result<i32> {
+pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Result<super::Exit> {
     let models: Vec<&ModelConfig> = if names.is_empty() {
         config.models.iter().collect()
     } else {

@@ -50,7 +50,12 @@ pub struct Preview {
     pub rows: Vec<RowPreview>,
 }
 
-pub async fn run(config: &Config, model: &str, limit: usize, json: bool) -> anyhow::Result<i32> {
+pub async fn run(
+    config: &Config,
+    model: &str,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<super::Exit> {
     let model = super::model_named(config, model)?;
     let warehouse = crate::app::connect_warehouse(config).await?;
     let state = super::read_only_state(config).await?;
@@ -65,7 +70,7 @@ pub async fn run(config: &Config, model: &str, limit: usize, json: bool) -> anyh
                 eprintln!("  {p}");
             }
             eprintln!("run `capi-sync check {}` for every finding", model.name);
-            return Ok(crate::cli::exit::BAD_CONFIG);
+            return Ok(super::Exit::BadConfig);
         }
     };
     if json {
@@ -73,7 +78,7 @@ pub async fn run(config: &Config, model: &str, limit: usize, json: bool) -> anyh
     } else {
         print!("{}", format_text(&preview, limit));
     }
-    Ok(crate::cli::exit::OK)
+    Ok(super::Exit::Ok)
 }
 
 /// Reads up to `limit` rows after the model's cursor and maps them. The outer error is a

@@ -5,7 +5,7 @@
 //! nested key explicitly; a bare name is looked up among the top-level, `user_data` and
 //! standard `custom_data` keys, in that order.
 
-use super::normalize::PiiField;
+use crate::normalize::PiiField;
 
 /// Top-level server-event fields we map from columns or constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

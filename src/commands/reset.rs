@@ -45,7 +45,12 @@ pub async fn backfill_start(
     Ok(position)
 }
 
-pub async fn run(config: &Config, model: &str, to: Option<&str>, yes: bool) -> anyhow::Result<i32> {
+pub async fn run(
+    config: &Config,
+    model: &str,
+    to: Option<&str>,
+    yes: bool,
+) -> anyhow::Result<super::Exit> {
     let model = super::model_named(config, model)?;
     let warehouse = crate::app::connect_warehouse(config).await?;
     let state = crate::app::connect_state(config).await?;
@@ -94,7 +99,7 @@ pub async fn run(config: &Config, model: &str, to: Option<&str>, yes: bool) -> a
         let mut out = std::io::stdout();
         if !confirm(&mut stdin.lock(), &mut out)? {
             println!("nothing changed");
-            return Ok(crate::cli::exit::OK);
+            return Ok(super::Exit::Ok);
         }
     }
 
@@ -112,7 +117,7 @@ pub async fn run(config: &Config, model: &str, to: Option<&str>, yes: bool) -> a
         "{}: cursor moved; the next run (scheduled, or `capi-sync sync {}`) starts there",
         model.name, model.name
     );
-    Ok(crate::cli::exit::OK)
+    Ok(super::Exit::Ok)
 }
 
 /// Asks "Move it? [y/N]" and reads one answer: only y or yes agrees.

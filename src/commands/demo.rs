@@ -10,9 +10,9 @@ use sqlx::{Connection, PgPool};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-const EXAMPLE_CONFIG: &str = include_str!("../config/capi-sync.example.toml");
-const LEAD_STAGES_SQL: &str = include_str!("../config/models/lead_stages.sql");
-const STORE_PURCHASES_SQL: &str = include_str!("../config/models/store_purchases.sql");
+const EXAMPLE_CONFIG: &str = include_str!("../../config/capi-sync.example.toml");
+const LEAD_STAGES_SQL: &str = include_str!("../../config/models/lead_stages.sql");
+const STORE_PURCHASES_SQL: &str = include_str!("../../config/models/store_purchases.sql");
 const DEMO_DB: &str = "capi_sync_demo";
 const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const DEMO_TOKEN: &str = "demo-access-token";
@@ -25,7 +25,7 @@ pub struct SeedReport {
     pub sales: i64,
 }
 
-pub async fn run() -> anyhow::Result<i32> {
+pub async fn run() -> anyhow::Result<super::Exit> {
     let url = demo_database_url().await?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
@@ -90,7 +90,7 @@ pub async fn run() -> anyhow::Result<i32> {
     let mut sample = None;
     for model in &config.models {
         let summary = sync_model_once(&ctx, model, &opts).await;
-        println!("{}", crate::cli::format_summary(&summary, false));
+        println!("{}", super::summary::format_summary(&summary, false));
         failed |= summary.status != crate::pipeline::RunStatus::Succeeded;
         if sample.is_none() {
             sample = summary.sample_event.map(|s| (model.name.clone(), s));
@@ -125,9 +125,9 @@ pub async fn run() -> anyhow::Result<i32> {
     );
     println!("run it again: new demo rows are added and only those are sent.");
     Ok(if failed {
-        crate::cli::exit::SYNC_FAILED
+        super::Exit::SyncFailed
     } else {
-        crate::cli::exit::OK
+        super::Exit::Ok
     })
 }
 

@@ -5,7 +5,12 @@ use crate::config::Config;
 use crate::state::{RefusedRow, RunRecord};
 use serde_json::json;
 
-pub async fn runs(config: &Config, model: &str, limit: i64, as_json: bool) -> anyhow::Result<i32> {
+pub async fn runs(
+    config: &Config,
+    model: &str,
+    limit: i64,
+    as_json: bool,
+) -> anyhow::Result<super::Exit> {
     let model = super::model_named(config, model)?;
     let records = match super::read_only_state(config).await? {
         Some(state) => state.recent_runs(&model.name, limit.max(1)).await?,
@@ -20,7 +25,7 @@ pub async fn runs(config: &Config, model: &str, limit: i64, as_json: bool) -> an
     } else {
         print!("{}", format_runs(&model.name, &records));
     }
-    Ok(crate::cli::exit::OK)
+    Ok(super::Exit::Ok)
 }
 
 pub fn run_json(r: &RunRecord) -> serde_json::Value {
@@ -97,7 +102,7 @@ pub async fn refused(
     model: &str,
     limit: i64,
     as_json: bool,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<super::Exit> {
     let model = super::model_named(config, model)?;
     let (rows, by_reason) = match super::read_only_state(config).await? {
         Some(state) => (
@@ -133,7 +138,7 @@ pub async fn refused(
     } else {
         print!("{}", format_refused(&model.name, &rows, &by_reason));
     }
-    Ok(crate::cli::exit::OK)
+    Ok(super::Exit::Ok)
 }
 
 pub fn format_refused(

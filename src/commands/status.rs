@@ -36,7 +36,7 @@ pub struct ModelStatus {
     pub changed_since_delivery: i64,
 }
 
-pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<i32> {
+pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<super::Exit> {
     let state = super::read_only_state(config).await?;
     let warehouse = crate::app::connect_warehouse(config).await;
     let warehouse_error = warehouse.as_ref().err().map(crate::error_line::one_line);
@@ -66,7 +66,7 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<i32> {
             print!("{}", format_text(s, now));
         }
     }
-    Ok(crate::cli::exit::OK)
+    Ok(super::Exit::Ok)
 }
 
 /// Everything `status` shows for one model.

@@ -1,7 +1,7 @@
 //! `capi-sync normalize`: JSON lines in, one JSON line out per input, so users can debug their
 //! match keys and compare us with another implementation on the same inputs.
 
-use super::normalize::{self, NormalizeContext, Normalized, PiiField, PiiInput};
+use crate::normalize::{self, NormalizeContext, Normalized, PiiField, PiiInput};
 use std::io::{BufRead, Write};
 
 #[derive(serde::Deserialize)]
