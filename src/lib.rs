@@ -11,7 +11,8 @@ pub mod http_server;
 pub mod map_pool;
 pub mod mapping;
 pub mod metrics;
-pub mod observer;
+/// The run's progress hooks live with the pipeline that calls them.
+pub use pipeline::observer;
 pub mod ops;
 pub mod pipeline;
 pub mod progress;

@@ -28,7 +28,7 @@ const GROUP_EVENTS: usize = 8000;
 
 /// The ledger writer of one run.
 #[derive(Clone)]
-pub struct EarlyLedger {
+pub struct LedgerWriter {
     queue: mpsc::Sender<Job>,
     /// The model may hold refusals of rows this run delivers: it had some when the run
     /// started, or the run refused a row since.
@@ -46,10 +46,10 @@ struct Job {
     done: oneshot::Sender<(Vec<Delivered>, Result<(), String>)>,
 }
 
-impl EarlyLedger {
+impl LedgerWriter {
     /// Starts the writer task; it ends when the last clone of the handle is dropped (every
     /// write asked for has then been answered: each caller holds a clone while it waits).
-    pub fn start(state: StateStore, model: String, run_id: i64, refusals: bool) -> EarlyLedger {
+    pub fn start(state: StateStore, model: String, run_id: i64, refusals: bool) -> LedgerWriter {
         let (queue, rx) = mpsc::channel::<Job>(64);
         let writes = Arc::new(AtomicU64::new(0));
         let writer = super::deadline::AbortOnDrop::spawn(write_loop(
@@ -59,7 +59,7 @@ impl EarlyLedger {
             run_id,
             writes.clone(),
         ));
-        EarlyLedger {
+        LedgerWriter {
             queue,
             refusals: Arc::new(AtomicBool::new(refusals)),
             writes,
