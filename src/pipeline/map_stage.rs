@@ -1,7 +1,11 @@
 //! The mapping stage: chunks of rows to events on the mapping threads, with what the
 //! ledger knows of them.
 
-use super::RunMode;
+use super::batch::ChunkKnowledge;
+use super::deadline::AbortOnDrop;
+use super::error::RunError;
+use super::taken_ids::Older;
+use super::{RunMode, SyncContext};
 use crate::mapping::{MappedEvent, ModelPlan, Refusal};
 use crate::source::SourceRow;
 use crate::state::StateStore;
@@ -15,17 +19,49 @@ pub(super) struct MappedChunkData {
     pub(super) rows: Vec<SourceRow>,
     pub(super) outcomes: Vec<Result<MappedEvent, Refusal>>,
     pub(super) dropped: Vec<crate::mapping::DroppedValue>,
-    /// Fingerprints of the chunk's events already delivered.
-    pub(super) ledger: HashMap<String, String>,
-    /// Re-read rows (lookback) already recorded as refused.
-    pub(super) known_refusals: HashSet<Vec<String>>,
+    /// What the ledger and the refused rows say of them (`older` is left to the batching
+    /// loop, which alone knows the ids taken so far).
+    pub(super) known: ChunkKnowledge,
 }
 
-pub(super) type MappedChunk = Result<MappedChunkData, String>;
+pub(super) type MappedChunk = Result<MappedChunkData, RunError>;
+
+/// Starts the mapping stage on the reader's chunks. Rows read in this run cannot be in the
+/// ledger when the model has never delivered an event (a first backfill): then the per-chunk
+/// lookups are skipped.
+pub(super) async fn start(
+    ctx: &SyncContext,
+    model: &str,
+    mode: RunMode,
+    plan: Arc<ModelPlan>,
+    rx_rows: mpsc::Receiver<Vec<SourceRow>>,
+) -> Result<(AbortOnDrop<()>, mpsc::Receiver<MappedChunk>), RunError> {
+    let ledger_state = if ctx
+        .state
+        .has_deliveries(model)
+        .await
+        .map_err(RunError::state_read("the delivery ledger"))?
+    {
+        Some(ctx.state.clone())
+    } else {
+        None
+    };
+    let (tx_mapped, rx_mapped) = mpsc::channel::<MappedChunk>(2);
+    let mapper = AbortOnDrop::spawn(map_stage(
+        plan,
+        ledger_state,
+        ctx.state.clone(),
+        model.to_string(),
+        mode,
+        rx_rows,
+        tx_mapped,
+    ));
+    Ok((mapper, rx_mapped))
+}
 
 /// Maps chunks on blocking threads, two at a time (order kept), and looks their event ids up
 /// in the ledger, so the batching loop only assembles batches.
-pub(super) async fn map_stage(
+async fn map_stage(
     plan: Arc<ModelPlan>,
     ledger: Option<StateStore>,
     state: StateStore,
@@ -91,7 +127,7 @@ pub(super) async fn annotate(
             ledger
                 .delivered_fingerprints(&model, &ids)
                 .await
-                .map_err(|e| format!("cannot read the delivery ledger ({e})"))?
+                .map_err(RunError::state_read("the delivery ledger"))?
         }
         None => HashMap::new(),
     };
@@ -102,10 +138,7 @@ pub(super) async fn annotate(
             .filter(|(r, _)| r.reread)
             .map(|(r, _)| r.key.clone())
             .collect();
-        state
-            .refused_among(&model, &keys)
-            .await
-            .map_err(|e| e.to_string())?
+        state.refused_among(&model, &keys).await?
     } else {
         HashSet::new()
     };
@@ -113,7 +146,10 @@ pub(super) async fn annotate(
         rows,
         outcomes,
         dropped,
-        ledger,
-        known_refusals,
+        known: ChunkKnowledge {
+            ledger,
+            known_refusals,
+            older: Older::new(),
+        },
     })
 }

@@ -1,23 +1,30 @@
-//! The read stage: which ranges a run reads, and the rows it cannot see.
+//! The read stage: describing the model, which ranges a run reads, the reader task, and the
+//! rows it cannot see.
 
+use super::deadline::{passed_deadline, AbortOnDrop};
+use super::error::RunError;
+use super::{RunMode, RunOptions, SyncContext};
 use crate::config::ModelConfig;
-use crate::source::{LowerBound, ReadRange, Warehouse};
+use crate::mapping::ModelPlan;
+use crate::source::{LowerBound, ModelQuery, ReadRange, SourceError, SourceRow, Warehouse};
 use crate::state::{CursorPosition, RunCounters};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 use tracing::warn;
 
 /// The ranges an incremental run reads: from a backfill point, or after the stored cursor,
 /// plus the lookback window behind it for rows committed late with an earlier cursor value.
 pub(super) fn read_ranges(
     model: &ModelConfig,
-    query: &crate::source::ModelQuery,
+    query: &ModelQuery,
     stored: Option<CursorPosition>,
     from: Option<String>,
-) -> Result<Vec<ReadRange>, String> {
+) -> Result<Vec<ReadRange>, RunError> {
     if !model.lookback.is_zero() && !query.cursor_is_time() {
-        return Err(format!(
-            "model `{}` sets lookback, but its cursor `{}` is not a timestamp or date column; remove lookback or use a time cursor",
-            model.name, model.cursor
-        ));
+        return Err(RunError::LookbackNeedsTimeCursor {
+            model: model.name.clone(),
+            cursor: model.cursor.clone(),
+        });
     }
     if let Some(v) = from {
         return Ok(vec![ReadRange {
@@ -33,7 +40,9 @@ pub(super) fn read_ranges(
             reread: false,
         }]);
     };
-    query.check_position(&stored).map_err(|e| e.to_string())?;
+    query
+        .check_position(&stored)
+        .map_err(|e| RunError::Cursor(Arc::new(e)))?;
     let mut ranges = Vec::new();
     if !model.lookback.is_zero() {
         ranges.push(ReadRange {
@@ -58,7 +67,7 @@ pub(super) fn read_ranges(
 pub(super) async fn count_unreadable(
     warehouse: &Warehouse,
     model: &ModelConfig,
-    query: &crate::source::ModelQuery,
+    query: &ModelQuery,
     c: &mut RunCounters,
 ) {
     match warehouse.unreadable_rows(model, query).await {
@@ -78,4 +87,88 @@ pub(super) async fn count_unreadable(
             warn!(model = %model.name, error = %e, "cannot count the rows with a NULL cursor or key")
         }
     }
+}
+
+/// Describes the model's query and decides once which column feeds which parameter.
+pub(super) async fn describe(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    deadline: tokio::time::Instant,
+) -> Result<(ModelQuery, Arc<ModelPlan>), RunError> {
+    let run_deadline = ctx.config.service.run_deadline;
+    let (query, columns) = tokio::time::timeout_at(deadline, ctx.warehouse.describe(model))
+        .await
+        .map_err(|_| {
+            RunError::Deadline(passed_deadline(
+                run_deadline,
+                "while describing the model's query",
+            ))
+        })?
+        .map_err(|e| RunError::Describe {
+            source: Arc::new(e),
+            sql_origin: model.sql_origin.clone(),
+            model: model.name.clone(),
+        })?;
+    let plan =
+        Arc::new(
+            ModelPlan::new(model, &columns).map_err(|problems| RunError::ModelColumns {
+                problems: problems.iter().map(|p| p.to_string()).collect(),
+                model: model.name.clone(),
+            })?,
+        );
+    Ok((query, plan))
+}
+
+/// The reader task, and the chunks of `chunk` rows it sends.
+pub(super) type Reader = (
+    AbortOnDrop<Result<u64, SourceError>>,
+    mpsc::Receiver<Vec<SourceRow>>,
+);
+
+/// Starts the reader: rows after the cursor, or the refused rows by key (`retry`).
+pub(super) async fn start_reader(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    opts: &RunOptions,
+    query: &ModelQuery,
+    chunk: usize,
+    counters: &mut RunCounters,
+) -> Result<Reader, RunError> {
+    let (tx_rows, rx_rows) = mpsc::channel::<Vec<SourceRow>>(2);
+    let warehouse = ctx.warehouse.clone();
+    let reader_query = query.clone();
+    let reader = match opts.mode {
+        RunMode::Incremental => {
+            let stored = ctx
+                .state
+                .cursor(&model.name)
+                .await
+                .map_err(RunError::state_read("the model's cursor"))?;
+            let ranges = read_ranges(model, query, stored, opts.from.clone())?;
+            AbortOnDrop::spawn(async move {
+                warehouse
+                    .stream_rows(&reader_query, ranges, tx_rows, chunk)
+                    .await
+            })
+        }
+        RunMode::RetryRefused => {
+            let keys = ctx.state.refused_keys(&model.name).await?;
+            counters.rows_requested = keys.len() as i64;
+            AbortOnDrop::spawn(async move {
+                let mut total = 0u64;
+                for part in keys.chunks(chunk) {
+                    let mut rows = warehouse.rows_by_key(&reader_query, part).await?;
+                    for r in &mut rows {
+                        r.reread = true;
+                    }
+                    total += rows.len() as u64;
+                    if tx_rows.send(rows).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(total)
+            })
+        }
+    };
+    Ok((reader, rx_rows))
 }

@@ -5,6 +5,7 @@ use super::counts::Coverage;
 use super::ledger_writer::LedgerWriter;
 use super::observer::RunObserver;
 use super::pacing::RequestSlot;
+use super::{RunOptions, SyncContext};
 use crate::config::ModelConfig;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
@@ -55,6 +56,33 @@ pub(super) struct BatchSender {
     pub(super) ledger: Option<LedgerWriter>,
 }
 
+impl BatchSender {
+    /// The run's sender. `ledger`: the run's ledger writer, for runs that record.
+    pub(super) fn new(
+        ctx: &SyncContext,
+        model: &ModelConfig,
+        opts: &RunOptions,
+        ledger: Option<LedgerWriter>,
+    ) -> BatchSender {
+        let test_event_code = opts
+            .test_event_code
+            .clone()
+            .or_else(|| model.test_event_code.clone())
+            .or_else(|| ctx.config.meta.test_event_code.clone());
+        BatchSender {
+            graph: ctx.graph.clone(),
+            pixel_id: model.pixel_id.clone(),
+            test_event_code,
+            policy: RetryPolicy::new(ctx.config.meta.max_attempts),
+            throttled: Arc::new(AtomicU64::new(0)),
+            model: model.name.clone(),
+            observer: opts.observer.clone(),
+            cancel: ctx.cancel.clone(),
+            ledger,
+        }
+    }
+}
+
 /// Usage (percent of a Meta rate limit) at which we slow down before being throttled.
 pub(super) const NEAR_LIMIT_PERCENT: u32 = 90;
 
@@ -82,7 +110,8 @@ impl BatchSender {
                 // Only rows found already sent or refused: nothing to send.
                 (bytes::Bytes::new(), Vec::new())
             } else {
-                let events: Vec<&str> = batch.events.iter().map(|e| e.event.json.as_str()).collect();
+                let events: Vec<&str> =
+                    batch.events.iter().map(|e| e.event.json.as_str()).collect();
                 self.graph
                     .body_with_spans(&events, self.test_event_code.as_deref())
             };
@@ -161,23 +190,16 @@ impl BatchSender {
                     fbtrace_id,
                 });
             }
-            if let (Some(ledger), false) = (&self.ledger, result.meta_refused.is_empty()) {
-                ledger.refusals.store(true, Ordering::Relaxed);
-            }
-            if let (Some(ledger), false) = (&self.ledger, result.delivered.is_empty()) {
-                // Written now by the run's ledger writer; if that fails, the settler writes
-                // them with the cursor as before.
-                match ledger.record(std::mem::take(&mut result.delivered)).await {
-                    (rows, Ok(())) => {
-                        result.recorded = rows.into_iter().map(|d| d.row_key).collect();
-                    }
-                    (rows, Err(e)) => {
-                        warn!(
-                            error = %e,
-                            "could not record acknowledged events yet; they are recorded with the cursor"
-                        );
-                        result.delivered = rows;
-                    }
+            if let Some(ledger) = &self.ledger {
+                if !batch.refused.is_empty() || !result.meta_refused.is_empty() {
+                    ledger.note_refusals();
+                }
+                if !result.delivered.is_empty() {
+                    let acked = ledger
+                        .record_or_defer(std::mem::take(&mut result.delivered))
+                        .await;
+                    result.recorded = acked.recorded;
+                    result.delivered = acked.with_the_cursor;
                 }
             }
             result.batch = batch;

@@ -3,6 +3,7 @@
 use super::batch::BatchResult;
 use super::counts::apply_counts;
 use super::deadline::AbortOnDrop;
+use super::error::RunError;
 use super::send::describe_failure;
 use super::{RunSummary, Stop};
 use crate::config::ModelConfig;
@@ -16,8 +17,8 @@ use tracing::warn;
 /// Batches that finish close together are merged into one transaction (group commit).
 pub(super) struct Settler {
     pub(super) tx: Option<mpsc::Sender<SettleJob>>,
-    pub(super) task: AbortOnDrop<Result<(), String>>,
-    pub(super) failed: Arc<std::sync::Mutex<Option<String>>>,
+    pub(super) task: AbortOnDrop<Result<(), RunError>>,
+    pub(super) failed: Arc<std::sync::Mutex<Option<RunError>>>,
 }
 
 pub(super) struct SettleJob {
@@ -59,11 +60,9 @@ impl Settler {
                     .settle_holding(&model, id, &merged, &counters, lock)
                     .await
                 {
-                    let msg = format!(
-                        "could not record acknowledged events and the cursor: {e}; the next run resumes at the last recorded batch"
-                    );
-                    *failed_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
-                    return Err(msg);
+                    let failure = RunError::Settle(Arc::new(e));
+                    *failed_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.clone());
+                    return Err(failure);
                 }
                 clear_refused |= !merged.refused.is_empty();
             }
@@ -76,7 +75,7 @@ impl Settler {
         }
     }
 
-    pub(super) fn failure(&self) -> Option<String> {
+    pub(super) fn failure(&self) -> Option<RunError> {
         self.failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -87,24 +86,22 @@ impl Settler {
         &self,
         settlement: Settlement,
         counters: &RunCounters,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunError> {
         let job = SettleJob {
             settlement,
             counters: counters.clone(),
         };
         match &self.tx {
             Some(tx) if tx.send(job).await.is_ok() => Ok(()),
-            _ => Err(self
-                .failure()
-                .unwrap_or_else(|| "the state writer stopped".into())),
+            _ => Err(self.failure().unwrap_or(RunError::StateWriterStopped)),
         }
     }
 
-    pub(super) async fn finish(mut self) -> Result<(), String> {
+    pub(super) async fn finish(mut self) -> Result<(), RunError> {
         self.tx.take();
         match self.task.await {
             Ok(r) => r,
-            Err(e) => Err(format!("the state writer stopped unexpectedly: {e}")),
+            Err(e) => Err(RunError::StateWriterPanicked(e.to_string())),
         }
     }
 }
@@ -116,15 +113,17 @@ pub(super) async fn forward(
     summary: &mut RunSummary,
     done: Result<BatchResult, tokio::task::JoinError>,
 ) -> Result<(), Stop> {
-    let mut r =
-        done.map_err(|e| Stop::Failed(format!("a batch task stopped unexpectedly: {e}")))?;
+    let mut r = done.map_err(|e| Stop::Failed(RunError::BatchTaskStopped(e.to_string())))?;
     summary.counters.requests += r.requests;
     summary.counters.retries += r.retries;
     if let Some(err) = r.error.take() {
         let stop = if r.stopped_by_shutdown {
             Stop::Shutdown
         } else {
-            Stop::Failed(describe_failure(model, &err))
+            Stop::Failed(RunError::Sink {
+                class: err.class(),
+                message: describe_failure(model, &err),
+            })
         };
         record_acks_only(settler, summary, r).await;
         return Err(stop);

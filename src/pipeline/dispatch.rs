@@ -1,0 +1,161 @@
+//! Batches in flight: each cut batch takes a request slot (as many as the pacer allows) and
+//! is sent on a task of its own; finished batches go to the settler in the order they were
+//! cut. A dry run only counts its batches.
+
+use super::batch::{Batch, BatchResult};
+use super::counts::count_dry;
+use super::deadline::AbortOnDrop;
+use super::error::RunError;
+use super::observer::RunObserver;
+use super::pacing::{Pacer, RequestSlots};
+use super::send::BatchSender;
+use super::settle::{forward, record_acks_only, Settler};
+use super::{RunSummary, Stop};
+use crate::config::ModelConfig;
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub(super) struct InFlight<'a> {
+    model: &'a ModelConfig,
+    observer: Option<Arc<dyn RunObserver>>,
+    dry_run: bool,
+    /// `meta.concurrency`: the most requests in flight, and as many batches again may wait
+    /// for their ledger write.
+    concurrency: usize,
+    sender: BatchSender,
+    settler: Settler,
+    requests: RequestSlots,
+    pacer: Pacer,
+    batches: FuturesOrdered<AbortOnDrop<BatchResult>>,
+}
+
+impl<'a> InFlight<'a> {
+    pub(super) fn new(
+        model: &'a ModelConfig,
+        observer: Option<Arc<dyn RunObserver>>,
+        dry_run: bool,
+        concurrency: usize,
+        sender: BatchSender,
+        settler: Settler,
+    ) -> InFlight<'a> {
+        InFlight {
+            model,
+            observer,
+            dry_run,
+            concurrency,
+            sender,
+            settler,
+            requests: RequestSlots::default(),
+            pacer: Pacer::new(concurrency),
+            batches: FuturesOrdered::new(),
+        }
+    }
+
+    /// Why the settler stopped, if it did.
+    pub(super) fn settler_failure(&self) -> Option<RunError> {
+        self.settler.failure()
+    }
+
+    /// Sends a cut batch, then settles the batches that have finished, in order; a failed
+    /// batch stops the run.
+    pub(super) async fn dispatch(
+        &mut self,
+        batch: Batch,
+        summary: &mut RunSummary,
+    ) -> Result<(), Stop> {
+        if self.dry_run {
+            count_dry(
+                &mut summary.counters,
+                &batch,
+                &self.model.name,
+                &self.observer,
+            );
+            return Ok(());
+        }
+        let requests = &self.requests;
+        let pacer = &mut self.pacer;
+        let slot = requests.acquire(pacer.limit).await;
+        self.batches.push_back(AbortOnDrop::spawn(
+            self.sender.clone().send_batch(batch, slot),
+        ));
+        // Batches answered by Meta and waiting for their ledger write hold no request
+        // slot; they are settled in order as they finish, and at most as many again
+        // as requests in flight wait so.
+        loop {
+            let done = if self.batches.len() >= pacer.limit + self.concurrency {
+                self.batches.next().await
+            } else {
+                match self.batches.next().now_or_never() {
+                    Some(done) => done,
+                    None => break,
+                }
+            };
+            let Some(done) = done else { break };
+            forward(&self.settler, self.model, summary, done).await?;
+            pacer.after_batch(
+                self.sender.throttled.load(Ordering::Relaxed),
+                &self.model.name,
+            );
+        }
+        Ok(())
+    }
+
+    /// The run's last, partial batch. One with no events to send settles without a request.
+    pub(super) async fn dispatch_last(&mut self, batch: Batch, summary: &mut RunSummary) {
+        if self.dry_run {
+            count_dry(
+                &mut summary.counters,
+                &batch,
+                &self.model.name,
+                &self.observer,
+            );
+        } else if batch.events.is_empty() {
+            if let Some(o) = &self.observer {
+                o.batch_done(&self.model.name, 0, &batch.refused);
+            }
+            let settles_only = BatchResult::settling_only(batch);
+            self.batches
+                .push_back(AbortOnDrop::spawn(async move { settles_only }));
+        } else {
+            let slot = self.requests.acquire(self.pacer.limit).await;
+            self.batches.push_back(AbortOnDrop::spawn(
+                self.sender.clone().send_batch(batch, slot),
+            ));
+        }
+    }
+
+    /// Waits for every batch still in flight, and for the settler. Whatever is in flight
+    /// finishes and is recorded, even after a failure or on shutdown: an acknowledged event
+    /// always reaches the ledger. Gives back why the run stopped, if it did.
+    pub(super) async fn finish(
+        mut self,
+        summary: &mut RunSummary,
+        mut failure: Option<Stop>,
+    ) -> Option<Stop> {
+        while let Some(done) = self.batches.next().await {
+            if failure.is_some() {
+                if let Ok(r) = done {
+                    record_acks_only(&self.settler, summary, r).await;
+                }
+                continue;
+            }
+            if let Err(stop) = forward(&self.settler, self.model, summary, done).await {
+                failure = Some(stop);
+            }
+        }
+        if let Some(ledger) = &self.sender.ledger {
+            tracing::debug!(
+                model = %self.model.name,
+                transactions = ledger.writes(),
+                "ledger transactions tried for acknowledged events"
+            );
+        }
+        if let Err(e) = self.settler.finish().await {
+            failure.get_or_insert(Stop::Failed(e));
+        }
+        summary.counters.throttles = self.sender.throttled.load(Ordering::Relaxed) as i64;
+        failure
+    }
+}
