@@ -7,6 +7,7 @@ pub mod json;
 pub mod normalize;
 pub mod normalize_cli;
 pub mod params;
+pub mod reason;
 pub mod rules;
 pub mod value;
 
@@ -14,5 +15,6 @@ pub use event::{
     derive_event_id, ColumnInfo, DroppedValue, Identifiers, MappedEvent, ModelPlan, PlanProblem,
     RowOutcome,
 };
+pub use reason::RefusalReason;
 pub use rules::Refusal;
 pub use value::{Value, ValueKind};

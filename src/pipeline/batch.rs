@@ -6,7 +6,7 @@ use super::counts::Coverage;
 use super::taken_ids::{Older, Taken, TakenIds};
 use super::RunSummary;
 use crate::config::ModelConfig;
-use crate::mapping::{MappedEvent, Refusal};
+use crate::mapping::{MappedEvent, Refusal, RefusalReason};
 use crate::sink::SinkError;
 use crate::source::SourceRow;
 use crate::state::{CursorPosition, Delivered, RefusedRow};
@@ -90,7 +90,7 @@ impl BatchResult {
 /// cannot tell the two apart, and under one key they would share one event id.
 pub(super) fn duplicate_key_refusal(model: &ModelConfig) -> Refusal {
     Refusal::new(
-        "duplicate_primary_key",
+        RefusalReason::DuplicatePrimaryKey,
         format!(
             "another row of the model's output has the same primary_key ({}) and cursor ({}); the first row read was handled, this one is not sent; make the key unique in the model's SQL",
             model.primary_key.join(", "),
@@ -209,7 +209,7 @@ impl BatchAssembler {
                             &row.key,
                             &row.cursor_text,
                             Refusal::new(
-                                "duplicate_event_id",
+                                RefusalReason::DuplicateEventId,
                                 "another row in this run maps to the same event_id; Meta would count only one",
                             )
                             .with_event_id(Some(event.event_id.clone())),
@@ -333,7 +333,10 @@ batch_size = {batch_size}
     }
 
     fn refusal() -> Result<MappedEvent, Refusal> {
-        Err(Refusal::new("event_time_too_old", "event_time is too old"))
+        Err(Refusal::new(
+            RefusalReason::EventTimeTooOld,
+            "event_time is too old",
+        ))
     }
 
     /// Pushes one chunk; gives back the batches cut.

@@ -11,6 +11,15 @@ use std::sync::Arc;
 /// A run's failure. Cheap to clone: the settler's failure is read by the batching loop too.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RunError {
+    /// The model's lock could not be taken (the state database did not answer).
+    #[error("cannot take the model's lock in the state database ({0}); check that it is reachable (state.url, or warehouse.url when they are the same)")]
+    Lock(Arc<StateError>),
+    /// The run's row in `runs` could not be written.
+    #[error("cannot record the run in schema `{schema}` ({source}); run `capi-sync migrate` and check that the database role may write there")]
+    RecordStart {
+        schema: String,
+        source: Arc<StateError>,
+    },
     /// The model's query could not be described.
     #[error("{source}; check the model's SQL ({sql_origin}); `capi-sync check {model}` lists every problem")]
     Describe {
@@ -141,7 +150,9 @@ impl RunError {
             RunError::Settle(e) if matches!(**e, StateError::LockLost { .. }) => {
                 RunErrorKind::LockLost
             }
-            RunError::Settle(_)
+            RunError::Lock(_)
+            | RunError::RecordStart { .. }
+            | RunError::Settle(_)
             | RunError::StateWriterStopped
             | RunError::LedgerWriterStopped
             | RunError::LedgerWrite(_) => RunErrorKind::StateWrite,

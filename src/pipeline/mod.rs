@@ -102,12 +102,19 @@ pub struct RunSummary {
     pub counters: RunCounters,
     /// Why the run failed, as shown to the user and stored in `runs`.
     pub error: Option<String>,
-    /// The kind of a failure of the run's stages (none when it failed before they started:
-    /// the lock or the run's row could not be taken).
+    /// The kind of the failure (none when the run did not fail).
     pub error_kind: Option<RunErrorKind>,
     /// The first event sent (hashed, as sent), for demos and previews.
     pub sample_event: Option<String>,
     pub elapsed: Duration,
+}
+
+impl RunSummary {
+    fn fail(&mut self, e: RunError) {
+        self.status = RunStatus::Failed;
+        self.error = Some(e.to_string());
+        self.error_kind = Some(e.kind());
+    }
 }
 
 /// Why a run stops early. Either way the cursor stays at the last acknowledged batch.
@@ -150,9 +157,7 @@ pub async fn sync_model_once(
             return summary;
         }
         Err(e) => {
-            summary.error = Some(format!(
-                "cannot take the model's lock in the state database ({e}); check that it is reachable (state.url, or warehouse.url when they are the same)"
-            ));
+            summary.fail(RunError::Lock(Arc::new(e)));
             return summary;
         }
     };
@@ -165,10 +170,10 @@ pub async fn sync_model_once(
         {
             Ok(id) => Some(id),
             Err(e) => {
-                summary.error = Some(format!(
-                    "cannot record the run in schema `{}` ({e}); run `capi-sync migrate` and check that the database role may write there",
-                    ctx.config.state.schema
-                ));
+                summary.fail(RunError::RecordStart {
+                    schema: ctx.config.state.schema.clone(),
+                    source: Arc::new(e),
+                });
                 release(lock).await;
                 return summary;
             }
@@ -197,11 +202,7 @@ pub async fn sync_model_once(
     summary.elapsed = started.elapsed();
     match result {
         Ok(status) => summary.status = status,
-        Err(e) => {
-            summary.status = RunStatus::Failed;
-            summary.error = Some(e.to_string());
-            summary.error_kind = Some(e.kind());
-        }
+        Err(e) => summary.fail(e),
     }
     if let Some(id) = run_id {
         let finish = ctx.state.finish_run(

@@ -7,6 +7,7 @@ use super::observer::RunObserver;
 use super::pacing::RequestSlot;
 use super::{RunOptions, SyncContext};
 use crate::config::ModelConfig;
+use crate::mapping::RefusalReason;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{ErrorClass, GraphClient, GraphError, SinkError};
 use crate::state::{Delivered, RefusedRow};
@@ -288,7 +289,7 @@ pub(super) fn meta_refusal(e: &PendingEvent, err: &SinkError) -> RefusedRow {
     RefusedRow {
         row_key: e.key.clone(),
         event_id: Some(e.event.event_id.clone()),
-        reason: "rejected_by_meta".into(),
+        reason: RefusalReason::RejectedByMeta.to_string(),
         detail: format!(
             "Meta rejected the event (code {}{}): {}",
             g.code,
