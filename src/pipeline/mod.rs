@@ -329,16 +329,9 @@ async fn run_inner(
     }
     let mut failure = flight.finish(summary, failure).await;
     let _ = mapper.await;
-    let reader_ended = reader.await;
+    let reader_failure = read::reader_failure(model, reader.await);
     if failure.is_none() && status == RunStatus::Succeeded {
-        failure = match reader_ended {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(Stop::Failed(RunError::WarehouseRead {
-                source: Arc::new(e),
-                sql_origin: model.sql_origin.clone(),
-            })),
-            Err(e) => Some(Stop::Failed(RunError::ReaderStopped(e.to_string()))),
-        };
+        failure = reader_failure.map(Stop::Failed);
     }
     // Counted after the read, not beside it: a run holds one warehouse connection at a time,
     // so models beyond `warehouse.max_connections` still get theirs.

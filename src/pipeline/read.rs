@@ -125,6 +125,21 @@ pub(super) type Reader = (
     mpsc::Receiver<Vec<SourceRow>>,
 );
 
+/// Why the reader failed, once it has ended.
+pub(super) fn reader_failure(
+    model: &ModelConfig,
+    ended: Result<Result<u64, SourceError>, tokio::task::JoinError>,
+) -> Option<RunError> {
+    match ended {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(RunError::WarehouseRead {
+            source: Arc::new(e),
+            sql_origin: model.sql_origin.clone(),
+        }),
+        Err(e) => Some(RunError::ReaderStopped(e.to_string())),
+    }
+}
+
 /// Starts the reader: rows after the cursor, or the refused rows by key (`retry`).
 pub(super) async fn start_reader(
     ctx: &SyncContext,

@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 /// Commits settled batches in order on its own task, so commits overlap with sending: the
-/// cursor, refusals, run counters, and any ledger rows a batch could not write itself.
-/// Batches that finish close together are merged into one transaction (group commit).
+/// cursor, refusals, run counters, and the acknowledged events the ledger writer handed back
+/// (its fallback: the settler writes no ledger row of its own choosing). Batches that finish close together are merged into one transaction (group commit).
 pub(super) struct Settler {
-    pub(super) tx: Option<mpsc::Sender<SettleJob>>,
-    pub(super) task: AbortOnDrop<Result<(), RunError>>,
-    pub(super) failed: Arc<std::sync::Mutex<Option<RunError>>>,
+    tx: Option<mpsc::Sender<SettleJob>>,
+    task: AbortOnDrop<Result<(), RunError>>,
+    failed: Arc<std::sync::Mutex<Option<RunError>>>,
 }
 
 pub(super) struct SettleJob {
