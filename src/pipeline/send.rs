@@ -192,6 +192,10 @@ impl BatchSender {
                 });
             }
             if let Some(ledger) = &self.ledger {
+                // The one place the run learns that the model may now hold refusals: a
+                // batch's result, with the rows refused by us or by Meta. Later ledger writes
+                // then also clear earlier refusals of the rows they deliver (the settler
+                // clears them too, in the cursor's order).
                 if !batch.refused.is_empty() || !result.meta_refused.is_empty() {
                     ledger.note_refusals();
                 }
