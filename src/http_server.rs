@@ -11,7 +11,7 @@
 //! take the pool connections the runs need.
 
 use crate::metrics::Metrics;
-use crate::observer::RunObserver;
+use crate::pipeline::observer::RunObserver;
 use crate::pipeline::SyncContext;
 use anyhow::Context;
 use http_body_util::Full;

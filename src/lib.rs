@@ -14,7 +14,8 @@ pub mod map_pool;
 pub mod mapping;
 pub mod metrics;
 pub mod normalize;
-pub mod observer;
+/// The run's progress hooks live with the pipeline that calls them.
+pub use pipeline::observer;
 pub mod params;
 pub mod pipeline;
 pub mod progress;

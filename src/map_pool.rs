@@ -55,8 +55,17 @@ fn work(rx: &Mutex<Receiver<Job>>) {
     }
 }
 
+/// A failure of the mapping threads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapPoolError {
+    #[error("the mapping threads are gone")]
+    Gone,
+    #[error("mapping panicked; this is a bug in capi-sync, please report it")]
+    Panicked,
+}
+
 /// Runs `f` on a mapping thread. Fails only when `f` panicked.
-pub async fn run<T, F>(f: F) -> Result<T, String>
+pub async fn run<T, F>(f: F) -> Result<T, MapPoolError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -70,10 +79,9 @@ where
         Err(poisoned) => poisoned.into_inner().send(job),
     };
     if sent.is_err() {
-        return Err("the mapping threads are gone".into());
+        return Err(MapPoolError::Gone);
     }
-    rx.await
-        .map_err(|_| "mapping panicked; this is a bug in capi-sync, please report it".into())
+    rx.await.map_err(|_| MapPoolError::Panicked)
 }
 
 #[cfg(test)]
@@ -87,7 +95,10 @@ mod tests {
             .unwrap();
         assert!(name.unwrap().starts_with("capi-map-"));
         for _ in 0..threads() {
-            let err = run(|| -> u32 { panic!("boom") }).await.unwrap_err();
+            let err = run(|| -> u32 { panic!("boom") })
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("panicked"), "{err}");
         }
         // The pool still maps after as many panics as it has threads.

@@ -3,7 +3,7 @@
 //! so the number of series is bounded by models × refusal reasons × error classes. No label
 //! ever carries customer data.
 
-use crate::observer::RunObserver;
+use crate::pipeline::observer::RunObserver;
 use crate::pipeline::{RunStatus, RunSummary};
 use crate::sink::ErrorClass;
 use crate::state::RefusedRow;

@@ -2,7 +2,7 @@
 //! the rows waiting, events sent, rate, ETA), or a progress log line every few seconds when
 //! stderr is not a terminal or logs are JSON, so long runs are never silent.
 
-use crate::observer::RunObserver;
+use crate::pipeline::observer::RunObserver;
 use crate::state::RefusedRow;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

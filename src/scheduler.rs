@@ -2,7 +2,7 @@
 //! model never overlap, and shutdown lets the batch in flight settle first.
 
 use crate::config::{ModelConfig, Schedule};
-use crate::observer::RunObserver;
+use crate::pipeline::observer::RunObserver;
 use crate::pipeline::{sync_model_once, RunOptions, RunStatus, SyncContext};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 /// The modules whose submodules are nodes of their own.
 const SPLIT: &[&str] = &["mapping"];
 
-/// Upward edges that are known and left to the pipeline's restructuring (the observer takes
-/// the pipeline's `RunSummary`). A cycle that needs one of these edges is not reported.
-const KNOWN_UPWARD_EDGES: &[(&str, &str)] = &[("observer", "pipeline")];
+/// Upward edges that are known and left for later. A cycle that needs one of these edges is
+/// not reported. None today: the observer moved into the pipeline that calls it.
+const KNOWN_UPWARD_EDGES: &[(&str, &str)] = &[];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
@@ -523,6 +523,6 @@ fn a_loop_is_found_and_a_known_upward_edge_is_not_one() {
     .map(|(n, uses)| (n.to_string(), uses.into_iter().map(String::from).collect()))
     .collect();
     let expected: BTreeSet<String> = ["a", "b", "c"].into_iter().map(String::from).collect();
-    assert_eq!(cycles(&graph, KNOWN_UPWARD_EDGES), vec![expected]);
+    assert_eq!(cycles(&graph, &[("observer", "pipeline")]), vec![expected]);
     assert_eq!(cycles(&graph, &[]).len(), 2);
 }

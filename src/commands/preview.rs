@@ -184,7 +184,7 @@ pub async fn build(
                         key,
                         cursor,
                         event_id: Some(event.event_id),
-                        reason: "duplicate_event_id".into(),
+                        reason: crate::mapping::RefusalReason::DuplicateEventId.to_string(),
                         detail: "another row maps to the same event_id; Meta would count only one"
                             .into(),
                         dropped,

@@ -3,6 +3,7 @@
 
 pub use super::identifiers::{Identifiers, IDENTIFIER_NAMES};
 use super::json::{write_str, ObjectWriter};
+use super::reason::RefusalReason;
 use super::rules::{self, Refusal};
 use super::value::{Unusable, Value, ValueKind};
 use crate::config::{ExternalIdMode, ModelConfig};
@@ -396,7 +397,7 @@ impl ModelPlan {
                     None => {
                         if *k == "lead_id" {
                             refusal.get_or_insert(Refusal::new(
-                                "invalid_lead_id",
+                                RefusalReason::InvalidLeadId,
                                 "lead_id is not an integer (Meta's Lead Ads lead IDs are 15-17 digits)",
                             ));
                         } else {
@@ -410,9 +411,8 @@ impl ModelPlan {
                         Ok(raw) => custom.push((k.as_str(), Cow::Owned(raw))),
                         // `contents` is optional and no rule depends on it: text that is not a
                         // JSON array loses the field, not the event.
-                        Err(r) if k == "contents" => {
-                            dropped.push(DroppedValue::new("custom_data.contents", r.reason))
-                        }
+                        Err(r) if k == "contents" => dropped
+                            .push(DroppedValue::new("custom_data.contents", r.reason.as_str())),
                         Err(r) => {
                             refusal.get_or_insert(r);
                         }
@@ -464,7 +464,7 @@ impl ModelPlan {
         }
         let Some(event_name) = event_name else {
             return refuse(
-                Refusal::new("missing_event_name", "event_name is empty"),
+                Refusal::new(RefusalReason::MissingEventName, "event_name is empty"),
                 dropped,
                 event_id,
             );
@@ -473,7 +473,7 @@ impl ModelPlan {
         let event_time = match top[TopField::EventTime as usize] {
             None => {
                 return refuse(
-                    Refusal::new("missing_event_time", "event_time is empty"),
+                    Refusal::new(RefusalReason::MissingEventTime, "event_time is empty"),
                     dropped,
                     Some(event_id),
                 )
@@ -485,7 +485,7 @@ impl ModelPlan {
         };
         let Some(action_source) = action_source else {
             return refuse(
-                Refusal::new("missing_action_source", "action_source is empty"),
+                Refusal::new(RefusalReason::MissingActionSource, "action_source is empty"),
                 dropped,
                 Some(event_id),
             );
@@ -613,15 +613,19 @@ pub fn column_is_mapped(model: &ModelConfig, name: &str) -> bool {
 /// or action source, and a Lead Ads lead_id, which the event stands for) refuses the row; any
 /// other drops its field, and the event goes without it.
 fn unusable_effect(target: &Target, u: Unusable) -> Result<DroppedValue, Refusal> {
-    let refuse = |reason: &'static str, name: &str| {
+    let refuse = |reason: RefusalReason, name: &str| {
         Err(Refusal::new(reason, format!("{name} {}", u.describe())))
     };
     match target {
-        Target::Top(TopField::EventTime) => refuse("invalid_event_time", "event_time"),
-        Target::Top(TopField::EventName) => refuse("invalid_event_name", "event_name"),
-        Target::Top(TopField::EventId) => refuse("invalid_event_id", "event_id"),
-        Target::Top(TopField::ActionSource) => refuse("invalid_action_source", "action_source"),
-        Target::UserData(UserDataKey::Integer("lead_id")) => refuse("invalid_lead_id", "lead_id"),
+        Target::Top(TopField::EventTime) => refuse(RefusalReason::InvalidEventTime, "event_time"),
+        Target::Top(TopField::EventName) => refuse(RefusalReason::InvalidEventName, "event_name"),
+        Target::Top(TopField::EventId) => refuse(RefusalReason::InvalidEventId, "event_id"),
+        Target::Top(TopField::ActionSource) => {
+            refuse(RefusalReason::InvalidActionSource, "action_source")
+        }
+        Target::UserData(UserDataKey::Integer("lead_id")) => {
+            refuse(RefusalReason::InvalidLeadId, "lead_id")
+        }
         Target::Top(f) => Ok(DroppedValue::new(f.key(), u.reason())),
         Target::UserData(k) => Ok(DroppedValue::new(k.key(), u.reason())),
         Target::CustomData(_) | Target::Nested { .. } => Ok(DroppedValue {
@@ -905,7 +909,7 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
     match key {
         "value" | "predicted_ltv" | "net_revenue" => rules::number_json(v).ok_or_else(|| {
             Refusal::new(
-                "invalid_value",
+                RefusalReason::InvalidValue,
                 format!(
                     "custom_data.{key} is not a number (Meta requires a numeric monetary value)"
                 ),
@@ -920,14 +924,14 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
                 Ok(format!("\"{text}\""))
             } else {
                 Err(Refusal::new(
-                    "invalid_currency",
+                    RefusalReason::InvalidCurrency,
                     "custom_data.currency is not an ISO 4217 code such as USD or EUR",
                 ))
             }
         }
         "num_items" => integer_digits(v).ok_or_else(|| {
             Refusal::new(
-                "invalid_num_items",
+                RefusalReason::InvalidNumItems,
                 "custom_data.num_items is not an integer",
             )
         }),
@@ -948,13 +952,13 @@ fn custom_value(key: &str, v: &Value) -> Result<String, Refusal> {
                 .map(|j| j.to_string())
                 .ok_or_else(|| {
                     Refusal::new(
-                        "invalid_contents",
+                        RefusalReason::InvalidContents,
                         "custom_data.contents is not a JSON array",
                     )
                 }),
             Value::Json(j) if j.is_array() => Ok(j.to_string()),
             _ => Err(Refusal::new(
-                "invalid_contents",
+                RefusalReason::InvalidContents,
                 "custom_data.contents is not a JSON array",
             )),
         },

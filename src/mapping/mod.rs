@@ -5,6 +5,7 @@ pub mod event;
 mod event_props;
 pub mod identifiers;
 pub mod json;
+pub mod reason;
 pub mod rules;
 pub mod value;
 
@@ -12,5 +13,6 @@ pub use event::{
     derive_event_id, ColumnInfo, DroppedValue, MappedEvent, ModelPlan, PlanProblem, RowOutcome,
 };
 pub use identifiers::Identifiers;
+pub use reason::RefusalReason;
 pub use rules::Refusal;
 pub use value::{Value, ValueKind};

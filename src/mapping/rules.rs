@@ -3,6 +3,7 @@
 //! contains customer data.
 
 use super::identifiers::Identifiers;
+use super::reason::RefusalReason;
 use super::value::Value;
 
 /// Events older than this are refused by Meta for the whole request (code 100/2804003).
@@ -16,14 +17,14 @@ pub const MAX_FUTURE_SECS: i64 = 5 * 60;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Stable snake_case code (`event_time_too_old`, `no_customer_information`, ...).
-    pub reason: &'static str,
+    pub reason: RefusalReason,
     /// What to fix, with no customer data in it.
     pub detail: String,
     pub event_id: Option<String>,
 }
 
 impl Refusal {
-    pub fn new(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    pub fn new(reason: RefusalReason, detail: impl Into<String>) -> Refusal {
         Refusal {
             reason,
             detail: detail.into(),
@@ -41,7 +42,8 @@ impl Refusal {
 
 /// `event_time` in Unix seconds from a timestamp, date or integer-seconds column.
 pub fn event_time_seconds(v: &Value) -> Result<i64, Refusal> {
-    let bad = |why: &str| Refusal::new("invalid_event_time", format!("event_time {why}"));
+    let bad =
+        |why: &str| Refusal::new(RefusalReason::InvalidEventTime, format!("event_time {why}"));
     let check_int = |secs: i64| {
         // Unix seconds in 13 digits would be year 33658: such values are milliseconds.
         if secs > 99_999_999_999 {
@@ -103,7 +105,7 @@ const TOO_BROAD_SETS: [&[&str]; 4] = [
 pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
     if !crate::config::ACTION_SOURCES.contains(&f.action_source) {
         return Err(Refusal::new(
-            "invalid_action_source",
+            RefusalReason::InvalidActionSource,
             // The row's own value is not quoted: a detail never carries a row's value.
             format!(
                 "action_source is not one of {}",
@@ -119,7 +121,7 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
     let age = f.now - f.event_time;
     if age > max_age {
         return Err(Refusal::new(
-            "event_time_too_old",
+            RefusalReason::EventTimeTooOld,
             format!(
                 "event_time is {} days old; Meta accepts at most {} days for action_source {}",
                 age / 86_400,
@@ -130,7 +132,7 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
     }
     if -age > MAX_FUTURE_SECS {
         return Err(Refusal::new(
-            "event_time_in_future",
+            RefusalReason::EventTimeInFuture,
             format!("event_time is {} minutes in the future", (-age) / 60),
         ));
     }
@@ -138,13 +140,13 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
         "website" => {
             if !f.has_event_source_url {
                 return Err(Refusal::new(
-                    "missing_event_source_url",
+                    RefusalReason::MissingEventSourceUrl,
                     "website events need event_source_url",
                 ));
             }
             if !f.identifiers.has("client_user_agent") {
                 return Err(Refusal::new(
-                    "missing_client_user_agent",
+                    RefusalReason::MissingClientUserAgent,
                     "website events need user_data.client_user_agent",
                 ));
             }
@@ -157,7 +159,7 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
             };
             if !has("advertiser_tracking_enabled") || !has("extinfo") {
                 return Err(Refusal::new(
-                    "missing_app_data",
+                    RefusalReason::MissingAppData,
                     "app events need app_data.advertiser_tracking_enabled and app_data.extinfo",
                 ));
             }
@@ -169,14 +171,14 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
                 Some("instagram") => &["instagram_business_account_id", "ig_sid"],
                 _ => {
                     return Err(Refusal::new(
-                        "missing_messaging_channel",
+                        RefusalReason::MissingMessagingChannel,
                         "business_messaging events need messaging_channel (messenger, whatsapp or instagram)",
                     ))
                 }
             };
             if let Some(missing) = needed.iter().find(|k| !f.identifiers.has(k)) {
                 return Err(Refusal::new(
-                    "missing_messaging_ids",
+                    RefusalReason::MissingMessagingIds,
                     format!("business_messaging events on this channel need user_data.{missing}"),
                 ));
             }
@@ -185,7 +187,7 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
             if f.custom_event_source_is_crm && !f.custom_keys.contains(&"lead_event_source") =>
         {
             return Err(Refusal::new(
-                "missing_lead_event_source",
+                RefusalReason::MissingLeadEventSource,
                 "CRM events (custom_data.event_source = crm) need custom_data.lead_event_source, the CRM's name",
             ));
         }
@@ -194,13 +196,13 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
     if f.event_name == "Purchase" {
         if !f.custom_keys.contains(&"value") {
             return Err(Refusal::new(
-                "purchase_missing_value",
+                RefusalReason::PurchaseMissingValue,
                 "Purchase events need custom_data.value",
             ));
         }
         if !f.custom_keys.contains(&"currency") {
             return Err(Refusal::new(
-                "purchase_missing_currency",
+                RefusalReason::PurchaseMissingCurrency,
                 "Purchase events need custom_data.currency",
             ));
         }
@@ -209,14 +211,14 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
         let n = d.trim_start_matches('-').len();
         if d.starts_with('-') || !(15..=17).contains(&n) {
             return Err(Refusal::new(
-                "invalid_lead_id",
+                RefusalReason::InvalidLeadId,
                 format!("lead_id has {n} digits; Meta's Lead Ads lead IDs have 15-17"),
             ));
         }
     }
     if f.identifiers.is_empty() {
         return Err(Refusal::new(
-            "no_customer_information",
+            RefusalReason::NoCustomerInformation,
             "no usable customer information (every identifier was empty or invalid)",
         ));
     }
@@ -226,7 +228,7 @@ pub fn check(f: &EventFacts<'_>) -> Result<(), Refusal> {
     {
         let present: Vec<&str> = f.identifiers.names().collect();
         return Err(Refusal::new(
-            "customer_information_too_broad",
+            RefusalReason::CustomerInformationTooBroad,
             format!(
                 "the only identifiers are {{{}}}, a combination Meta rejects as too broad; add em, ph, external_id, lead_id, fbc, fbp or a client IP",
                 present.join(", ")

@@ -2,7 +2,7 @@
 //! `sync`, and the service's Prometheus metrics. The pipeline calls these hooks; they must be
 //! cheap and must not block (they run on the pipeline's tasks).
 
-use crate::pipeline::RunSummary;
+use super::RunSummary;
 use crate::sink::ErrorClass;
 use crate::state::RefusedRow;
 use std::time::Duration;

@@ -11,28 +11,43 @@
 //! `COPY` of all of them 2.8-3.2 s. In a million-row backfill with eight batches in flight,
 //! one writer wrote about 370 transactions (two writers: about 740, and more server time).
 //!
+//! The writer is the one owner of a run's ledger writes: [`LedgerWriter::record_or_defer`]
+//! writes a batch's acknowledged events now, and if that fails hands them back to go into the
+//! settler's transaction with the cursor (the fallback, not a second writer: the settler
+//! writes only what this gives back).
+//!
 //! Each batch still waits for its own rows to be written before it settles, so the queue
 //! never holds more than the run's unsettled batches (those in flight and as many again
 //! answered). A failed write gives every batch in it its rows back; the cursor's transaction
 //! then writes them, as before.
 
+use super::error::RunError;
 use crate::state::{Delivered, StateStore};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+/// Where a batch's acknowledged events went.
+pub(super) struct Acknowledged {
+    /// Row keys of the events written to the ledger.
+    pub(super) recorded: Vec<Vec<String>>,
+    /// Events not written: the settler writes them with the cursor.
+    pub(super) with_the_cursor: Vec<Delivered>,
+}
 
 /// The writer stops taking queued batches once it holds this many events.
 const GROUP_EVENTS: usize = 8000;
 
 /// The ledger writer of one run.
 #[derive(Clone)]
-pub struct EarlyLedger {
+pub struct LedgerWriter {
     queue: mpsc::Sender<Job>,
     /// The model may hold refusals of rows this run delivers: it had some when the run
-    /// started, or the run refused a row since.
-    pub(super) refusals: Arc<AtomicBool>,
+    /// started, or the run refused a row since (set by [`LedgerWriter::note_refusals`] only).
+    refusals: Arc<AtomicBool>,
     /// Ledger transactions tried so far, failed ones included.
     writes: Arc<AtomicU64>,
     /// The writer task, aborted with the last handle: a run stopped at its deadline does not
@@ -43,13 +58,13 @@ pub struct EarlyLedger {
 struct Job {
     rows: Vec<Delivered>,
     clear_refused: bool,
-    done: oneshot::Sender<(Vec<Delivered>, Result<(), String>)>,
+    done: oneshot::Sender<(Vec<Delivered>, Result<(), RunError>)>,
 }
 
-impl EarlyLedger {
+impl LedgerWriter {
     /// Starts the writer task; it ends when the last clone of the handle is dropped (every
     /// write asked for has then been answered: each caller holds a clone while it waits).
-    pub fn start(state: StateStore, model: String, run_id: i64, refusals: bool) -> EarlyLedger {
+    pub fn start(state: StateStore, model: String, run_id: i64, refusals: bool) -> LedgerWriter {
         let (queue, rx) = mpsc::channel::<Job>(64);
         let writes = Arc::new(AtomicU64::new(0));
         let writer = super::deadline::AbortOnDrop::spawn(write_loop(
@@ -59,7 +74,7 @@ impl EarlyLedger {
             run_id,
             writes.clone(),
         ));
-        EarlyLedger {
+        LedgerWriter {
             queue,
             refusals: Arc::new(AtomicBool::new(refusals)),
             writes,
@@ -69,7 +84,7 @@ impl EarlyLedger {
 
     /// Writes one batch's acknowledged events and gives them back with the outcome: on an
     /// error the caller hands them to the cursor's transaction.
-    pub async fn record(&self, rows: Vec<Delivered>) -> (Vec<Delivered>, Result<(), String>) {
+    pub async fn record(&self, rows: Vec<Delivered>) -> (Vec<Delivered>, Result<(), RunError>) {
         let clear_refused = self.refusals.load(Ordering::Relaxed);
         let (done, answer) = oneshot::channel();
         let job = Job {
@@ -78,14 +93,41 @@ impl EarlyLedger {
             done,
         };
         if let Err(mpsc::error::SendError(job)) = self.queue.send(job).await {
-            return (job.rows, Err("the ledger writer stopped".into()));
+            return (job.rows, Err(RunError::LedgerWriterStopped));
         }
         match answer.await {
             Ok(outcome) => outcome,
             // The writer answers every job it takes, even when a write panics; a job goes
             // unanswered only when the runtime drops the writer task at shutdown, and then
             // this batch's task goes with it before any cursor moves.
-            Err(_) => (Vec::new(), Err("the ledger writer stopped".into())),
+            Err(_) => (Vec::new(), Err(RunError::LedgerWriterStopped)),
+        }
+    }
+
+    /// A batch of this run refused rows: later writes also clear earlier refusals of the rows
+    /// they deliver. Set from one place, a batch's result (its own refusals and Meta's).
+    pub(super) fn note_refusals(&self) {
+        self.refusals.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes one batch's acknowledged events now; the ones that could not be written are
+    /// given back for the cursor's transaction (which then writes them, as before).
+    pub(super) async fn record_or_defer(&self, rows: Vec<Delivered>) -> Acknowledged {
+        match self.record(rows).await {
+            (rows, Ok(())) => Acknowledged {
+                recorded: rows.into_iter().map(|d| d.row_key).collect(),
+                with_the_cursor: Vec::new(),
+            },
+            (rows, Err(e)) => {
+                warn!(
+                    error = %e,
+                    "could not record acknowledged events yet; they are recorded with the cursor"
+                );
+                Acknowledged {
+                    recorded: Vec::new(),
+                    with_the_cursor: rows,
+                }
+            }
         }
     }
 
@@ -119,8 +161,8 @@ async fn write_loop(
         let clear_refused = jobs.iter().any(|j| j.clear_refused);
         let write = state.record_acknowledged(&model, run_id, &parts, clear_refused);
         let outcome = match AssertUnwindSafe(write).catch_unwind().await {
-            Ok(written) => written.map_err(|e| e.to_string()),
-            Err(_) => Err("the ledger write panicked".into()),
+            Ok(written) => written.map_err(|e| RunError::LedgerWrite(Arc::new(e))),
+            Err(_) => Err(RunError::LedgerWritePanicked),
         };
         writes.fetch_add(1, Ordering::Relaxed);
         for job in jobs {

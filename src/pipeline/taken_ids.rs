@@ -1,0 +1,328 @@
+//! In-run de-duplication of event ids.
+
+use crate::mapping::MappedEvent;
+use std::collections::HashMap;
+
+/// Event ids queued in this run. A row can be read twice in one run: changed after its first
+/// reading, it moves further along the cursor and a later page returns it again, before its
+/// first event is in the ledger (still in flight, or refused by Meta). That second reading
+/// must be neither sent again nor refused as a duplicate; only another row repeating a
+/// model's own `event_id` is a duplicate.
+///
+/// Memory stays constant whatever the run's size: ids of the last batches are kept exactly
+/// (two generations, rotated every `batches_per_generation` batches, which covers every batch
+/// not yet committed), and every id of the run goes into a fixed 4 MiB Bloom filter (a few
+/// false positives per million new ids at a million ids, 6% at five million; each costs a
+/// ledger lookup, batched per chunk). An id the filter may have seen but that is not recent
+/// is settled by the ledger (`suspects` and `take`'s `older` argument); a false positive is
+/// then found new and sent.
+pub(super) struct TakenIds {
+    pub(super) model_maps_event_id: bool,
+    pub(super) bloom: Vec<u64>,
+    pub(super) current: IdMap,
+    pub(super) previous: IdMap,
+    pub(super) batches_in_current: u64,
+    pub(super) batches_per_generation: u64,
+}
+
+/// Derived ids (32 hex digits) as numbers, other ids as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum IdKey {
+    Derived(u128),
+    Other(String),
+}
+
+/// A derived id is already a uniform hash (SHA-256 bits): its bits are the map's hash, with
+/// no SipHash pass per lookup (two lookups per event of a backfill). Other ids go through
+/// XXH3 once.
+impl std::hash::Hash for IdKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(match self {
+            IdKey::Derived(n) => *n as u64 ^ (*n >> 64) as u64,
+            IdKey::Other(s) => xxhash_rust::xxh3::xxh3_64(s.as_bytes()),
+        })
+    }
+}
+
+/// The hasher of [`IdKey`] maps: takes the one `u64` the key writes.
+#[derive(Default)]
+pub(super) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+}
+
+pub(super) type IdMap = HashMap<IdKey, Reading, std::hash::BuildHasherDefault<IdHasher>>;
+
+#[derive(Debug, Clone)]
+pub(super) struct Reading {
+    /// The row that took the id (own event ids only; derived ids embed their row).
+    pub(super) key: Option<Vec<String>>,
+    /// A hash of the event as first read.
+    pub(super) hash: u64,
+}
+
+/// What the ledger says of an id the run may have taken earlier: its row and fingerprint.
+pub(super) type Older = HashMap<String, (Vec<String>, String)>;
+
+pub(super) enum Taken {
+    New,
+    /// The row that took the id, read again; `changed` when its event differs.
+    SameRow {
+        changed: bool,
+    },
+    OtherRow,
+}
+
+pub(super) const BLOOM_BITS: usize = 1 << 25;
+pub(super) const BLOOM_PROBES: u64 = 8;
+/// Batches not yet committed, beyond those in flight: the settle queue, the job being
+/// committed, the batch being cut, and a margin.
+pub(super) const UNCOMMITTED_BEYOND_IN_FLIGHT: u64 = 8;
+
+impl TakenIds {
+    /// `max_in_flight`: the most batches sent and not yet settled (with a request in flight or
+    /// waiting for their ledger write). An id stays recent for at least one generation after
+    /// its batch is cut, so a generation spans every batch that can be uncommitted at once.
+    pub(super) fn new(model_maps_event_id: bool, max_in_flight: usize) -> TakenIds {
+        TakenIds {
+            model_maps_event_id,
+            bloom: Vec::new(),
+            current: IdMap::default(),
+            previous: IdMap::default(),
+            batches_in_current: 0,
+            batches_per_generation: max_in_flight as u64 + UNCOMMITTED_BEYOND_IN_FLIGHT,
+        }
+    }
+
+    pub(super) fn id_key(&self, id: &str) -> IdKey {
+        if !self.model_maps_event_id {
+            if let Ok(n) = u128::from_str_radix(id, 16) {
+                if id.len() == 32 {
+                    return IdKey::Derived(n);
+                }
+            }
+        }
+        IdKey::Other(id.to_string())
+    }
+
+    pub(super) fn id_hash(key: &IdKey) -> u128 {
+        match key {
+            IdKey::Derived(n) => *n,
+            IdKey::Other(s) => xxhash_rust::xxh3::xxh3_128(s.as_bytes()),
+        }
+    }
+
+    /// The filter's bits for an id: all in one 512-bit block (one cache line), so a check
+    /// or an insert costs one memory access. The hash's low 16 bits pick the block and each
+    /// probe takes its own next 9 bits, so no two probes of an id are derived from one
+    /// another (probes computed as multiples of one number fall into a few hundred
+    /// patterns, and ids sharing a block then matched each other's bits far more often).
+    pub(super) fn bloom_bits(key: &IdKey) -> impl Iterator<Item = usize> {
+        const BLOCKS_LOG2: u32 = (BLOOM_BITS / 512).trailing_zeros();
+        let h = Self::id_hash(key);
+        let block = (h as usize & (BLOOM_BITS / 512 - 1)) * 512;
+        (0..BLOOM_PROBES as u32).map(move |i| block + ((h >> (BLOCKS_LOG2 + 9 * i)) as usize & 511))
+    }
+
+    pub(super) fn bloom_may_contain(&self, key: &IdKey) -> bool {
+        !self.bloom.is_empty()
+            && Self::bloom_bits(key).all(|bit| self.bloom[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    pub(super) fn bloom_insert(&mut self, key: &IdKey) {
+        if self.bloom.is_empty() {
+            self.bloom = vec![0u64; BLOOM_BITS / 64];
+        }
+        for bit in Self::bloom_bits(key) {
+            self.bloom[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    pub(super) fn recent(&self, key: &IdKey) -> Option<&Reading> {
+        self.current.get(key).or_else(|| self.previous.get(key))
+    }
+
+    /// Ids of these events that this run may have taken before, not among the recent ones:
+    /// the caller asks the ledger about them.
+    pub(super) fn suspects<'a>(
+        &self,
+        events: impl Iterator<Item = &'a MappedEvent>,
+    ) -> Vec<String> {
+        events
+            .filter(|e| {
+                let k = self.id_key(&e.event_id);
+                self.recent(&k).is_none() && self.bloom_may_contain(&k)
+            })
+            .map(|e| e.event_id.clone())
+            .collect()
+    }
+
+    /// Called when a batch is cut: rotates the exact generations.
+    pub(super) fn batch_cut(&mut self) {
+        self.batches_in_current += 1;
+        if self.batches_in_current >= self.batches_per_generation {
+            // Swapped and cleared, not reallocated: the maps keep their capacity.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
+            self.batches_in_current = 0;
+        }
+    }
+
+    pub(super) fn take(&mut self, event: &MappedEvent, key: &[String], older: &Older) -> Taken {
+        let hash = event.digest as u64;
+        let id = self.id_key(&event.event_id);
+        if let Some(first) = self.recent(&id) {
+            return match &first.key {
+                Some(k) if k.as_slice() != key => Taken::OtherRow,
+                _ => Taken::SameRow {
+                    changed: first.hash != hash,
+                },
+            };
+        }
+        if let Some((row_key, fingerprint)) = older.get(&event.event_id) {
+            return if row_key.as_slice() == key {
+                Taken::SameRow {
+                    changed: *fingerprint != event.fingerprint(),
+                }
+            } else {
+                Taken::OtherRow
+            };
+        }
+        self.bloom_insert(&id);
+        let reading = Reading {
+            key: matches!(id, IdKey::Other(_)).then(|| key.to_vec()),
+            hash,
+        };
+        self.current.insert(id, reading);
+        Taken::New
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, json: &str) -> MappedEvent {
+        MappedEvent::new(id.into(), "Lead".into(), 1, json.into(), Default::default())
+    }
+
+    fn derived(i: u32) -> String {
+        crate::mapping::derive_event_id("m", &[i.to_string()], "Lead")
+    }
+
+    /// Every false positive of the filter is a ledger lookup in the batching loop. At a
+    /// million ids a sound 4 MiB filter gives a few; probes that were multiples of one
+    /// number gave several hundred.
+    #[test]
+    fn the_filter_rarely_mistakes_a_new_id_at_a_million() {
+        let mut t = TakenIds::new(false, 4);
+        // SplitMix64: ids spread like derived ones (SHA-256 bits).
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut key = || IdKey::Derived(u128::from(next()) << 64 | u128::from(next()));
+        for _ in 0..1_000_000 {
+            let k = key();
+            t.bloom_insert(&k);
+        }
+        let false_positives = (0..1_000_000)
+            .filter(|_| t.bloom_may_contain(&key()))
+            .count();
+        assert!(
+            false_positives < 50,
+            "{false_positives} false positives in a million"
+        );
+    }
+
+    #[test]
+    fn a_row_read_again_soon_is_the_same_row() {
+        let mut t = TakenIds::new(false, 4);
+        let none = Older::new();
+        let id = derived(1);
+        assert!(matches!(
+            t.take(&event(&id, "{a}"), &["1".into()], &none),
+            Taken::New
+        ));
+        assert!(matches!(
+            t.take(&event(&id, "{b}"), &["1".into()], &none),
+            Taken::SameRow { changed: true }
+        ));
+    }
+
+    #[test]
+    fn an_old_id_is_settled_by_the_ledger_not_kept_in_memory() {
+        let mut t = TakenIds::new(false, 4);
+        let none = Older::new();
+        let id = derived(7);
+        assert!(matches!(
+            t.take(&event(&id, "{a}"), &["7".into()], &none),
+            Taken::New
+        ));
+        for _ in 0..(2 * t.batches_per_generation) {
+            t.batch_cut();
+        }
+        assert!(t.current.is_empty() && t.previous.is_empty());
+        // The filter still remembers it, so the ledger is asked.
+        assert_eq!(t.suspects([event(&id, "{a}")].iter()), vec![id.clone()]);
+        let e = event(&id, "{a}");
+        let mut older = Older::new();
+        older.insert(id.clone(), (vec!["7".into()], e.fingerprint()));
+        assert!(matches!(
+            t.take(&e, &["7".into()], &older),
+            Taken::SameRow { changed: false }
+        ));
+    }
+
+    #[test]
+    fn another_row_with_the_same_own_event_id_is_a_duplicate() {
+        let mut t = TakenIds::new(true, 4);
+        let none = Older::new();
+        assert!(matches!(
+            t.take(&event("order-9", "{a}"), &["1".into()], &none),
+            Taken::New
+        ));
+        assert!(matches!(
+            t.take(&event("order-9", "{a}"), &["2".into()], &none),
+            Taken::OtherRow
+        ));
+    }
+
+    #[test]
+    fn the_filter_rarely_suspects_a_new_id() {
+        let mut t = TakenIds::new(false, 4);
+        let none = Older::new();
+        for i in 0..200_000 {
+            t.take(&event(&derived(i), "{}"), &[i.to_string()], &none);
+        }
+        for _ in 0..(2 * t.batches_per_generation) {
+            t.batch_cut();
+        }
+        let fresh: Vec<MappedEvent> = (200_000..300_000)
+            .map(|i| event(&derived(i), "{}"))
+            .collect();
+        let false_hits = t.suspects(fresh.iter()).len();
+        assert!(false_hits < 100, "{false_hits} of 100000 new ids suspected");
+        let old: Vec<MappedEvent> = (0..1000).map(|i| event(&derived(i), "{}")).collect();
+        assert_eq!(
+            t.suspects(old.iter()).len(),
+            1000,
+            "no taken id may be missed"
+        );
+    }
+}
