@@ -1,7 +1,8 @@
 //! The `run` service's HTTP endpoints on `service.metrics_addr`: `/healthz` (the process is
 //! alive), `/readyz` (the warehouse and the state database answer `SELECT 1` within
-//! [`READY_TIMEOUT`], and no run is past its deadline) and `/metrics` (Prometheus text format). Served with hyper, like the
-//! sandbox; stops with its cancellation token.
+//! [`READY_TIMEOUT`], and no run is past its deadline) and `/metrics` (Prometheus text format).
+//! The routes are an axum `Router`; each connection is served by hyper's HTTP/1 server, whose
+//! header read timeout axum's own `serve` does not expose. Stops with its cancellation token.
 //!
 //! The endpoints face whatever can reach `service.metrics_addr`, so a client cannot hold them:
 //! a connection must send its request headers within [`EndpointLimits::header_read_timeout`]
@@ -14,12 +15,15 @@ use crate::metrics::Metrics;
 use crate::pipeline::observer::RunObserver;
 use crate::pipeline::SyncContext;
 use anyhow::Context;
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -102,14 +106,12 @@ pub async fn start_with_limits(
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let readiness = Arc::new(ReadinessCache::new(limits.readiness_ttl));
-    let task = tokio::spawn(accept_loop(
-        listener,
+    let routes = router(Served {
         ctx,
         metrics,
-        readiness.clone(),
-        limits,
-        stop,
-    ));
+        readiness: readiness.clone(),
+    });
+    let task = tokio::spawn(accept_loop(listener, routes, limits, stop));
     Ok(Endpoints {
         addr,
         task,
@@ -117,11 +119,28 @@ pub async fn start_with_limits(
     })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What the handlers read.
+#[derive(Clone)]
+struct Served {
     ctx: SyncContext,
     metrics: Arc<Metrics>,
     readiness: Arc<ReadinessCache>,
+}
+
+/// The three endpoints; any other path is a 404, any method but GET (and HEAD) a 405.
+fn router(served: Served) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(only_get))
+        .with_state(served)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Router,
     limits: EndpointLimits,
     stop: CancellationToken,
 ) {
@@ -137,16 +156,8 @@ async fn accept_loop(
             accepted = listener.accept(), if slot.is_some() => match accepted {
                 Ok((stream, _)) => {
                     let held = slot.take();
-                    let (ctx, metrics, readiness, stop) =
-                        (ctx.clone(), metrics.clone(), readiness.clone(), stop.clone());
+                    let (svc, stop) = (TowerToHyperService::new(routes.clone()), stop.clone());
                     conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let (ctx, metrics, readiness) =
-                                (ctx.clone(), metrics.clone(), readiness.clone());
-                            async move {
-                                Ok::<_, Infallible>(route(&ctx, &metrics, &readiness, &req).await)
-                            }
-                        });
                         let conn = hyper::server::conn::http1::Builder::new()
                             .timer(hyper_util::rt::TokioTimer::new())
                             .header_read_timeout(limits.header_read_timeout)
@@ -224,53 +235,38 @@ impl ReadinessCache {
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp
+/// Probes and scrapers only read: anything but GET (or HEAD) is refused before routing.
+async fn only_get(req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n").into_response();
+    }
+    next.run(req).await
 }
 
-async fn route(
-    ctx: &SyncContext,
-    metrics: &Metrics,
-    readiness: &ReadinessCache,
-    req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            PLAIN,
-            "only GET is served\n".into(),
-        );
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(served): State<Served>) -> Response {
+    let problems = served.readiness.answer(&served.ctx).await;
+    if problems.is_empty() {
+        "ready\n".into_response()
+    } else {
+        let body = format!("not ready: {}\n", problems.join("; "));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
-        "/readyz" => {
-            let problems = readiness.answer(ctx).await;
-            if problems.is_empty() {
-                text(StatusCode::OK, PLAIN, "ready\n".into())
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    PLAIN,
-                    format!("not ready: {}\n", problems.join("; ")),
-                )
-            }
-        }
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            PLAIN,
-            "not found; try /healthz, /readyz or /metrics\n".into(),
-        ),
-    }
+}
+
+async fn metrics(State(served): State<Served>) -> Response {
+    let content_type = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+    ([(CONTENT_TYPE, content_type)], served.metrics.render()).into_response()
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (
+        StatusCode::NOT_FOUND,
+        "not found; try /healthz, /readyz or /metrics\n",
+    )
 }
 
 /// What keeps the service from working: each database that does not answer in time.

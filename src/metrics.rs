@@ -1,15 +1,22 @@
-//! The service's Prometheus metrics, written by hand in the text exposition format (0.0.4).
-//! Counters end in `_total`; labels come from a small fixed set (`model`, `reason`, `class`),
-//! so the number of series is bounded by models × refusal reasons × error classes. No label
-//! ever carries customer data.
+//! The service's Prometheus metrics: a `prometheus-client` registry, written out in the
+//! Prometheus text format (0.0.4). Counters end in `_total` (the client appends it to the
+//! registered name); labels come from a small fixed set (`model`, `reason`, `class`), so the
+//! number of series is bounded by models × refusal reasons × error classes. No label ever
+//! carries customer data.
+//!
+//! Each metric family is one field of [`Metrics`], registered in [`Metrics::new`].
 
 use crate::pipeline::observer::RunObserver;
 use crate::pipeline::{RunStatus, RunSummary};
 use crate::sink::ErrorClass;
 use crate::state::RefusedRow;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the batch latency histogram, in seconds: a batch takes well under a second
@@ -18,47 +25,55 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The labels of a per-model series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
 }
 
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.buckets[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
+/// A model and a reason code (a refusal's, or why rows cannot be read).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    model: String,
+    reason: String,
+}
+
+/// A model and the class of a Graph API error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    model: String,
+    class: &'static str,
+}
+
+fn model(name: &str) -> ModelLabels {
+    ModelLabels {
+        model: name.to_string(),
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct ModelMetrics {
-    rows_read: u64,
-    events_sent: u64,
-    refused: BTreeMap<String, u64>,
-    retries: BTreeMap<&'static str, u64>,
-    throttles: u64,
-    runs: u64,
-    run_failures: u64,
-    batch_latency: Histogram,
-    last_success: Option<f64>,
-    cursor_lag: Option<f64>,
-    rows_waiting: Option<i64>,
-    /// Rows the reader cannot see, as the last run that counted them found.
-    unreadable: Option<crate::source::UnreadableRows>,
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// Every model's counters and gauges since the service started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    models: Mutex<BTreeMap<String, ModelMetrics>>,
+    registry: Registry,
+    rows_read: Family<ModelLabels, Counter>,
+    events_sent: Family<ModelLabels, Counter>,
+    rows_refused: Family<ReasonLabels, Counter>,
+    retries: Family<ClassLabels, Counter>,
+    throttles: Family<ModelLabels, Counter>,
+    runs: Family<ModelLabels, Counter>,
+    run_failures: Family<ModelLabels, Counter>,
+    batch_duration: HistogramFamily,
+    last_success: Family<ModelLabels, FloatGauge>,
+    cursor_lag: Family<ModelLabels, FloatGauge>,
+    rows_unreadable: Family<ReasonLabels, Gauge>,
+    rows_waiting: Family<ModelLabels, Gauge>,
     /// Woken at the end of every run, so the rows waiting and the lag are measured again
     /// right after a run moved the cursor.
     pub run_ended: tokio::sync::Notify,
@@ -75,313 +90,226 @@ fn class_label(class: ErrorClass) -> &'static str {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new([])
+    }
+}
+
 impl Metrics {
     /// Metrics with a series for each of these models from the start (a counter that has
     /// not moved yet still shows as 0, so rates and alerts work from the first scrape).
     pub fn new<'a>(models: impl IntoIterator<Item = &'a str>) -> Metrics {
-        let m = Metrics::default();
-        {
-            let mut all = m.lock();
-            for name in models {
-                all.entry(name.to_string()).or_default();
-            }
+        let mut m = Metrics {
+            registry: Registry::default(),
+            rows_read: Family::default(),
+            events_sent: Family::default(),
+            rows_refused: Family::default(),
+            retries: Family::default(),
+            throttles: Family::default(),
+            runs: Family::default(),
+            run_failures: Family::default(),
+            batch_duration: Family::new_with_constructor(latency_histogram),
+            last_success: Family::default(),
+            cursor_lag: Family::default(),
+            rows_unreadable: Family::default(),
+            rows_waiting: Family::default(),
+            run_ended: tokio::sync::Notify::new(),
+        };
+        // Names without `_total` for counters: the client appends it. Help texts without
+        // their final period: the client adds it.
+        let r = &mut m.registry;
+        r.register(
+            "capi_sync_rows_read",
+            "Rows read from the warehouse",
+            m.rows_read.clone(),
+        );
+        r.register(
+            "capi_sync_events_sent",
+            "Events Meta acknowledged",
+            m.events_sent.clone(),
+        );
+        r.register(
+            "capi_sync_rows_refused",
+            "Rows not sent, by reason (see `capi-sync refused`)",
+            m.rows_refused.clone(),
+        );
+        r.register(
+            "capi_sync_retries",
+            "Requests to the Graph API retried, by error class (transient or throttled)",
+            m.retries.clone(),
+        );
+        r.register(
+            "capi_sync_throttles",
+            "Requests Meta answered with a rate limit",
+            m.throttles.clone(),
+        );
+        r.register(
+            "capi_sync_runs",
+            "Runs finished, in any status",
+            m.runs.clone(),
+        );
+        r.register(
+            "capi_sync_run_failures",
+            "Runs that failed (the cursor stayed at the last acknowledged batch)",
+            m.run_failures.clone(),
+        );
+        r.register(
+            "capi_sync_batch_duration_seconds",
+            "Time to deliver one batch, retries and splits included",
+            m.batch_duration.clone(),
+        );
+        r.register(
+            "capi_sync_last_success_timestamp_seconds",
+            "When the model's last successful run finished (Unix time)",
+            m.last_success.clone(),
+        );
+        r.register(
+            "capi_sync_cursor_lag_seconds",
+            "Age of the oldest row waiting after the cursor; 0 when none waits",
+            m.cursor_lag.clone(),
+        );
+        r.register(
+            "capi_sync_rows_unreadable",
+            "Rows of the model's output that are never read: a NULL cursor or a NULL in the primary key (as the last run counted)",
+            m.rows_unreadable.clone(),
+        );
+        r.register(
+            "capi_sync_rows_waiting",
+            "Rows after the cursor, not yet read by a run",
+            m.rows_waiting.clone(),
+        );
+        for name in models {
+            m.ensure_model(name);
         }
         m
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ModelMetrics>> {
-        self.models.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn with(&self, model: &str, f: impl FnOnce(&mut ModelMetrics)) {
-        let mut all = self.lock();
-        match all.get_mut(model) {
-            Some(m) => f(m),
-            None => f(all.entry(model.to_string()).or_default()),
+    /// The series every model shows from its first mention: its counters (at 0) and its
+    /// batch latency histogram.
+    fn ensure_model(&self, name: &str) {
+        let labels = model(name);
+        if self.runs.get(&labels).is_some() {
+            return;
+        }
+        drop(self.batch_duration.get_or_create(&labels));
+        // `runs` last: its series says the model's are all there.
+        for family in [
+            &self.rows_read,
+            &self.events_sent,
+            &self.throttles,
+            &self.run_failures,
+            &self.runs,
+        ] {
+            drop(family.get_or_create(&labels));
         }
     }
 
     /// When the model last finished a run successfully (Unix seconds).
-    pub fn set_last_success(&self, model: &str, at: chrono::DateTime<chrono::Utc>) {
+    pub fn set_last_success(&self, model_name: &str, at: chrono::DateTime<chrono::Utc>) {
+        self.ensure_model(model_name);
         let secs = at.timestamp_millis() as f64 / 1000.0;
-        self.with(model, |m| {
-            if m.last_success.is_none_or(|s| s < secs) {
-                m.last_success = Some(secs);
+        let labels = model(model_name);
+        let gauge = match self.last_success.get(&labels) {
+            Some(gauge) => gauge.clone(),
+            None => {
+                self.last_success.get_or_create(&labels).set(secs);
+                return;
             }
-        });
+        };
+        // Only a later success moves it (the service sets it from the state at start while
+        // a run may already have finished).
+        let _ = gauge
+            .inner()
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                (f64::from_bits(bits) < secs).then_some(secs.to_bits())
+            });
     }
 
     /// Rows waiting after the cursor, and the age of the oldest (None for integer cursors).
-    pub fn set_backlog(&self, model: &str, rows_waiting: i64, lag_secs: Option<f64>) {
-        self.with(model, |m| {
-            m.rows_waiting = Some(rows_waiting);
-            m.cursor_lag = match lag_secs {
-                Some(secs) => Some(secs.max(0.0)),
-                None if rows_waiting == 0 => Some(0.0),
-                // An integer cursor has no age to report.
-                None => None,
-            };
-        });
+    pub fn set_backlog(&self, model_name: &str, rows_waiting: i64, lag_secs: Option<f64>) {
+        self.ensure_model(model_name);
+        let labels = model(model_name);
+        self.rows_waiting.get_or_create(&labels).set(rows_waiting);
+        let lag = match lag_secs {
+            Some(secs) => Some(secs.max(0.0)),
+            None if rows_waiting == 0 => Some(0.0),
+            // An integer cursor has no age to report.
+            None => None,
+        };
+        match lag {
+            Some(secs) => {
+                self.cursor_lag.get_or_create(&labels).set(secs);
+            }
+            None => {
+                self.cursor_lag.remove(&labels);
+            }
+        }
     }
 
     /// Rows of the model's output the reader cannot see, as a run counted them.
-    pub fn set_unreadable(&self, model: &str, rows: crate::source::UnreadableRows) {
-        self.with(model, |m| m.unreadable = Some(rows));
+    pub fn set_unreadable(&self, model_name: &str, rows: crate::source::UnreadableRows) {
+        self.ensure_model(model_name);
+        for (reason, count) in [
+            ("null_cursor", rows.null_cursor),
+            ("null_key", rows.null_key),
+        ] {
+            let labels = ReasonLabels {
+                model: model_name.to_string(),
+                reason: reason.to_string(),
+            };
+            self.rows_unreadable.get_or_create(&labels).set(count);
+        }
     }
 
-    /// The text exposition format.
+    /// The text exposition format (0.0.4).
     pub fn render(&self) -> String {
-        let all = self.lock().clone();
         let mut out = String::with_capacity(4096);
-        let mut family = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for l in lines {
-                out.push_str(&l);
-                out.push('\n');
-            }
-        };
-        let per_model = |f: &dyn Fn(&str, &ModelMetrics) -> Vec<String>| -> Vec<String> {
-            all.iter().flat_map(|(name, m)| f(name, m)).collect()
-        };
-        family(
-            "capi_sync_rows_read_total",
-            "counter",
-            "Rows read from the warehouse.",
-            per_model(&|n, m| {
-                vec![sample(
-                    "capi_sync_rows_read_total",
-                    &[("model", n)],
-                    m.rows_read as f64,
-                )]
-            }),
-        );
-        family(
-            "capi_sync_events_sent_total",
-            "counter",
-            "Events Meta acknowledged.",
-            per_model(&|n, m| {
-                vec![sample(
-                    "capi_sync_events_sent_total",
-                    &[("model", n)],
-                    m.events_sent as f64,
-                )]
-            }),
-        );
-        family(
-            "capi_sync_rows_refused_total",
-            "counter",
-            "Rows not sent, by reason (see `capi-sync refused`).",
-            per_model(&|n, m| {
-                m.refused
-                    .iter()
-                    .map(|(r, v)| {
-                        sample(
-                            "capi_sync_rows_refused_total",
-                            &[("model", n), ("reason", r)],
-                            *v as f64,
-                        )
-                    })
-                    .collect()
-            }),
-        );
-        family(
-            "capi_sync_retries_total",
-            "counter",
-            "Requests to the Graph API retried, by error class (transient or throttled).",
-            per_model(&|n, m| {
-                m.retries
-                    .iter()
-                    .map(|(c, v)| {
-                        sample(
-                            "capi_sync_retries_total",
-                            &[("model", n), ("class", c)],
-                            *v as f64,
-                        )
-                    })
-                    .collect()
-            }),
-        );
-        family(
-            "capi_sync_throttles_total",
-            "counter",
-            "Requests Meta answered with a rate limit.",
-            per_model(&|n, m| {
-                vec![sample(
-                    "capi_sync_throttles_total",
-                    &[("model", n)],
-                    m.throttles as f64,
-                )]
-            }),
-        );
-        family(
-            "capi_sync_runs_total",
-            "counter",
-            "Runs finished, in any status.",
-            per_model(&|n, m| {
-                vec![sample(
-                    "capi_sync_runs_total",
-                    &[("model", n)],
-                    m.runs as f64,
-                )]
-            }),
-        );
-        family(
-            "capi_sync_run_failures_total",
-            "counter",
-            "Runs that failed (the cursor stayed at the last acknowledged batch).",
-            per_model(&|n, m| {
-                vec![sample(
-                    "capi_sync_run_failures_total",
-                    &[("model", n)],
-                    m.run_failures as f64,
-                )]
-            }),
-        );
-        family(
-            "capi_sync_batch_duration_seconds",
-            "histogram",
-            "Time to deliver one batch, retries and splits included.",
-            per_model(&|n, m| {
-                let h = &m.batch_latency;
-                let mut lines: Vec<String> = LATENCY_BUCKETS
-                    .iter()
-                    .zip(h.buckets.iter())
-                    .map(|(b, c)| {
-                        sample(
-                            "capi_sync_batch_duration_seconds_bucket",
-                            &[("model", n), ("le", &b.to_string())],
-                            *c as f64,
-                        )
-                    })
-                    .collect();
-                lines.push(sample(
-                    "capi_sync_batch_duration_seconds_bucket",
-                    &[("model", n), ("le", "+Inf")],
-                    h.count as f64,
-                ));
-                lines.push(sample(
-                    "capi_sync_batch_duration_seconds_sum",
-                    &[("model", n)],
-                    h.sum,
-                ));
-                lines.push(sample(
-                    "capi_sync_batch_duration_seconds_count",
-                    &[("model", n)],
-                    h.count as f64,
-                ));
-                lines
-            }),
-        );
-        family(
-            "capi_sync_last_success_timestamp_seconds",
-            "gauge",
-            "When the model's last successful run finished (Unix time).",
-            per_model(&|n, m| {
-                m.last_success
-                    .map(|v| {
-                        sample(
-                            "capi_sync_last_success_timestamp_seconds",
-                            &[("model", n)],
-                            v,
-                        )
-                    })
-                    .into_iter()
-                    .collect()
-            }),
-        );
-        family(
-            "capi_sync_cursor_lag_seconds",
-            "gauge",
-            "Age of the oldest row waiting after the cursor; 0 when none waits.",
-            per_model(&|n, m| {
-                m.cursor_lag
-                    .map(|v| sample("capi_sync_cursor_lag_seconds", &[("model", n)], v))
-                    .into_iter()
-                    .collect()
-            }),
-        );
-        family(
-            "capi_sync_rows_unreadable",
-            "gauge",
-            "Rows of the model's output that are never read: a NULL cursor or a NULL in the primary key (as the last run counted).",
-            per_model(&|n, m| {
-                m.unreadable
-                    .map(|u| {
-                        [("null_cursor", u.null_cursor), ("null_key", u.null_key)]
-                            .map(|(reason, v)| {
-                                sample(
-                                    "capi_sync_rows_unreadable",
-                                    &[("model", n), ("reason", reason)],
-                                    v as f64,
-                                )
-                            })
-                            .to_vec()
-                    })
-                    .unwrap_or_default()
-            }),
-        );
-        family(
-            "capi_sync_rows_waiting",
-            "gauge",
-            "Rows after the cursor, not yet read by a run.",
-            per_model(&|n, m| {
-                m.rows_waiting
-                    .map(|v| sample("capi_sync_rows_waiting", &[("model", n)], v as f64))
-                    .into_iter()
-                    .collect()
-            }),
-        );
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing metrics into a String cannot fail");
         out
     }
 }
 
-/// One sample line. Label values are escaped as the format requires.
-fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> String {
-    let mut s = String::from(name);
-    if !labels.is_empty() {
-        s.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            let escaped = v
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = write!(s, "{k}=\"{escaped}\"");
-        }
-        s.push('}');
-    }
-    let _ = write!(s, " {value}");
-    s
-}
-
 impl RunObserver for Metrics {
-    fn rows_read(&self, model: &str, rows: u64) {
-        self.with(model, |m| m.rows_read += rows);
+    fn rows_read(&self, model_name: &str, rows: u64) {
+        self.ensure_model(model_name);
+        self.rows_read
+            .get_or_create(&model(model_name))
+            .inc_by(rows);
     }
 
-    fn batch_done(&self, model: &str, events_sent: u64, refused: &[RefusedRow]) {
-        self.with(model, |m| {
-            m.events_sent += events_sent;
-            for r in refused {
-                *m.refused.entry(r.reason.clone()).or_default() += 1;
-            }
-        });
+    fn batch_done(&self, model_name: &str, events_sent: u64, refused: &[RefusedRow]) {
+        self.ensure_model(model_name);
+        self.events_sent
+            .get_or_create(&model(model_name))
+            .inc_by(events_sent);
+        for r in refused {
+            let labels = ReasonLabels {
+                model: model_name.to_string(),
+                reason: r.reason.clone(),
+            };
+            self.rows_refused.get_or_create(&labels).inc();
+        }
     }
 
-    fn batch_latency(&self, model: &str, elapsed: Duration) {
-        self.with(model, |m| m.batch_latency.observe(elapsed.as_secs_f64()));
+    fn batch_latency(&self, model_name: &str, elapsed: Duration) {
+        self.ensure_model(model_name);
+        self.batch_duration
+            .get_or_create(&model(model_name))
+            .observe(elapsed.as_secs_f64());
     }
 
-    fn retry(&self, model: &str, class: ErrorClass) {
-        self.with(model, |m| {
-            *m.retries.entry(class_label(class)).or_default() += 1;
-            if class == ErrorClass::Throttled {
-                m.throttles += 1;
-            }
-        });
+    fn retry(&self, model_name: &str, class: ErrorClass) {
+        self.ensure_model(model_name);
+        let labels = ClassLabels {
+            model: model_name.to_string(),
+            class: class_label(class),
+        };
+        self.retries.get_or_create(&labels).inc();
+        if class == ErrorClass::Throttled {
+            self.throttles.get_or_create(&model(model_name)).inc();
+        }
     }
 
     fn run_finished(&self, summary: &RunSummary) {
@@ -393,12 +321,12 @@ impl RunObserver for Metrics {
             };
             self.set_unreadable(&summary.model, rows);
         }
-        self.with(&summary.model, |m| {
-            m.runs += 1;
-            if summary.status == RunStatus::Failed {
-                m.run_failures += 1;
-            }
-        });
+        self.ensure_model(&summary.model);
+        let labels = model(&summary.model);
+        self.runs.get_or_create(&labels).inc();
+        if summary.status == RunStatus::Failed {
+            self.run_failures.get_or_create(&labels).inc();
+        }
         if summary.status == RunStatus::Succeeded {
             self.set_last_success(&summary.model, chrono::Utc::now());
         }
@@ -457,9 +385,112 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(
-            sample("x_total", &[("reason", "a\"b\\c")], 1.0),
-            "x_total{reason=\"a\\\"b\\\\c\"} 1"
+        let m = Metrics::new(["a\"b\\c\nd"]);
+        let text = m.render();
+        assert!(
+            text.contains("capi_sync_rows_read_total{model=\"a\\\"b\\\\c\\nd\"} 0\n"),
+            "{text}"
         );
+    }
+
+    #[test]
+    fn every_family_keeps_its_name_type_and_help() {
+        let m = Metrics::new(["m"]);
+        // A family shows once it has a series (an empty one is left out of the exposition).
+        let refused = RefusedRow {
+            row_key: vec!["1".into()],
+            event_id: None,
+            reason: "event_time_too_old".into(),
+            detail: String::new(),
+            meta_code: None,
+            meta_subcode: None,
+            cursor_value: None,
+        };
+        m.batch_done("m", 1, &[refused]);
+        m.retry("m", ErrorClass::Transient);
+        m.set_last_success("m", chrono::Utc::now());
+        m.set_backlog("m", 1, Some(2.0));
+        let rows = crate::source::UnreadableRows {
+            null_cursor: 0,
+            null_key: 0,
+        };
+        m.set_unreadable("m", rows);
+        let text = m.render();
+        let descriptors: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+        let expected = [
+            ("capi_sync_rows_read_total", "counter", "Rows read from the warehouse."),
+            ("capi_sync_events_sent_total", "counter", "Events Meta acknowledged."),
+            ("capi_sync_rows_refused_total", "counter", "Rows not sent, by reason (see `capi-sync refused`)."),
+            ("capi_sync_retries_total", "counter", "Requests to the Graph API retried, by error class (transient or throttled)."),
+            ("capi_sync_throttles_total", "counter", "Requests Meta answered with a rate limit."),
+            ("capi_sync_runs_total", "counter", "Runs finished, in any status."),
+            ("capi_sync_run_failures_total", "counter", "Runs that failed (the cursor stayed at the last acknowledged batch)."),
+            ("capi_sync_batch_duration_seconds", "histogram", "Time to deliver one batch, retries and splits included."),
+            ("capi_sync_last_success_timestamp_seconds", "gauge", "When the model's last successful run finished (Unix time)."),
+            ("capi_sync_cursor_lag_seconds", "gauge", "Age of the oldest row waiting after the cursor; 0 when none waits."),
+            ("capi_sync_rows_unreadable", "gauge", "Rows of the model's output that are never read: a NULL cursor or a NULL in the primary key (as the last run counted)."),
+            ("capi_sync_rows_waiting", "gauge", "Rows after the cursor, not yet read by a run."),
+        ];
+        let want: Vec<String> = expected
+            .iter()
+            .flat_map(|(name, kind, help)| {
+                [
+                    format!("# HELP {name} {help}"),
+                    format!("# TYPE {name} {kind}"),
+                ]
+            })
+            .collect();
+        assert_eq!(descriptors, want);
+    }
+
+    #[test]
+    fn a_models_counters_show_from_the_start_and_its_gauges_once_measured() {
+        let text = Metrics::new(["m"]).render();
+        for counter in [
+            "rows_read",
+            "events_sent",
+            "throttles",
+            "runs",
+            "run_failures",
+        ] {
+            assert!(
+                text.contains(&format!("capi_sync_{counter}_total{{model=\"m\"}} 0\n")),
+                "{text}"
+            );
+        }
+        assert!(!text.contains("capi_sync_rows_waiting{"), "{text}");
+    }
+
+    #[test]
+    fn an_integer_cursor_has_no_lag_and_an_empty_backlog_has_none() {
+        let m = Metrics::new(["m"]);
+        m.set_backlog("m", 0, None);
+        assert!(m
+            .render()
+            .contains("capi_sync_cursor_lag_seconds{model=\"m\"} 0"));
+        m.set_backlog("m", 4, None);
+        let text = m.render();
+        assert!(!text.contains("capi_sync_cursor_lag_seconds{"), "{text}");
+        assert!(
+            text.contains("capi_sync_rows_waiting{model=\"m\"} 4\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_last_success_only_moves_forward() {
+        let m = Metrics::new(["m"]);
+        let later = chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap();
+        let earlier = chrono::DateTime::from_timestamp(1_000_000_000, 0).unwrap();
+        m.set_last_success("m", later);
+        m.set_last_success("m", earlier);
+        let text = m.render();
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("capi_sync_last_success_timestamp_seconds{model=\"m\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(value, 2_000_000_000.0);
     }
 }

@@ -5,11 +5,15 @@
 //! at most), their adaptive limit (halved when Meta throttles or warns, grown back by one
 //! after a run of calm batches) and the wait after a throttled answer belong to the pixel, and
 //! every run of the pixel takes its request slots from the same budget.
+//!
+//! The slots are a tokio `Semaphore` with one permit per request the limit allows. The limit
+//! moves while requests are in flight, so a lower limit withdraws free permits at once and
+//! owes the rest: slots given back while the pixel owes are not returned to the semaphore.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -42,12 +46,16 @@ pub struct PixelBudget {
     pace: Mutex<Pace>,
     /// Throttled (or near-limit) answers seen by any run of the pixel.
     throttles: AtomicU64,
-    freed: Notify,
+    /// One permit per request that may start now: the limit, less the requests in flight,
+    /// less what [`Pace::owed`] says is still to withdraw.
+    slots: Semaphore,
 }
 
 struct Pace {
-    busy: usize,
     limit: usize,
+    /// Permits to withdraw as requests in flight end, after the limit dropped below the
+    /// requests in flight.
+    owed: usize,
     max: usize,
     seen_throttles: u64,
     calm: u32,
@@ -64,8 +72,7 @@ pub struct RequestSlot {
 
 impl Drop for RequestSlot {
     fn drop(&mut self) {
-        self.budget.pace().busy -= 1;
-        self.budget.freed.notify_waiters();
+        self.budget.give_back();
     }
 }
 
@@ -75,15 +82,15 @@ impl PixelBudget {
         PixelBudget {
             pixel_id: pixel_id.to_string(),
             pace: Mutex::new(Pace {
-                busy: 0,
                 limit: max,
+                owed: 0,
                 max,
                 seen_throttles: 0,
                 calm: 0,
                 hold_until: None,
             }),
             throttles: AtomicU64::new(0),
-            freed: Notify::new(),
+            slots: Semaphore::new(max),
         }
     }
 
@@ -96,8 +103,26 @@ impl PixelBudget {
         let max = max.max(1);
         if pace.max != max {
             pace.max = max;
-            pace.limit = pace.limit.min(max);
+            let limit = pace.limit.min(max);
+            self.set_limit(&mut pace, limit);
         }
+    }
+
+    /// Moves the limit, adding or withdrawing permits to match. Called with the pace held,
+    /// so a returning slot sees what is owed.
+    fn set_limit(&self, pace: &mut Pace, limit: usize) {
+        if limit < pace.limit {
+            let lower_by = pace.limit - limit;
+            let withdrawn = self.slots.forget_permits(lower_by);
+            pace.owed += lower_by - withdrawn;
+        } else {
+            let mut raise_by = limit - pace.limit;
+            let forgiven = raise_by.min(pace.owed);
+            pace.owed -= forgiven;
+            raise_by -= forgiven;
+            self.slots.add_permits(raise_by);
+        }
+        pace.limit = limit;
     }
 
     /// Requests the pixel may have in flight now.
@@ -109,29 +134,48 @@ impl PixelBudget {
     /// answer asks to wait, then takes a slot.
     pub async fn acquire(self: &Arc<Self>) -> RequestSlot {
         loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let hold = {
-                let mut pace = self.pace();
-                match pace.hold_until {
-                    Some(until) if until > Instant::now() => Some(until),
-                    _ => {
-                        pace.hold_until = None;
-                        if pace.busy < pace.limit {
-                            pace.busy += 1;
-                            return RequestSlot {
-                                budget: self.clone(),
-                            };
-                        }
-                        None
-                    }
-                }
+            self.wait_out_hold().await;
+            // The semaphore is never closed, so acquiring only waits.
+            let Ok(permit) = self.slots.acquire().await else {
+                unreachable!("the pixel's semaphore is never closed")
             };
-            match hold {
-                Some(until) => tokio::time::sleep_until(until).await,
-                None => freed.await,
+            permit.forget();
+            // A throttled answer may have asked to wait while this one queued: then the
+            // permit goes back and the wait starts again.
+            if self.held_until().is_none() {
+                return RequestSlot {
+                    budget: self.clone(),
+                };
             }
+            self.give_back();
+        }
+    }
+
+    /// A permit taken (and forgotten) comes back, unless the lowered limit still owes one.
+    fn give_back(&self) {
+        let mut pace = self.pace();
+        if pace.owed > 0 {
+            pace.owed -= 1;
+        } else {
+            self.slots.add_permits(1);
+        }
+    }
+
+    /// The end of the wait a throttled answer asked for, if it is still ahead.
+    fn held_until(&self) -> Option<Instant> {
+        let mut pace = self.pace();
+        match pace.hold_until {
+            Some(until) if until > Instant::now() => Some(until),
+            _ => {
+                pace.hold_until = None;
+                None
+            }
+        }
+    }
+
+    async fn wait_out_hold(&self) {
+        while let Some(until) = self.held_until() {
+            tokio::time::sleep_until(until).await;
         }
     }
 
@@ -167,21 +211,23 @@ impl PixelBudget {
                     "Meta is throttling; lowering the pixel's requests in flight"
                 );
             }
-            pace.limit = lower;
+            self.set_limit(&mut pace, lower);
         } else if pace.limit < pace.max {
             pace.calm += 1;
             if pace.calm >= CALM_BATCHES {
                 pace.calm = 0;
-                pace.limit += 1;
-                drop(pace);
-                self.freed.notify_waiters();
+                let higher = pace.limit + 1;
+                self.set_limit(&mut pace, higher);
             }
         }
     }
 
+    /// Requests in flight: the permits the limit allows, less the free ones, plus those
+    /// still owed (given out before the limit dropped).
     #[cfg(test)]
     fn busy(&self) -> usize {
-        self.pace().busy
+        let pace = self.pace();
+        pace.limit + pace.owed - self.slots.available_permits()
     }
 }
 
@@ -287,6 +333,43 @@ mod tests {
         assert!(
             Instant::now() >= until,
             "a request started during the pixel's back-off"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_the_limit_drops_below_the_requests_in_flight_none_starts_until_fewer_fly() {
+        let budgets = PixelBudgets::default();
+        let pixel = budgets.pixel("1", 4);
+        let mut slots: Vec<_> = futures::future::join_all((0..4).map(|_| pixel.acquire())).await;
+        pixel.throttled();
+        pixel.after_batch("a");
+        assert_eq!(pixel.limit(), 2);
+        // Two of four end: two still fly, as many as the new limit.
+        slots.truncate(2);
+        assert_eq!(pixel.busy(), 2);
+        let early = tokio::time::timeout(Duration::from_millis(50), pixel.acquire()).await;
+        assert!(
+            early.is_err(),
+            "a request started with 2 in flight under a limit of 2"
+        );
+        // A lower max (another run's `meta.concurrency`) lowers the limit too.
+        budgets.pixel("1", 1);
+        assert_eq!(pixel.limit(), 1);
+        slots.truncate(1);
+        let early = tokio::time::timeout(Duration::from_millis(50), pixel.acquire()).await;
+        assert!(
+            early.is_err(),
+            "a request started with 1 in flight under a limit of 1"
+        );
+        slots.clear();
+        let _next = tokio::time::timeout(Duration::from_secs(5), pixel.acquire())
+            .await
+            .expect("a slot once none flies");
+        assert_eq!(pixel.busy(), 1);
+        let extra = tokio::time::timeout(Duration::from_millis(50), pixel.acquire()).await;
+        assert!(
+            extra.is_err(),
+            "a second request started under a limit of 1"
         );
     }
 }

@@ -15,6 +15,7 @@ mod config_rules;
 mod connection_budget;
 mod crash;
 mod delivery;
+mod endpoint_routes;
 mod endpoints;
 mod faults;
 mod graph_answers;
