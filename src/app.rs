@@ -9,6 +9,16 @@ use anyhow::Context;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// The most connections to Postgres the `run` service opens at once: the warehouse pool, the
+/// state pool, and one lock session per run going (at most `service.max_concurrent_runs`).
+/// It does not grow with the number of models. (The migrations' one session at start-up is
+/// closed before the service starts.)
+pub fn connection_budget(config: &Config) -> u32 {
+    config.warehouse.max_connections
+        + crate::state::POOL_CONNECTIONS
+        + config.service.max_concurrent_runs
+}
+
 pub async fn connect_state(config: &Config) -> anyhow::Result<StateStore> {
     let limits = crate::state::StateLimits {
         statement_timeout: config.state.statement_timeout,

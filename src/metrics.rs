@@ -18,17 +18,25 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Upper bounds of the run start delay histogram, in seconds: how long after its schedule's
+/// fire time a run started. Under a second when a run slot was free; beyond that, a run waited
+/// for one (`service.max_concurrent_runs`), up to a whole schedule period or more.
+pub const START_DELAY_BUCKETS: [f64; 12] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
 #[derive(Debug, Clone, Default)]
 struct Histogram {
-    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
+    /// Cumulative counts per bucket of its bounds ([`LATENCY_BUCKETS`] or
+    /// [`START_DELAY_BUCKETS`]).
     buckets: [u64; LATENCY_BUCKETS.len()],
     count: u64,
     sum: f64,
 }
 
 impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+    fn observe(&mut self, bounds: &[f64; LATENCY_BUCKETS.len()], secs: f64) {
+        for (i, bound) in bounds.iter().enumerate() {
             if secs <= *bound {
                 self.buckets[i] += 1;
             }
@@ -48,6 +56,7 @@ struct ModelMetrics {
     runs: u64,
     run_failures: u64,
     batch_latency: Histogram,
+    start_delay: Histogram,
     last_success: Option<f64>,
     cursor_lag: Option<f64>,
     rows_waiting: Option<i64>,
@@ -57,6 +66,8 @@ struct ModelMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     models: Mutex<BTreeMap<String, ModelMetrics>>,
+    /// Due runs waiting for a free slot, and runs going (the scheduler's queue).
+    queue: Mutex<(usize, usize)>,
     /// Woken at the end of every run, so the rows waiting and the lag are measured again
     /// right after a run moved the cursor.
     pub run_ended: tokio::sync::Notify,
@@ -125,6 +136,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let all = self.lock().clone();
+        let (waiting, running) = *self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::with_capacity(4096);
         let mut family = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -236,35 +248,38 @@ impl Metrics {
             "histogram",
             "Time to deliver one batch, retries and splits included.",
             per_model(&|n, m| {
-                let h = &m.batch_latency;
-                let mut lines: Vec<String> = LATENCY_BUCKETS
-                    .iter()
-                    .zip(h.buckets.iter())
-                    .map(|(b, c)| {
-                        sample(
-                            "capi_sync_batch_duration_seconds_bucket",
-                            &[("model", n), ("le", &b.to_string())],
-                            *c as f64,
-                        )
-                    })
-                    .collect();
-                lines.push(sample(
-                    "capi_sync_batch_duration_seconds_bucket",
-                    &[("model", n), ("le", "+Inf")],
-                    h.count as f64,
-                ));
-                lines.push(sample(
-                    "capi_sync_batch_duration_seconds_sum",
-                    &[("model", n)],
-                    h.sum,
-                ));
-                lines.push(sample(
-                    "capi_sync_batch_duration_seconds_count",
-                    &[("model", n)],
-                    h.count as f64,
-                ));
-                lines
+                histogram_lines(
+                    "capi_sync_batch_duration_seconds",
+                    n,
+                    &LATENCY_BUCKETS,
+                    &m.batch_latency,
+                )
             }),
+        );
+        family(
+            "capi_sync_run_start_delay_seconds",
+            "histogram",
+            "How long after its schedule's fire time each scheduled run started (waiting for a free slot of service.max_concurrent_runs).",
+            per_model(&|n, m| {
+                histogram_lines(
+                    "capi_sync_run_start_delay_seconds",
+                    n,
+                    &START_DELAY_BUCKETS,
+                    &m.start_delay,
+                )
+            }),
+        );
+        family(
+            "capi_sync_runs_waiting",
+            "gauge",
+            "Scheduled runs that are due and wait for a free slot (service.max_concurrent_runs).",
+            vec![sample("capi_sync_runs_waiting", &[], waiting as f64)],
+        );
+        family(
+            "capi_sync_runs_in_progress",
+            "gauge",
+            "Runs going now (at most service.max_concurrent_runs).",
+            vec![sample("capi_sync_runs_in_progress", &[], running as f64)],
         );
         family(
             "capi_sync_last_success_timestamp_seconds",
@@ -309,6 +324,39 @@ impl Metrics {
     }
 }
 
+/// A model's histogram: cumulative buckets, `+Inf`, sum and count.
+fn histogram_lines(
+    name: &str,
+    model: &str,
+    bounds: &[f64; LATENCY_BUCKETS.len()],
+    h: &Histogram,
+) -> Vec<String> {
+    let bucket = format!("{name}_bucket");
+    let mut lines: Vec<String> = bounds
+        .iter()
+        .zip(h.buckets.iter())
+        .map(|(b, c)| {
+            sample(
+                &bucket,
+                &[("model", model), ("le", &b.to_string())],
+                *c as f64,
+            )
+        })
+        .collect();
+    lines.push(sample(
+        &bucket,
+        &[("model", model), ("le", "+Inf")],
+        h.count as f64,
+    ));
+    lines.push(sample(&format!("{name}_sum"), &[("model", model)], h.sum));
+    lines.push(sample(
+        &format!("{name}_count"),
+        &[("model", model)],
+        h.count as f64,
+    ));
+    lines
+}
+
 /// One sample line. Label values are escaped as the format requires.
 fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> String {
     let mut s = String::from(name);
@@ -345,7 +393,10 @@ impl RunObserver for Metrics {
     }
 
     fn batch_latency(&self, model: &str, elapsed: Duration) {
-        self.with(model, |m| m.batch_latency.observe(elapsed.as_secs_f64()));
+        self.with(model, |m| {
+            m.batch_latency
+                .observe(&LATENCY_BUCKETS, elapsed.as_secs_f64())
+        });
     }
 
     fn retry(&self, model: &str, class: ErrorClass) {
@@ -368,6 +419,17 @@ impl RunObserver for Metrics {
             self.set_last_success(&summary.model, chrono::Utc::now());
         }
         self.run_ended.notify_one();
+    }
+
+    fn run_started(&self, model: &str, delay: Duration) {
+        self.with(model, |m| {
+            m.start_delay
+                .observe(&START_DELAY_BUCKETS, delay.as_secs_f64())
+        });
+    }
+
+    fn run_queue(&self, waiting: usize, running: usize) {
+        *self.queue.lock().unwrap_or_else(|e| e.into_inner()) = (waiting, running);
     }
 }
 
@@ -418,6 +480,33 @@ mod tests {
             text.contains("capi_sync_batch_duration_seconds_bucket{model=\"m\",le=\"+Inf\"} 2\n")
         );
         assert!(text.contains("capi_sync_batch_duration_seconds_count{model=\"m\"} 2\n"));
+    }
+
+    #[test]
+    fn runs_waiting_and_start_delays_render() {
+        let m = Metrics::new(["a", "b"]);
+        m.run_queue(3, 4);
+        m.run_started("a", Duration::from_millis(20));
+        m.run_started("a", Duration::from_secs(45));
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE capi_sync_runs_waiting gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ncapi_sync_runs_waiting 3\n"), "{text}");
+        assert!(text.contains("\ncapi_sync_runs_in_progress 4\n"), "{text}");
+        assert!(text.contains("# TYPE capi_sync_run_start_delay_seconds histogram\n"));
+        assert!(
+            text.contains("capi_sync_run_start_delay_seconds_bucket{model=\"a\",le=\"0.5\"} 1\n")
+        );
+        assert!(
+            text.contains("capi_sync_run_start_delay_seconds_bucket{model=\"a\",le=\"30\"} 1\n")
+        );
+        assert!(
+            text.contains("capi_sync_run_start_delay_seconds_bucket{model=\"a\",le=\"60\"} 2\n")
+        );
+        assert!(text.contains("capi_sync_run_start_delay_seconds_sum{model=\"a\"} 45.02\n"));
+        assert!(text.contains("capi_sync_run_start_delay_seconds_count{model=\"b\"} 0\n"));
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub type Result<T> = std::result::Result<T, StateError>;
 /// Like the pool's acquire timeout.
 const LOCK_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Connections of the state pool (ledger reads, cursor commits, run records). Shared by every
+/// run, so it does not grow with the number of models.
+pub const POOL_CONNECTIONS: u32 = 6;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Where a model's reading stands: the last settled row.
@@ -147,6 +151,9 @@ pub struct RunRecord {
     pub model: String,
     pub trigger: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The schedule's fire time a service run was due at (None for manual runs): how late it
+    /// started is `started_at - scheduled_for`.
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub status: String,
     pub rows_read: i64,
@@ -220,7 +227,7 @@ impl StateStore {
             .options(crate::connection::state_session_options(schema, limits))
             .application_name("capi-sync");
         let pool = PgPoolOptions::new()
-            .max_connections(6)
+            .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts.clone())
             .await
@@ -365,6 +372,16 @@ impl StateStore {
     /// `running` belongs to a process that died (kill -9, a lost machine): it is closed as
     /// `interrupted` (its acknowledged batches were committed as they came).
     pub async fn start_run(&self, model: &str, trigger: &str) -> Result<i64> {
+        self.start_scheduled_run(model, trigger, None).await
+    }
+
+    /// [`StateStore::start_run`], recording the schedule's fire time the run was due at.
+    pub async fn start_scheduled_run(
+        &self,
+        model: &str,
+        trigger: &str,
+        scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<i64> {
         sqlx::query(
             "UPDATE runs SET status = 'interrupted', finished_at = now(),
                  error = coalesce(error, 'the process stopped before the run finished; the next run resumed at the last committed batch')
@@ -374,10 +391,11 @@ impl StateStore {
         .execute(&self.pool)
         .await?;
         Ok(sqlx::query_scalar(
-            "INSERT INTO runs (model, trigger, status) VALUES ($1, $2, 'running') RETURNING id",
+            "INSERT INTO runs (model, trigger, status, scheduled_for) VALUES ($1, $2, 'running', $3) RETURNING id",
         )
         .bind(model)
         .bind(trigger)
+        .bind(scheduled_for)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -669,7 +687,7 @@ impl StateStore {
     pub async fn recent_runs(&self, model: &str, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
             "SELECT id, model, trigger, started_at, finished_at, status, rows_read, events_sent, rows_refused,
-                    rows_already_sent, refused_by_reason, coverage, error
+                    rows_already_sent, refused_by_reason, coverage, error, scheduled_for
              FROM runs WHERE model = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(model)
@@ -692,6 +710,7 @@ impl StateStore {
                 refused_by_reason: r.get(10),
                 coverage: r.get(11),
                 error: r.get(12),
+                scheduled_for: r.get(13),
             })
             .collect())
     }
