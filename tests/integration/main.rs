@@ -10,6 +10,7 @@ mod helpers;
 mod ledger;
 mod lives;
 mod lock_loss;
+mod many_models;
 mod ops;
 mod privacy;
 mod proxy;
