@@ -71,6 +71,10 @@ pub struct Metrics {
     /// Woken at the end of every run, so the rows waiting and the lag are measured again
     /// right after a run moved the cursor.
     pub run_ended: tokio::sync::Notify,
+    /// The models whose runs ended since [`Metrics::take_ended`] was last called: only theirs
+    /// need measuring again (with hundreds of models, measuring them all after every run would
+    /// keep the warehouse busy with aggregates).
+    ended: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn class_label(class: ErrorClass) -> &'static str {
@@ -108,6 +112,11 @@ impl Metrics {
             Some(m) => f(m),
             None => f(all.entry(model.to_string()).or_default()),
         }
+    }
+
+    /// The models whose runs ended since the last call.
+    pub fn take_ended(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *self.ended.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// When the model last finished a run successfully (Unix seconds).
@@ -418,6 +427,10 @@ impl RunObserver for Metrics {
         if summary.status == RunStatus::Succeeded {
             self.set_last_success(&summary.model, chrono::Utc::now());
         }
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(summary.model.clone());
         self.run_ended.notify_one();
     }
 
@@ -507,6 +520,28 @@ mod tests {
         );
         assert!(text.contains("capi_sync_run_start_delay_seconds_sum{model=\"a\"} 45.02\n"));
         assert!(text.contains("capi_sync_run_start_delay_seconds_count{model=\"b\"} 0\n"));
+    }
+
+    #[test]
+    fn only_the_models_whose_runs_ended_are_measured_again() {
+        let m = Metrics::new(["a", "b", "c"]);
+        let ended = |model: &str| RunSummary {
+            model: model.into(),
+            run_id: None,
+            status: RunStatus::Succeeded,
+            counters: Default::default(),
+            error: None,
+            sample_event: None,
+            elapsed: Duration::ZERO,
+        };
+        m.run_finished(&ended("c"));
+        m.run_finished(&ended("a"));
+        m.run_finished(&ended("c"));
+        assert_eq!(
+            m.take_ended().into_iter().collect::<Vec<_>>(),
+            vec!["a".to_string(), "c".to_string()]
+        );
+        assert!(m.take_ended().is_empty(), "taken once");
     }
 
     #[test]

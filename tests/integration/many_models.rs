@@ -281,3 +281,153 @@ async fn two_hundred_per_minute_models_run_every_minute_within_the_connection_bu
     );
     assert_eq!(got, expected);
 }
+
+/// Forwards to the metrics and records the most runs seen going at once, counted from the
+/// scheduler's starts and the pipeline's ends.
+#[derive(Debug)]
+struct Concurrency {
+    metrics: Arc<Metrics>,
+    going: std::sync::Mutex<(i64, i64, usize)>,
+}
+
+impl RunObserver for Concurrency {
+    fn run_started(&self, model: &str, delay: Duration) {
+        let mut g = self.going.lock().unwrap();
+        g.0 += 1;
+        g.1 = g.1.max(g.0);
+        self.metrics.run_started(model, delay);
+    }
+
+    fn run_finished(&self, summary: &capi_sync::pipeline::RunSummary) {
+        self.going.lock().unwrap().0 -= 1;
+        self.metrics.run_finished(summary);
+    }
+
+    fn run_queue(&self, waiting: usize, running: usize) {
+        let mut g = self.going.lock().unwrap();
+        g.2 = g.2.max(waiting);
+        self.metrics.run_queue(waiting, running);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_run_slot_every_second_models_take_turns_and_status_shows_the_start_delay() {
+    const N: i64 = 20;
+    let db = TestDb::new().await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    seed_leads(&db.pool, 2 * N, "now()", "now() - interval '1 hour'").await;
+    // Twenty models due every second, one slot: runs wait, and must take turns.
+    let models: String = (0..N)
+        .map(|k| {
+            format!(
+                r#"
+[[models]]
+name = "s{k}"
+pixel_id = "123456789012345"
+schedule = "* * * * * *"
+sql = "SELECT id, updated_at, stage AS event_name, happened_at AS event_time, email AS em FROM crm.leads WHERE id % {N} = {k}"
+primary_key = "id"
+cursor = "updated_at"
+[models.constants]
+action_source = "crm"
+"custom_data.lead_event_source" = "TestCRM"
+"#
+            )
+        })
+        .collect();
+    let text = config_text(
+        &db,
+        &sandbox.base_url(),
+        "[service]\nmax_concurrent_runs = 1",
+        &models,
+    );
+    let config = capi_sync::config::Config::from_toml_str(&text, std::path::Path::new("."))
+        .expect("valid config");
+    assert_eq!(config.service.max_concurrent_runs, 1);
+    let ctx = context(config).await;
+    let watch = Arc::new(Concurrency {
+        metrics: Arc::new(Metrics::new(
+            ctx.config.models.iter().map(|m| m.name.as_str()),
+        )),
+        going: Default::default(),
+    });
+    let observer: Arc<dyn RunObserver> = watch.clone();
+    let service = tokio::spawn(capi_sync::scheduler::run_service_observed(
+        ctx.clone(),
+        Some(observer),
+    ));
+    let start = Instant::now();
+    loop {
+        let ran_thrice: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT model FROM capi_sync.runs WHERE status <> 'running'
+               GROUP BY model HAVING count(*) >= 3) AS r",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if ran_thrice == N {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "every model ran three times"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ctx.cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(60), service)
+        .await
+        .expect("the service stops")
+        .unwrap();
+
+    let (going, most_going, most_waiting) = *watch.going.lock().unwrap();
+    assert_eq!(going, 0, "every run started ended");
+    assert_eq!(most_going, 1, "one run at a time");
+    assert!(most_waiting >= (N - 1) as usize, "{most_waiting}");
+    // Turns: the least recently started due model goes next, so no model runs twice while
+    // another waits, and run counts differ by at most one.
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT model, count(*) FROM capi_sync.runs GROUP BY model")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let most = counts.iter().map(|c| c.1).max().unwrap();
+    let fewest = counts.iter().map(|c| c.1).min().unwrap();
+    assert!(most - fewest <= 1, "{counts:?}");
+    let order: Vec<String> =
+        sqlx::query_scalar("SELECT model FROM capi_sync.runs ORDER BY started_at, id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    for turn in order.chunks(N as usize).filter(|c| c.len() == N as usize) {
+        let distinct: HashSet<&String> = turn.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            N as usize,
+            "a turn serves each model once: {turn:?}"
+        );
+    }
+
+    // `status` shows how late each model's last run started; the metrics have the histogram.
+    let model = ctx.config.model("s7").unwrap();
+    let s =
+        capi_sync::ops::status::collect(Some(&ctx.warehouse), Some(&ctx.state), model, Utc::now())
+            .await
+            .unwrap();
+    let last = s.last_run.clone().expect("s7 ran");
+    assert!(
+        last["start_delay_seconds"].as_f64().unwrap() >= 0.0,
+        "{last}"
+    );
+    let text = capi_sync::ops::status::format_text(&s, Utc::now());
+    assert!(text.contains("after its fire time"), "{text}");
+    let rendered = watch.metrics.render();
+    assert!(
+        rendered.contains("capi_sync_run_start_delay_seconds_bucket{model=\"s7\",le=\"+Inf\"}"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("\ncapi_sync_runs_waiting 0\n"),
+        "drained at shutdown"
+    );
+}
