@@ -78,22 +78,24 @@ pub async fn run_service(ctx: SyncContext) {
 /// [`run_service`], with every run watched by `observer`.
 pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn RunObserver>>) {
     let pruner = tokio::spawn(prune_ledger_hourly(ctx.clone()));
-    let models: Vec<Arc<ModelConfig>> = ctx
-        .config
-        .models
-        .iter()
-        .filter(|m| m.enabled)
-        .cloned()
-        .map(Arc::new)
+    // The enabled models, as indexes into the config: nothing per model is held here beyond
+    // its place in the queue; a run's buffers exist while it runs.
+    let config = ctx.config.clone();
+    let models: Vec<usize> = (0..config.models.len())
+        .filter(|&i| config.models[i].enabled)
         .collect();
+    let model = |queued: usize| &config.models[models[queued]];
     let capacity = ctx.config.service.max_concurrent_runs.max(1) as usize;
     let mut queue = RunQueue::new(
-        models.iter().map(|m| m.schedule.clone()).collect(),
+        models
+            .iter()
+            .map(|&i| config.models[i].schedule.clone())
+            .collect(),
         capacity,
         Utc::now(),
     );
     for i in queue.never_due() {
-        let m = &models[i];
+        let m = model(i);
         warn!(model = %m.name, schedule = %m.schedule.expression, "the schedule has no future fire time; the model will not run");
     }
     info!(
@@ -107,19 +109,20 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
     while !ctx.cancel.is_cancelled() {
         let now = Utc::now();
         for start in queue.start_due(now) {
-            let model = models[start.model].clone();
+            let name = &model(start.model).name;
             let delay = start.delay.to_std().unwrap_or(Duration::ZERO);
             if let Some(o) = &observer {
-                o.run_started(&model.name, delay);
+                o.run_started(name, delay);
             }
             if delay >= LATE_START_LOGGED {
-                info!(model = %model.name, due_at = %start.due_at.to_rfc3339(), late_by_secs = delay.as_secs(), "run starting late: every run slot was busy (service.max_concurrent_runs)");
+                info!(model = %name, due_at = %start.due_at.to_rfc3339(), late_by_secs = delay.as_secs(), "run starting late: every run slot was busy (service.max_concurrent_runs)");
             } else {
-                debug!(model = %model.name, due_at = %start.due_at.to_rfc3339(), "run starting");
+                debug!(model = %name, due_at = %start.due_at.to_rfc3339(), "run starting");
             }
-            let (ctx, observer) = (ctx.clone(), observer.clone());
+            let (ctx, observer, index) = (ctx.clone(), observer.clone(), models[start.model]);
             let handle = runs.spawn(async move {
-                scheduled_run(&ctx, &model, Some(start.due_at), observer).await;
+                let model = &ctx.config.models[index];
+                scheduled_run(&ctx, model, Some(start.due_at), observer).await;
             });
             model_of.insert(handle.id(), start.model);
         }
@@ -134,14 +137,14 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
         tokio::select! {
             _ = ctx.cancel.cancelled() => {}
             Some(ended) = runs.join_next_with_id(), if !runs.is_empty() => {
-                run_ended(&mut queue, &mut model_of, &models, ended);
+                run_ended(&mut queue, &mut model_of, model, ended);
             }
             _ = tokio::time::sleep(wait) => {}
         }
     }
     // Shutdown: the runs see the same token, stop reading and settle what is in flight.
     while let Some(ended) = runs.join_next_with_id().await {
-        run_ended(&mut queue, &mut model_of, &models, ended);
+        run_ended(&mut queue, &mut model_of, model, ended);
     }
     if let Some(o) = &observer {
         o.run_queue(0, 0);
@@ -151,10 +154,10 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
 }
 
 /// Frees the slot of the model whose run task ended.
-fn run_ended(
+fn run_ended<'a>(
     queue: &mut RunQueue,
     model_of: &mut HashMap<tokio::task::Id, usize>,
-    models: &[Arc<ModelConfig>],
+    model: impl Fn(usize) -> &'a ModelConfig,
     ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
 ) {
     let id = match &ended {
@@ -163,7 +166,7 @@ fn run_ended(
     };
     if let Some(i) = model_of.remove(&id) {
         if let Err(e) = ended {
-            warn!(model = %models[i].name, error = %e, "a run's task ended abnormally");
+            warn!(model = %model(i).name, error = %e, "a run's task ended abnormally");
         }
         queue.finish(i);
     }
