@@ -194,6 +194,33 @@ async fn prune_ledger_hourly(ctx: SyncContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn config(service: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!(
+            "[warehouse]\nurl = \"postgres://localhost/w\"\n[meta]\naccess_token = \"t\"\n[service]\n{service}\n"
+        );
+        Config::from_toml_str(&text, std::path::Path::new("."))
+    }
+
+    #[test]
+    fn four_runs_at_once_by_default_and_at_least_one() {
+        let c = config("").unwrap();
+        assert_eq!(c.service.max_concurrent_runs, 4);
+        assert_eq!(
+            crate::app::connection_budget(&c),
+            c.warehouse.max_connections + crate::state::POOL_CONNECTIONS + 4
+        );
+        assert_eq!(
+            config("max_concurrent_runs = 12")
+                .unwrap()
+                .service
+                .max_concurrent_runs,
+            12
+        );
+        let e = config("max_concurrent_runs = 0").unwrap_err().to_string();
+        assert!(e.contains("service.max_concurrent_runs"), "{e}");
+    }
 
     #[test]
     fn next_fire_time_for_a_quarter_hour_schedule() {
