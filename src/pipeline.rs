@@ -27,7 +27,7 @@ use tracing::{info, info_span, warn, Instrument};
 pub mod deadline;
 pub mod early_ledger;
 
-/// Everything a run needs, shared by the scheduler's model tasks.
+/// Everything a run needs, shared by the runs the scheduler starts.
 #[derive(Clone)]
 pub struct SyncContext {
     pub config: Arc<Config>,
