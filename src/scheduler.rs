@@ -87,10 +87,7 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
     let model = |queued: usize| &config.models[models[queued]];
     let capacity = ctx.config.service.max_concurrent_runs.max(1) as usize;
     let mut queue = RunQueue::new(
-        models
-            .iter()
-            .map(|&i| config.models[i].schedule.clone())
-            .collect(),
+        models.iter().map(|&i| &config.models[i].schedule),
         capacity,
         Utc::now(),
     );
@@ -155,7 +152,7 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
 
 /// Frees the slot of the model whose run task ended.
 fn run_ended<'a>(
-    queue: &mut RunQueue,
+    queue: &mut RunQueue<'_>,
     model_of: &mut HashMap<tokio::task::Id, usize>,
     model: impl Fn(usize) -> &'a ModelConfig,
     ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,

@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 
 /// One model's place in the queue.
 #[derive(Debug, Clone)]
-struct Slot {
-    schedule: Schedule,
+struct Slot<'a> {
+    /// Borrowed from the config: the queue copies nothing of a model.
+    schedule: &'a Schedule,
     /// The earliest fire time not yet served; None when the schedule has no future fire time.
     due_at: Option<DateTime<Utc>>,
     /// When its last run started: among models due at the same fire time, the one that ran
@@ -35,16 +36,20 @@ pub struct Start {
 }
 
 #[derive(Debug, Clone)]
-pub struct RunQueue {
-    slots: Vec<Slot>,
+pub struct RunQueue<'a> {
+    slots: Vec<Slot<'a>>,
     capacity: usize,
     running: usize,
 }
 
-impl RunQueue {
+impl<'a> RunQueue<'a> {
     /// A queue over these schedules (one per model, in config order), at most `capacity` runs
     /// at once; each model is first due at its schedule's first fire time after `now`.
-    pub fn new(schedules: Vec<Schedule>, capacity: usize, now: DateTime<Utc>) -> RunQueue {
+    pub fn new(
+        schedules: impl IntoIterator<Item = &'a Schedule>,
+        capacity: usize,
+        now: DateTime<Utc>,
+    ) -> RunQueue<'a> {
         let slots = schedules
             .into_iter()
             .map(|schedule| Slot {
@@ -168,7 +173,8 @@ mod tests {
 
     #[test]
     fn nothing_is_due_before_the_first_fire_time() {
-        let q = RunQueue::new(every_minute(3), 2, at("2026-03-01T12:00:10Z"));
+        let schedules = every_minute(3);
+        let q = RunQueue::new(&schedules, 2, at("2026-03-01T12:00:10Z"));
         assert!(q.due(at("2026-03-01T12:00:59Z")).is_empty());
         assert_eq!(
             q.next_due_after(at("2026-03-01T12:00:10Z")),
@@ -184,7 +190,7 @@ mod tests {
             Schedule::parse("* * * * *").unwrap(),
             Schedule::parse("*/2 * * * *").unwrap(),
         ];
-        let mut q = RunQueue::new(schedules, 1, at("2026-03-01T12:00:30Z"));
+        let mut q = RunQueue::new(&schedules, 1, at("2026-03-01T12:00:30Z"));
         // Due at 12:05, 12:01 and 12:02; one slot busy until 12:06 keeps all three waiting.
         let now = at("2026-03-01T12:06:00Z");
         assert_eq!(
@@ -205,7 +211,8 @@ mod tests {
 
     #[test]
     fn a_model_still_running_when_it_falls_due_again_is_queued_once() {
-        let mut q = RunQueue::new(every_minute(1), 4, at("2026-03-01T12:00:30Z"));
+        let schedules = every_minute(1);
+        let mut q = RunQueue::new(&schedules, 4, at("2026-03-01T12:00:30Z"));
         let first = q.start_due(at("2026-03-01T12:01:00Z"));
         assert_eq!(first.len(), 1);
         // The run takes three and a half minutes: three fire times pass meanwhile.
@@ -231,7 +238,8 @@ mod tests {
 
     #[test]
     fn a_model_waiting_for_a_slot_is_queued_once_however_many_fire_times_pass() {
-        let mut q = RunQueue::new(every_minute(2), 1, at("2026-03-01T12:00:30Z"));
+        let schedules = every_minute(2);
+        let mut q = RunQueue::new(&schedules, 1, at("2026-03-01T12:00:30Z"));
         let first = q.start_due(at("2026-03-01T12:01:00Z"));
         assert_eq!(first[0].model, 0);
         // Model 1 waits through three fire times behind model 0's long run.
@@ -251,7 +259,8 @@ mod tests {
     fn with_one_slot_and_many_models_every_model_runs_before_any_runs_twice() {
         // Fifty per-minute models, one slot, every run taking 20 s: demand far beyond capacity.
         let models = 50;
-        let mut q = RunQueue::new(every_minute(models), 1, at("2026-03-01T11:59:30Z"));
+        let schedules = every_minute(models);
+        let mut q = RunQueue::new(&schedules, 1, at("2026-03-01T11:59:30Z"));
         let mut now = at("2026-03-01T12:00:00Z");
         let mut runs_of = vec![0usize; models];
         let mut order = Vec::new();
@@ -289,7 +298,8 @@ mod tests {
 
     #[test]
     fn with_enough_slots_every_model_starts_at_its_fire_time() {
-        let mut q = RunQueue::new(every_minute(10), 10, at("2026-03-01T12:00:30Z"));
+        let schedules = every_minute(10);
+        let mut q = RunQueue::new(&schedules, 10, at("2026-03-01T12:00:30Z"));
         for minute in 1..=3 {
             let now = at(&format!("2026-03-01T12:0{minute}:00Z"));
             let started = q.start_due(now);
@@ -303,7 +313,8 @@ mod tests {
 
     #[test]
     fn no_more_runs_than_slots_go_at_once() {
-        let mut q = RunQueue::new(every_minute(9), 4, at("2026-03-01T12:00:30Z"));
+        let schedules = every_minute(9);
+        let mut q = RunQueue::new(&schedules, 4, at("2026-03-01T12:00:30Z"));
         let now = at("2026-03-01T12:01:00Z");
         assert_eq!(q.start_due(now).len(), 4);
         assert_eq!(q.running(), 4);
@@ -324,7 +335,7 @@ mod tests {
             expression: "0 0 0 1 1 * 2001".into(),
             cron: cron::Schedule::from_str("0 0 0 1 1 * 2001").unwrap(),
         };
-        let mut q = RunQueue::new(vec![past], 1, at("2026-03-01T12:00:00Z"));
+        let mut q = RunQueue::new([&past], 1, at("2026-03-01T12:00:00Z"));
         assert_eq!(q.never_due(), vec![0]);
         assert!(q.start_due(at("2030-01-01T00:00:00Z")).is_empty());
         assert_eq!(q.next_due_after(at("2026-03-01T12:00:00Z")), None);
