@@ -37,7 +37,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the scheduler service: every model syncs on its cron schedule until SIGINT/SIGTERM.
+    /// Run the scheduler service: every model syncs on its cron schedule, at most
+    /// service.max_concurrent_runs at once (the most overdue first), until SIGINT/SIGTERM.
     Run,
     /// Sync the named models (all enabled ones when none) once, now, and exit.
     Sync {

@@ -300,7 +300,23 @@ async fn readiness(ctx: &SyncContext) -> Vec<String> {
 
 /// Measures every enabled model's waiting rows and lag into the metrics.
 pub async fn refresh_backlog(ctx: &SyncContext, metrics: &Metrics) {
-    for model in ctx.config.models.iter().filter(|m| m.enabled) {
+    refresh_backlog_of(ctx, metrics, None).await
+}
+
+/// Measures the waiting rows and lag of these enabled models (all when `only` is None).
+pub async fn refresh_backlog_of(
+    ctx: &SyncContext,
+    metrics: &Metrics,
+    only: Option<&std::collections::BTreeSet<String>>,
+) {
+    let chosen = |m: &&crate::config::ModelConfig| only.is_none_or(|o| o.contains(&m.name));
+    for model in ctx
+        .config
+        .models
+        .iter()
+        .filter(|m| m.enabled)
+        .filter(chosen)
+    {
         let after = match ctx.state.cursor(&model.name).await {
             Ok(a) => a,
             Err(e) => {
@@ -374,10 +390,18 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
     let refresher = {
         let (ctx, metrics, stop) = (ctx.clone(), metrics.clone(), stop.clone());
         tokio::spawn(async move {
+            // Every model each BACKLOG_REFRESH; in between, only those whose runs ended.
+            let mut next_full = tokio::time::Instant::now();
             loop {
-                refresh_backlog(&ctx, &metrics).await;
+                if tokio::time::Instant::now() >= next_full {
+                    next_full = tokio::time::Instant::now() + BACKLOG_REFRESH;
+                    metrics.take_ended();
+                    refresh_backlog(&ctx, &metrics).await;
+                } else {
+                    refresh_backlog_of(&ctx, &metrics, Some(&metrics.take_ended())).await;
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(BACKLOG_REFRESH) => {}
+                    _ = tokio::time::sleep_until(next_full) => {}
                     _ = metrics.run_ended.notified() => {}
                     _ = stop.cancelled() => return,
                 }

@@ -25,6 +25,13 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Upper bounds of the run start delay histogram, in seconds: how long after its schedule's
+/// fire time a run started. Under a second when a run slot was free; beyond that, a run waited
+/// for one (`service.max_concurrent_runs`), up to a whole schedule period or more.
+pub const START_DELAY_BUCKETS: [f64; 12] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
 /// The labels of a per-model series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
@@ -58,6 +65,10 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+fn start_delay_histogram() -> Histogram {
+    Histogram::new(START_DELAY_BUCKETS)
+}
+
 /// Every model's counters and gauges since the service started.
 #[derive(Debug)]
 pub struct Metrics {
@@ -74,6 +85,14 @@ pub struct Metrics {
     cursor_lag: Family<ModelLabels, FloatGauge>,
     rows_unreadable: Family<ReasonLabels, Gauge>,
     rows_waiting: Family<ModelLabels, Gauge>,
+    run_start_delay: HistogramFamily,
+    /// Due runs waiting for a free slot, and runs going (the scheduler's queue).
+    runs_waiting: Gauge,
+    runs_in_progress: Gauge,
+    /// The models whose runs ended since [`Metrics::take_ended`] was last called: only theirs
+    /// need measuring again (with hundreds of models, measuring them all after every run would
+    /// keep the warehouse busy with aggregates).
+    ended: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Woken at the end of every run, so the rows waiting and the lag are measured again
     /// right after a run moved the cursor.
     pub run_ended: tokio::sync::Notify,
@@ -114,6 +133,10 @@ impl Metrics {
             cursor_lag: Family::default(),
             rows_unreadable: Family::default(),
             rows_waiting: Family::default(),
+            run_start_delay: Family::new_with_constructor(start_delay_histogram),
+            runs_waiting: Gauge::default(),
+            runs_in_progress: Gauge::default(),
+            ended: Default::default(),
             run_ended: tokio::sync::Notify::new(),
         };
         // Names without `_total` for counters: the client appends it. Help texts without
@@ -179,6 +202,21 @@ impl Metrics {
             "Rows after the cursor, not yet read by a run",
             m.rows_waiting.clone(),
         );
+        r.register(
+            "capi_sync_run_start_delay_seconds",
+            "How long after its schedule's fire time each scheduled run started (waiting for a free slot of service.max_concurrent_runs)",
+            m.run_start_delay.clone(),
+        );
+        r.register(
+            "capi_sync_runs_waiting",
+            "Scheduled runs that are due and wait for a free slot (service.max_concurrent_runs)",
+            m.runs_waiting.clone(),
+        );
+        r.register(
+            "capi_sync_runs_in_progress",
+            "Runs going now (at most service.max_concurrent_runs)",
+            m.runs_in_progress.clone(),
+        );
         for name in models {
             m.ensure_model(name);
         }
@@ -193,6 +231,7 @@ impl Metrics {
             return;
         }
         drop(self.batch_duration.get_or_create(&labels));
+        drop(self.run_start_delay.get_or_create(&labels));
         // `runs` last: its series says the model's are all there.
         for family in [
             &self.rows_read,
@@ -203,6 +242,11 @@ impl Metrics {
         ] {
             drop(family.get_or_create(&labels));
         }
+    }
+
+    /// The models whose runs ended since the last call.
+    pub fn take_ended(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *self.ended.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// When the model last finished a run successfully (Unix seconds).
@@ -330,7 +374,23 @@ impl RunObserver for Metrics {
         if summary.status == RunStatus::Succeeded {
             self.set_last_success(&summary.model, chrono::Utc::now());
         }
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(summary.model.clone());
         self.run_ended.notify_one();
+    }
+
+    fn run_started(&self, model_name: &str, delay: Duration) {
+        self.ensure_model(model_name);
+        self.run_start_delay
+            .get_or_create(&model(model_name))
+            .observe(delay.as_secs_f64());
+    }
+
+    fn run_queue(&self, waiting: usize, running: usize) {
+        self.runs_waiting.set(waiting as i64);
+        self.runs_in_progress.set(running as i64);
     }
 }
 
@@ -430,6 +490,9 @@ mod tests {
             ("capi_sync_cursor_lag_seconds", "gauge", "Age of the oldest row waiting after the cursor; 0 when none waits."),
             ("capi_sync_rows_unreadable", "gauge", "Rows of the model's output that are never read: a NULL cursor or a NULL in the primary key (as the last run counted)."),
             ("capi_sync_rows_waiting", "gauge", "Rows after the cursor, not yet read by a run."),
+            ("capi_sync_run_start_delay_seconds", "histogram", "How long after its schedule's fire time each scheduled run started (waiting for a free slot of service.max_concurrent_runs)."),
+            ("capi_sync_runs_waiting", "gauge", "Scheduled runs that are due and wait for a free slot (service.max_concurrent_runs)."),
+            ("capi_sync_runs_in_progress", "gauge", "Runs going now (at most service.max_concurrent_runs)."),
         ];
         let want: Vec<String> = expected
             .iter()
@@ -492,5 +555,59 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(value, 2_000_000_000.0);
+    }
+
+    #[test]
+    fn runs_waiting_and_start_delays_render() {
+        let m = Metrics::new(["a", "b"]);
+        m.run_queue(3, 4);
+        m.run_started("a", Duration::from_millis(20));
+        m.run_started("a", Duration::from_secs(45));
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE capi_sync_runs_waiting gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ncapi_sync_runs_waiting 3\n"), "{text}");
+        assert!(text.contains("\ncapi_sync_runs_in_progress 4\n"), "{text}");
+        assert!(text.contains("# TYPE capi_sync_run_start_delay_seconds histogram\n"));
+        assert!(
+            text.contains("capi_sync_run_start_delay_seconds_bucket{model=\"a\",le=\"0.5\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capi_sync_run_start_delay_seconds_bucket{model=\"a\",le=\"30\"} 1\n")
+        );
+        assert!(
+            text.contains("capi_sync_run_start_delay_seconds_bucket{model=\"a\",le=\"60\"} 2\n")
+        );
+        assert!(
+            text.contains("capi_sync_run_start_delay_seconds_sum{model=\"a\"} 45.02\n"),
+            "{text}"
+        );
+        assert!(text.contains("capi_sync_run_start_delay_seconds_count{model=\"b\"} 0\n"));
+    }
+
+    #[test]
+    fn only_the_models_whose_runs_ended_are_measured_again() {
+        let m = Metrics::new(["a", "b", "c"]);
+        let ended = |model: &str| RunSummary {
+            model: model.into(),
+            run_id: None,
+            status: RunStatus::Succeeded,
+            counters: Default::default(),
+            error: None,
+            error_kind: None,
+            sample_event: None,
+            elapsed: Duration::ZERO,
+        };
+        m.run_finished(&ended("c"));
+        m.run_finished(&ended("a"));
+        m.run_finished(&ended("c"));
+        assert_eq!(
+            m.take_ended().into_iter().collect::<Vec<_>>(),
+            vec!["a".to_string(), "c".to_string()]
+        );
+        assert!(m.take_ended().is_empty(), "taken once");
     }
 }

@@ -1,13 +1,27 @@
-//! The long-lived service: each enabled model syncs on its own cron schedule, runs of one
-//! model never overlap, and shutdown lets the batch in flight settle first.
+//! The long-lived service: each enabled model syncs on its own cron schedule, at most
+//! `service.max_concurrent_runs` runs go at once (the most overdue model first, see
+//! [`queue`]), runs of one model never overlap, and shutdown lets the runs in flight settle.
+
+pub mod queue;
+
+pub use queue::{RunQueue, Start};
 
 use crate::config::{ModelConfig, Schedule};
 use crate::pipeline::observer::RunObserver;
 use crate::pipeline::{sync_model_once, RunOptions, RunStatus, SyncContext};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// The longest the scheduler sleeps without reading the clock again, so a wall clock stepped
+/// forward or back (NTP, a resumed VM) is followed within it.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// A run waiting this long for a free slot is logged (shorter waits are the timer's own).
+const LATE_START_LOGGED: Duration = Duration::from_secs(5);
 
 /// How long to wait from `now` until the schedule's next fire time.
 pub fn delay_until_next(
@@ -17,29 +31,6 @@ pub fn delay_until_next(
     let next = schedule.next_after(now)?;
     let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
     Some((next, wait))
-}
-
-/// One model's loop: sleep until the next fire time (waking on shutdown), run, repeat.
-pub async fn model_loop(
-    ctx: SyncContext,
-    model: ModelConfig,
-    observer: Option<Arc<dyn RunObserver>>,
-) {
-    loop {
-        let Some((next, wait)) = delay_until_next(&model.schedule, Utc::now()) else {
-            warn!(model = %model.name, schedule = %model.schedule.expression, "the schedule has no future fire time; the model will not run");
-            return;
-        };
-        info!(model = %model.name, next_run = %next.to_rfc3339(), "next run scheduled");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = ctx.cancel.cancelled() => return,
-        }
-        tick_observed(&ctx, &model, observer.clone()).await;
-        if ctx.cancel.is_cancelled() {
-            return;
-        }
-    }
 }
 
 /// One scheduled run of one model.
@@ -53,9 +44,20 @@ pub async fn tick_observed(
     model: &ModelConfig,
     observer: Option<Arc<dyn RunObserver>>,
 ) -> RunStatus {
+    scheduled_run(ctx, model, None, observer).await
+}
+
+/// One run of `model`, due at the schedule's fire time `scheduled_for`.
+async fn scheduled_run(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    scheduled_for: Option<DateTime<Utc>>,
+    observer: Option<Arc<dyn RunObserver>>,
+) -> RunStatus {
     let opts = RunOptions {
         trigger: "schedule".into(),
         observer,
+        scheduled_for,
         ..Default::default()
     };
     let summary = sync_model_once(ctx, model, &opts).await;
@@ -75,45 +77,149 @@ pub async fn run_service(ctx: SyncContext) {
 
 /// [`run_service`], with every run watched by `observer`.
 pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn RunObserver>>) {
-    let mut tasks = Vec::new();
-    for model in ctx.config.models.iter().filter(|m| m.enabled).cloned() {
-        tasks.push(tokio::spawn(model_loop(
-            ctx.clone(),
-            model,
-            observer.clone(),
-        )));
+    let pruner = tokio::spawn(prune_ledger_hourly(ctx.clone()));
+    // The enabled models, as indexes into the config: nothing per model is held here beyond
+    // its place in the queue; a run's buffers exist while it runs.
+    let config = ctx.config.clone();
+    let models: Vec<usize> = (0..config.models.len())
+        .filter(|&i| config.models[i].enabled)
+        .collect();
+    let model = |queued: usize| &config.models[models[queued]];
+    let capacity = ctx.config.service.max_concurrent_runs.max(1) as usize;
+    let mut queue = RunQueue::new(
+        models.iter().map(|&i| &config.models[i].schedule),
+        capacity,
+        Utc::now(),
+    );
+    for i in queue.never_due() {
+        let m = model(i);
+        warn!(model = %m.name, schedule = %m.schedule.expression, "the schedule has no future fire time; the model will not run");
     }
-    let pruner_ctx = ctx.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            match pruner_ctx
-                .state
-                .prune_ledger(pruner_ctx.config.state.ledger_retention)
-                .await
-            {
-                Ok(n) if n > 0 => info!(pruned = n, "pruned old delivery-ledger entries"),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "could not prune the delivery ledger"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-                _ = pruner_ctx.cancel.cancelled() => return,
-            }
-        }
-    }));
     info!(
-        models = ctx.config.models.iter().filter(|m| m.enabled).count(),
+        models = models.len(),
+        max_concurrent_runs = capacity,
         "capi-sync service started"
     );
-    for t in tasks {
-        let _ = t.await;
+    // Each run's task, by its task id, to free the model's slot whatever way the task ends.
+    let mut runs: JoinSet<()> = JoinSet::new();
+    let mut model_of: HashMap<tokio::task::Id, usize> = HashMap::new();
+    while !ctx.cancel.is_cancelled() {
+        let now = Utc::now();
+        for start in queue.start_due(now) {
+            let name = &model(start.model).name;
+            let delay = start.delay.to_std().unwrap_or(Duration::ZERO);
+            if let Some(o) = &observer {
+                o.run_started(name, delay);
+            }
+            if delay >= LATE_START_LOGGED {
+                info!(model = %name, due_at = %start.due_at.to_rfc3339(), late_by_secs = delay.as_secs(), "run starting late: every run slot was busy (service.max_concurrent_runs)");
+            } else {
+                debug!(model = %name, due_at = %start.due_at.to_rfc3339(), "run starting");
+            }
+            let (ctx, observer, index) = (ctx.clone(), observer.clone(), models[start.model]);
+            let handle = runs.spawn(async move {
+                let model = &ctx.config.models[index];
+                scheduled_run(&ctx, model, Some(start.due_at), observer).await;
+            });
+            model_of.insert(handle.id(), start.model);
+        }
+        if let Some(o) = &observer {
+            o.run_queue(queue.waiting(now), queue.running());
+        }
+        let wait = queue
+            .next_due_after(now)
+            .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => {}
+            Some(ended) = runs.join_next_with_id(), if !runs.is_empty() => {
+                run_ended(&mut queue, &mut model_of, model, ended);
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
+    // Shutdown: the runs see the same token, stop reading and settle what is in flight.
+    while let Some(ended) = runs.join_next_with_id().await {
+        run_ended(&mut queue, &mut model_of, model, ended);
+    }
+    if let Some(o) = &observer {
+        o.run_queue(0, 0);
+    }
+    let _ = pruner.await;
     info!("capi-sync service stopped");
+}
+
+/// Frees the slot of the model whose run task ended.
+fn run_ended<'a>(
+    queue: &mut RunQueue<'_>,
+    model_of: &mut HashMap<tokio::task::Id, usize>,
+    model: impl Fn(usize) -> &'a ModelConfig,
+    ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) {
+    let id = match &ended {
+        Ok((id, ())) => *id,
+        Err(e) => e.id(),
+    };
+    if let Some(i) = model_of.remove(&id) {
+        if let Err(e) = ended {
+            warn!(model = %model(i).name, error = %e, "a run's task ended abnormally");
+        }
+        queue.finish(i);
+    }
+}
+
+/// Removes delivery-ledger entries past `state.ledger_retention`, hourly, until shutdown.
+async fn prune_ledger_hourly(ctx: SyncContext) {
+    loop {
+        match ctx
+            .state
+            .prune_ledger(ctx.config.state.ledger_retention)
+            .await
+        {
+            Ok(n) if n > 0 => info!(pruned = n, "pruned old delivery-ledger entries"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not prune the delivery ledger"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = ctx.cancel.cancelled() => return,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn config(service: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!(
+            "[warehouse]\nurl = \"postgres://localhost/w\"\n[meta]\naccess_token = \"t\"\n[service]\n{service}\n"
+        );
+        Config::from_toml_str(&text, std::path::Path::new("."))
+    }
+
+    #[test]
+    fn four_runs_at_once_by_default_and_at_least_one() {
+        let c = config("").unwrap();
+        assert_eq!(c.service.max_concurrent_runs, 4);
+        // The budget does not grow with the runs going: they share the pools and the one
+        // lock session.
+        assert_eq!(
+            crate::app::ConnectionBudget::of(&c).total(),
+            crate::app::ConnectionBudget::of(&config("max_concurrent_runs = 12").unwrap()).total()
+        );
+        assert_eq!(
+            config("max_concurrent_runs = 12")
+                .unwrap()
+                .service
+                .max_concurrent_runs,
+            12
+        );
+        let e = config("max_concurrent_runs = 0").unwrap_err().to_string();
+        assert!(e.contains("service.max_concurrent_runs"), "{e}");
+    }
 
     #[test]
     fn next_fire_time_for_a_quarter_hour_schedule() {

@@ -34,6 +34,11 @@ pub fn run_json(r: &RunRecord) -> serde_json::Value {
         "trigger": r.trigger,
         "status": r.status,
         "started_at": r.started_at.to_rfc3339(),
+        "scheduled_for": r.scheduled_for.map(|t| t.to_rfc3339()),
+        // How late a scheduled run started after its fire time (waiting for a free run slot).
+        "start_delay_seconds": r.scheduled_for.map(|t| {
+            ((r.started_at - t).num_milliseconds().max(0) as f64) / 1000.0
+        }),
         "finished_at": r.finished_at.map(|t| t.to_rfc3339()),
         "rows_read": r.rows_read,
         "events_sent": r.events_sent,

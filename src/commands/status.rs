@@ -20,6 +20,10 @@ pub struct ModelStatus {
     pub enabled: bool,
     pub schedule: String,
     pub next_run: Option<String>,
+    /// The schedule fired since the last run started and no run has started since: the
+    /// service has the run waiting for a free slot (`service.max_concurrent_runs`), or no
+    /// service is running. The earliest such fire time.
+    pub due_since: Option<String>,
     pub last_run: Option<serde_json::Value>,
     pub last_success_at: Option<String>,
     pub cursor: Option<CursorStatus>,
@@ -65,6 +69,13 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<super::Exit> 
         for s in &all {
             print!("{}", format_text(s, now));
         }
+        let due = all.iter().filter(|s| s.due_since.is_some()).count();
+        if due > 0 {
+            println!(
+                "{due} of {} models due and not started (runs waiting; `/metrics` of the service shows capi_sync_runs_waiting)",
+                all.len()
+            );
+        }
     }
     Ok(super::Exit::Ok)
 }
@@ -85,6 +96,7 @@ pub async fn collect(
             .then(|| model.schedule.next_after(now))
             .flatten()
             .map(|t| t.to_rfc3339()),
+        due_since: None,
         last_run: None,
         last_success_at: None,
         cursor: None,
@@ -98,11 +110,12 @@ pub async fn collect(
     };
     let mut after = None;
     if let Some(state) = state {
-        s.last_run = state
-            .recent_runs(&model.name, 1)
-            .await?
+        let last = state.recent_runs(&model.name, 1).await?;
+        s.last_run = last.first().map(super::history::run_json);
+        s.due_since = last
             .first()
-            .map(super::history::run_json);
+            .and_then(|r| due_since(model, r, now))
+            .map(|t| t.to_rfc3339());
         s.last_success_at = state
             .last_success(&model.name)
             .await?
@@ -134,6 +147,21 @@ pub async fn collect(
         }
     }
     Ok(s)
+}
+
+/// The first fire time after `last`'s start, when it has passed and `last` is not running.
+fn due_since(
+    model: &ModelConfig,
+    last: &crate::state::RunRecord,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if !model.enabled || last.status == "running" {
+        return None;
+    }
+    model
+        .schedule
+        .next_after(last.started_at)
+        .filter(|t| *t <= now)
 }
 
 fn parse(t: &str) -> Option<DateTime<Utc>> {
@@ -179,6 +207,9 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
     if !s.enabled {
         headline.push("disabled".into());
     }
+    if s.due_since.is_some() {
+        headline.push("due, not started".into());
+    }
     let mut out = format!("{}: {}\n", s.model, headline.join("; "));
     let next = match (&s.next_run, s.enabled) {
         (_, false) => "not scheduled (enabled = false)".to_string(),
@@ -209,6 +240,22 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
             super::group_digits(r["rows_refused"].as_i64().unwrap_or(0)),
             super::group_digits(r["rows_already_sent"].as_i64().unwrap_or(0)),
         ));
+        if let Some(delay) = r["start_delay_seconds"].as_f64() {
+            let due = r["scheduled_for"]
+                .as_str()
+                .and_then(parse)
+                .map(super::utc)
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "             started {} after its fire time {due}{}\n",
+                super::human_duration(delay),
+                if delay >= 5.0 {
+                    " (it waited for a free run slot: service.max_concurrent_runs)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if let Some(e) = r["error"].as_str().filter(|_| r["status"] != "succeeded") {
             out.push_str(&format!("             error: {e}\n"));
         }
@@ -221,6 +268,13 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
                 ));
             }
         }
+    }
+    if let Some(due) = s.due_since.as_deref().and_then(parse) {
+        out.push_str(&format!(
+            "  due:       since {} ({}), not started: waiting for a free run slot (service.max_concurrent_runs), or no `capi-sync run` is running\n",
+            super::utc(due),
+            ago(due, now)
+        ));
     }
     match &s.cursor {
         Some(c) => out.push_str(&format!(
@@ -280,4 +334,115 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t: &str) -> DateTime<Utc> {
+        parse(t).unwrap()
+    }
+
+    fn model(schedule: &str) -> ModelConfig {
+        let text = format!(
+            r#"
+[warehouse]
+url = "postgres://localhost/w"
+[meta]
+access_token = "t"
+[[models]]
+name = "leads"
+pixel_id = "123456789012345"
+schedule = "{schedule}"
+sql = "SELECT id, updated_at FROM crm.leads"
+primary_key = "id"
+cursor = "updated_at"
+[models.constants]
+event_name = "Lead"
+action_source = "crm"
+"#
+        );
+        Config::from_toml_str(&text, std::path::Path::new("."))
+            .unwrap()
+            .models
+            .remove(0)
+    }
+
+    fn run(status: &str, started: &str, scheduled: Option<&str>) -> crate::state::RunRecord {
+        crate::state::RunRecord {
+            id: 7,
+            model: "leads".into(),
+            trigger: "schedule".into(),
+            started_at: at(started),
+            scheduled_for: scheduled.map(at),
+            finished_at: None,
+            status: status.into(),
+            rows_read: 0,
+            events_sent: 0,
+            rows_refused: 0,
+            rows_already_sent: 0,
+            refused_by_reason: serde_json::json!({}),
+            coverage: serde_json::json!({}),
+            error: None,
+            rows_null_cursor: None,
+            rows_null_key: None,
+        }
+    }
+
+    #[test]
+    fn a_model_whose_schedule_fired_since_its_last_start_is_due() {
+        let m = model("*/5 * * * *");
+        let last = run("succeeded", "2026-03-01T12:00:03Z", None);
+        assert_eq!(due_since(&m, &last, at("2026-03-01T12:04:59Z")), None);
+        assert_eq!(
+            due_since(&m, &last, at("2026-03-01T12:07:00Z")),
+            Some(at("2026-03-01T12:05:00Z"))
+        );
+        let going = run("running", "2026-03-01T12:00:03Z", None);
+        assert_eq!(
+            due_since(&m, &going, at("2026-03-01T12:07:00Z")),
+            None,
+            "a running model is not waiting"
+        );
+    }
+
+    #[test]
+    fn status_text_shows_the_start_delay_and_a_run_waiting() {
+        let m = model("* * * * *");
+        let now = at("2026-03-01T12:03:30Z");
+        let last = run(
+            "succeeded",
+            "2026-03-01T12:01:40Z",
+            Some("2026-03-01T12:01:00Z"),
+        );
+        let s = ModelStatus {
+            model: m.name.clone(),
+            enabled: true,
+            schedule: m.schedule.expression.clone(),
+            next_run: None,
+            due_since: due_since(&m, &last, now).map(|t| t.to_rfc3339()),
+            last_run: Some(super::super::history::run_json(&last)),
+            last_success_at: None,
+            cursor: None,
+            waiting_rows: Some(0),
+            lag_seconds: Some(0.0),
+            oldest_waiting: None,
+            newest_waiting: None,
+            backlog_error: None,
+            refused_by_reason: BTreeMap::new(),
+            changed_since_delivery: 0,
+        };
+        assert_eq!(s.last_run.as_ref().unwrap()["start_delay_seconds"], 40.0);
+        let text = format_text(&s, now);
+        assert!(text.contains("due, not started"), "{text}");
+        assert!(
+            text.contains("started 40s after its fire time 2026-03-01 12:01:00 UTC (it waited for a free run slot"),
+            "{text}"
+        );
+        assert!(
+            text.contains("due:       since 2026-03-01 12:02:00 UTC (1m 30s ago), not started"),
+            "{text}"
+        );
+    }
 }

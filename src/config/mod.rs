@@ -122,6 +122,9 @@ pub struct ServiceSettings {
     /// flight to settle; on shutdown the process exits after it.
     pub shutdown_grace: Duration,
     pub metrics_addr: Option<String>,
+    /// The most model runs the service lets go at once; due runs beyond it wait their turn,
+    /// the most overdue first (`service.max_concurrent_runs`).
+    pub max_concurrent_runs: u32,
 }
 
 /// How `external_id` is sent.
@@ -444,7 +447,11 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             &mut problems,
         ),
         metrics_addr: raw.service.metrics_addr,
+        max_concurrent_runs: raw.service.max_concurrent_runs.max(1),
     };
+    if raw.service.max_concurrent_runs == 0 {
+        problems.push("key `service.max_concurrent_runs`: must be at least 1".into());
+    }
     if let Some(addr) = service.metrics_addr.as_deref().map(str::trim) {
         if !addr.is_empty() && addr.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!(

@@ -58,6 +58,7 @@ pub(super) struct RawService {
     pub(super) run_deadline: String,
     pub(super) shutdown_grace: String,
     pub(super) metrics_addr: Option<String>,
+    pub(super) max_concurrent_runs: u32,
 }
 
 #[derive(Debug, Deserialize)]

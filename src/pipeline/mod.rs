@@ -37,7 +37,7 @@ mod send;
 mod settle;
 mod taken_ids;
 
-/// Everything a run needs, shared by the scheduler's model tasks.
+/// Everything a run needs, shared by the runs the scheduler starts.
 #[derive(Clone)]
 pub struct SyncContext {
     pub config: Arc<Config>,
@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub test_event_code: Option<String>,
     /// Told about rows read, batches done, retries and the run's end (progress, metrics).
     pub observer: Option<Arc<dyn RunObserver>>,
+    /// The schedule's fire time this run was due at (service runs), recorded with the run.
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,9 +169,13 @@ pub async fn sync_model_once(
     let run_id = if opts.dry_run {
         None
     } else {
-        match tokio::time::timeout_at(deadline, ctx.state.start_run(&model.name, &opts.trigger))
-            .await
-            .unwrap_or_else(|_| Err(timed_out("recording the run's start")))
+        match tokio::time::timeout_at(
+            deadline,
+            ctx.state
+                .start_scheduled_run(&model.name, &opts.trigger, opts.scheduled_for),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out("recording the run's start")))
         {
             Ok(id) => Some(id),
             Err(e) => {

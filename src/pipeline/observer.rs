@@ -25,4 +25,12 @@ pub trait RunObserver: Send + Sync + std::fmt::Debug {
 
     /// The run ended (in any status).
     fn run_finished(&self, _summary: &RunSummary) {}
+
+    /// The service started a scheduled run `delay` after the schedule's fire time it was due
+    /// at (waiting for a free run slot, or the timer's own lateness).
+    fn run_started(&self, _model: &str, _delay: Duration) {}
+
+    /// The service's queue changed: `waiting` runs are due and wait for a free slot,
+    /// `running` runs are going.
+    fn run_queue(&self, _waiting: usize, _running: usize) {}
 }

@@ -161,6 +161,9 @@ pub struct RunRecord {
     pub model: String,
     pub trigger: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The schedule's fire time a service run was due at (None for manual runs): how late it
+    /// started is `started_at - scheduled_for`.
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub status: String,
     pub rows_read: i64,

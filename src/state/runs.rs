@@ -44,6 +44,16 @@ impl StateStore {
     /// `running` belongs to a process that died (kill -9, a lost machine): it is closed as
     /// `interrupted` (its acknowledged batches were committed as they came).
     pub async fn start_run(&self, model: &str, trigger: &str) -> Result<i64> {
+        self.start_scheduled_run(model, trigger, None).await
+    }
+
+    /// [`StateStore::start_run`], recording the schedule's fire time the run was due at.
+    pub async fn start_scheduled_run(
+        &self,
+        model: &str,
+        trigger: &str,
+        scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<i64> {
         sqlx::query(
             "UPDATE runs SET status = 'interrupted', finished_at = now(),
                  error = coalesce(error, 'the process stopped before the run finished; the next run resumed at the last committed batch')
@@ -53,10 +63,11 @@ impl StateStore {
         .execute(&self.pool)
         .await?;
         Ok(sqlx::query_scalar(
-            "INSERT INTO runs (model, trigger, status) VALUES ($1, $2, 'running') RETURNING id",
+            "INSERT INTO runs (model, trigger, status, scheduled_for) VALUES ($1, $2, 'running', $3) RETURNING id",
         )
         .bind(model)
         .bind(trigger)
+        .bind(scheduled_for)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -75,7 +86,8 @@ impl StateStore {
     pub async fn recent_runs(&self, model: &str, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
             "SELECT id, model, trigger, started_at, finished_at, status, rows_read, events_sent, rows_refused,
-                    rows_already_sent, refused_by_reason, coverage, error, rows_null_cursor, rows_null_key
+                    rows_already_sent, refused_by_reason, coverage, error, rows_null_cursor, rows_null_key,
+                    scheduled_for
              FROM runs WHERE model = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(model)
@@ -100,6 +112,7 @@ impl StateStore {
                 error: r.get(12),
                 rows_null_cursor: r.get(13),
                 rows_null_key: r.get(14),
+                scheduled_for: r.get(15),
             })
             .collect())
     }

@@ -25,6 +25,7 @@ mod ledger;
 mod lives;
 mod lock_loss;
 mod log_privacy;
+mod many_models;
 mod privacy;
 mod proxy;
 mod run_observer;
