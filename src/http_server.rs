@@ -210,7 +210,7 @@ impl ReadinessCache {
             .map(|(_, problems)| problems.clone())
     }
 
-    /// The problems keeping the service from working (none: ready).
+    /// The databases' problems (none: both answer), asked at most once per `ttl`.
     async fn answer(&self, ctx: &SyncContext) -> Arc<Vec<String>> {
         if let Some(fresh) = self.cached(true) {
             return fresh;
@@ -228,7 +228,7 @@ impl ReadinessCache {
             return fresh;
         }
         self.probes.fetch_add(1, Ordering::Relaxed);
-        let problems = Arc::new(readiness(ctx).await);
+        let problems = Arc::new(database_problems(ctx).await);
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), problems.clone()));
         problems
@@ -248,7 +248,14 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(served): State<Served>) -> Response {
-    let problems = served.readiness.answer(&served.ctx).await;
+    // The databases' answer may be a second or two old; the runs are read now (no I/O), so a
+    // run that just ended is no longer reported.
+    let databases = served.readiness.answer(&served.ctx).await;
+    let problems: Vec<String> = databases
+        .iter()
+        .cloned()
+        .chain(overdue_runs(&served.ctx))
+        .collect();
     if problems.is_empty() {
         "ready\n".into_response()
     } else {
@@ -270,7 +277,7 @@ async fn not_found() -> (StatusCode, &'static str) {
 }
 
 /// What keeps the service from working: each database that does not answer in time.
-async fn readiness(ctx: &SyncContext) -> Vec<String> {
+async fn database_problems(ctx: &SyncContext) -> Vec<String> {
     let ping = |pool: sqlx::PgPool, what: &'static str| async move {
         match tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await {
             Ok(Ok(_)) => None,
@@ -285,17 +292,20 @@ async fn readiness(ctx: &SyncContext) -> Vec<String> {
         ping(ctx.warehouse.pool().clone(), "the warehouse"),
         ping(ctx.state.pool().clone(), "the state database")
     );
-    // A run past its deadline is draining what was in flight, or stuck where no bound
-    // reaches; either way the model is not syncing on schedule.
-    let overdue = ctx.runs.overdue().into_iter().map(|r| {
+    w.into_iter().chain(s).collect()
+}
+
+/// Each run past its deadline: it is draining what was in flight, or stuck where no bound
+/// reaches; either way the model is not syncing on schedule.
+fn overdue_runs(ctx: &SyncContext) -> impl Iterator<Item = String> {
+    ctx.runs.overdue().into_iter().map(|r| {
         format!(
             "the run of model `{}` is {}s past its deadline (service.run_deadline; running for {}s)",
             r.model,
             r.past_deadline_by.as_secs(),
             r.running_for.as_secs()
         )
-    });
-    w.into_iter().chain(s).chain(overdue).collect()
+    })
 }
 
 /// Measures every enabled model's waiting rows and lag into the metrics.
