@@ -30,7 +30,9 @@ pub async fn run(path: &std::path::Path, name: &str) -> anyhow::Result<Exit> {
             summary.status.as_str(),
             summary.error.as_deref().unwrap_or("unknown error")
         );
-        return Ok(Exit::SyncFailed);
+        return Ok(summary
+            .error_kind
+            .map_or(Exit::SyncFailed, |k| k.exit_code()));
     }
     Ok(Exit::Ok)
 }

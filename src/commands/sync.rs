@@ -29,7 +29,7 @@ pub async fn run(path: &std::path::Path, names: &[String], args: SyncArgs) -> an
     let cancel = crate::app::shutdown_token_with_grace(config.service.shutdown_grace);
     let ctx = crate::app::connect(config.clone(), cancel).await?;
     let dry_run = args.dry_run;
-    let mut failed = 0;
+    let mut exit = Exit::Ok;
     for model in models {
         // Where this run starts: a backfill's point (checked, and its rows outside Meta's
         // window reported, before anything is read), else the stored cursor.
@@ -55,7 +55,13 @@ pub async fn run(path: &std::path::Path, names: &[String], args: SyncArgs) -> an
         progress.finish();
         println!("{}", super::summary::format_summary(&summary, dry_run));
         if matches!(summary.status, RunStatus::Failed | RunStatus::Skipped) {
-            failed += 1;
+            // The first failed run's error kind gives the code; a skipped run (another
+            // process holds the model) has none and counts as a model that did not sync.
+            if exit == Exit::Ok {
+                exit = summary
+                    .error_kind
+                    .map_or(Exit::SyncFailed, |k| k.exit_code());
+            }
             eprintln!(
                 "capi-sync: model {} {}: {}",
                 summary.model,
@@ -64,11 +70,7 @@ pub async fn run(path: &std::path::Path, names: &[String], args: SyncArgs) -> an
             );
         }
     }
-    Ok(if failed > 0 {
-        Exit::SyncFailed
-    } else {
-        Exit::Ok
-    })
+    Ok(exit)
 }
 
 /// A progress bar or progress log lines for one run, with the rows waiting as its estimate.

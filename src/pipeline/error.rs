@@ -133,8 +133,8 @@ impl RunErrorKind {
     /// The process's exit code for a run that failed so: every failed run exits with 1 ("a
     /// model failed to sync"), whatever its kind; bad config and usage (2) are found before
     /// any run starts.
-    pub fn exit_code(self) -> i32 {
-        1
+    pub fn exit_code(self) -> crate::exit::Exit {
+        crate::exit::Exit::SyncFailed
     }
 }
 
@@ -167,7 +167,7 @@ impl RunError {
     }
 
     /// See [`RunErrorKind::exit_code`].
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> crate::exit::Exit {
         self.kind().exit_code()
     }
 
@@ -205,7 +205,7 @@ mod tests {
             ) && text.ends_with("; the next run resumes at the last recorded batch"),
             "{text}"
         );
-        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.exit_code().code(), 1);
     }
 
     #[test]
