@@ -147,10 +147,22 @@ fn valid(p: Option<Parsed>) -> Option<String> {
 }
 
 fn international(digits: &str) -> Result<String, DropReason> {
-    engine()
+    let e = engine();
+    let out = e
         .parse_international_valid(digits)
         .map(|p| p.e164_digits())
-        .ok_or(DropReason::InvalidPhone)
+        .ok_or(DropReason::InvalidPhone)?;
+    // The parser strips national prefixes after the calling code ("+7 8 8030..."), and its
+    // output, read again, can be another number or none ("+7 803 000 0000" is invalid once
+    // its own leading 8 is taken for a prefix). Such a number would not match what the
+    // customer gave anywhere else: dropped. Only numbers the parse changed are read twice.
+    if out != digits
+        && e.parse_international_valid(&out)
+            .is_none_or(|again| again.e164_digits() != out)
+    {
+        return Err(DropReason::InvalidPhone);
+    }
+    Ok(out)
 }
 
 fn national(digits: &str, region: Option<&'static Region>) -> Result<String, DropReason> {
@@ -363,6 +375,27 @@ mod tests {
         assert_eq!(phone_int(6505551212, &ctx("us")).unwrap(), "16505551212");
         assert_eq!(phone_int(442079460958, &ctx("us")).unwrap(), "442079460958");
         assert_eq!(phone_int(-1, &ctx("us")), Err(DropReason::InvalidPhone));
+    }
+
+    /// "+7 8 8 803 000 0000": the parser takes two 8s for prefixes and gives "+7 803 000 0000",
+    /// which read again is no valid number. Such an output would change with every read.
+    #[test]
+    fn a_number_the_parser_reads_differently_twice_is_dropped() {
+        for (c, s) in [
+            ("us", "7888030000000"),
+            ("us", "+7888030000000"),
+            ("de", "+7888030000000"),
+        ] {
+            let cx = ctx(c);
+            match phone_text(s, &cx) {
+                Ok(once) => assert_eq!(phone_text(&format!("+{once}"), &cx), Ok(once), "{c} {s}"),
+                Err(e) => assert_eq!(e, DropReason::InvalidPhone, "{c} {s}"),
+            }
+        }
+        assert_eq!(
+            phone_text("+7888030000000", &ctx("us")),
+            Err(DropReason::InvalidPhone)
+        );
     }
 
     #[test]
