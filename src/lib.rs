@@ -20,6 +20,7 @@ pub mod params;
 pub mod pipeline;
 pub mod progress;
 pub mod redact;
+pub mod report;
 /// The Graph API stand-in, a crate of its own (`crates/graph-sandbox`) that cannot see this one.
 pub use graph_sandbox as sandbox;
 pub mod scheduler;

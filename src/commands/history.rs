@@ -2,6 +2,7 @@
 //! did not send. Row keys, event ids, counts, reasons and details only — never a customer value.
 
 use crate::config::Config;
+use crate::report::run_json;
 use crate::state::{RefusedRow, RunRecord};
 use serde_json::json;
 
@@ -26,35 +27,6 @@ pub async fn runs(
         print!("{}", format_runs(&model.name, &records));
     }
     Ok(super::Exit::Ok)
-}
-
-pub fn run_json(r: &RunRecord) -> serde_json::Value {
-    json!({
-        "id": r.id,
-        "trigger": r.trigger,
-        "status": r.status,
-        "started_at": r.started_at.to_rfc3339(),
-        "scheduled_for": r.scheduled_for.map(|t| t.to_rfc3339()),
-        // How late a scheduled run started after its fire time (waiting for a free run slot).
-        "start_delay_seconds": r.scheduled_for.map(|t| {
-            ((r.started_at - t).num_milliseconds().max(0) as f64) / 1000.0
-        }),
-        "finished_at": r.finished_at.map(|t| t.to_rfc3339()),
-        "rows_read": r.rows_read,
-        "events_sent": r.events_sent,
-        "rows_refused": r.rows_refused,
-        "rows_already_sent": r.rows_already_sent,
-        "refused_by_reason": r.refused_by_reason,
-        // Rows the keyset reader never sees; null when the run did not count them.
-        "unreadable_rows": match (r.rows_null_cursor, r.rows_null_key) {
-            (Some(null_cursor), Some(null_key)) => json!({
-                "null_cursor": null_cursor,
-                "null_key": null_key,
-            }),
-            _ => serde_json::Value::Null,
-        },
-        "error": r.error,
-    })
 }
 
 /// A table, newest run first, with the refusals and error of each run below it.
