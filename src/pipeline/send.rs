@@ -185,7 +185,9 @@ impl BatchSender {
             // copied.
             for (event, trace) in std::mem::take(&mut batch.events).into_iter().zip(acked) {
                 let Some(fbtrace_id) = trace else { continue };
-                result.coverage.add(event.event.identifiers);
+                result
+                    .coverage
+                    .add(event.event.identifiers, &event.event.event_name);
                 result.delivered.push(Delivered {
                     fingerprint: event.event.fingerprint(),
                     row_key: event.key,

@@ -91,6 +91,8 @@ pub struct RunCounters {
     pub dropped_by_field: std::collections::BTreeMap<String, i64>,
     /// Events carrying each identifier.
     pub coverage: std::collections::BTreeMap<String, i64>,
+    /// Events sent, by event name.
+    pub events_by_name: std::collections::BTreeMap<String, i64>,
     /// Rows of the model's output with a NULL cursor, or a cursor and a NULL in the primary
     /// key: the keyset reader never sees them (counted once per run; None when not counted).
     pub rows_null_cursor: Option<i64>,

@@ -132,7 +132,7 @@ pub(super) async fn write_counters(
             requests = $6, retries = $7, refused_by_reason = $8, dropped_by_field = $9, coverage = $10,
             status = COALESCE($11, status), error = COALESCE($12, error),
             finished_at = CASE WHEN $11 IS NULL THEN finished_at ELSE now() END,
-            rows_null_cursor = $13, rows_null_key = $14
+            rows_null_cursor = $13, rows_null_key = $14, events_by_name = $15
          WHERE id = $1",
     )
     .bind(run_id)
@@ -149,6 +149,7 @@ pub(super) async fn write_counters(
     .bind(error)
     .bind(c.rows_null_cursor)
     .bind(c.rows_null_key)
+    .bind(json(&c.events_by_name))
     .execute(conn)
     .await?;
     Ok(())
