@@ -62,7 +62,7 @@ pub enum Command {
         offline: bool,
         /// Exit 1 when a model's match quality (out of 10, as Meta reports it) is below this;
         /// read now, or the last recorded with --offline or when Meta cannot be reached.
-        #[arg(long, value_name = "SCORE")]
+        #[arg(long, value_name = "SCORE", value_parser = parse_score)]
         min_quality: Option<f64>,
     },
     /// Read each model's match quality from Meta's Dataset Quality API now, record it and
@@ -126,6 +126,16 @@ pub enum Command {
         #[arg(long)]
         default_country: Option<String>,
     },
+}
+
+/// A match quality score: Meta's scores are out of 10.
+fn parse_score(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if (0.0..=10.0).contains(&x) => Ok(x),
+        _ => Err(format!(
+            "`{text}` is not a score from 0 to 10 (Meta's match quality is out of 10)"
+        )),
+    }
 }
 
 #[derive(Debug, clap::Args)]

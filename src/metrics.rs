@@ -452,6 +452,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn match_quality_renders_per_event_name_and_identifier() {
+        let m = Metrics::new(["visits"]);
+        let score = crate::state::QualityScore {
+            event_name: "Lead".into(),
+            composite_score: Some(6.5),
+            match_keys: [("email".to_string(), 100.0)].into(),
+            ..Default::default()
+        };
+        m.set_quality("visits", &[score]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "capi_sync_event_match_quality{model=\"visits\",event_name=\"Lead\"} 6.5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("capi_sync_match_key_coverage_meta_percent{model=\"visits\",event_name=\"Lead\",identifier=\"email\"} 100.0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn counters_render_with_their_labels_and_total_suffix() {
         let m = Metrics::new(["leads"]);
         m.batch_done("leads", 5, &[]);

@@ -133,6 +133,10 @@ pub async fn run() -> anyhow::Result<super::Exit> {
         "refused rows and their reasons: SELECT model, row_key, reason, detail FROM {}.refused_rows;",
         config.state.schema
     );
+    println!(
+        "match quality per model and event name: SELECT model, event_name, composite_score, match_keys FROM {}.latest_quality;",
+        config.state.schema
+    );
     println!("run it again: new demo rows are added and only those are sent.");
     Ok(if failed {
         super::Exit::SyncFailed

@@ -580,6 +580,29 @@ mod tests {
     }
 
     #[test]
+    fn quality_interval_defaults_to_six_hours_and_turns_off() {
+        let with = |v: &str| {
+            let meta = if v.is_empty() {
+                String::new()
+            } else {
+                format!("quality_interval = \"{v}\"\n")
+            };
+            Config::from_toml_str(
+                &format!("[warehouse]\nurl = \"postgres://localhost/x\"\n[meta]\naccess_token = \"t\"\n{meta}"),
+                Path::new("."),
+            )
+        };
+        let hours = |c: Config| c.meta.quality_interval.map(|d| d.as_secs() / 3600);
+        assert_eq!(hours(with("").unwrap()), Some(6));
+        assert_eq!(hours(with("off").unwrap()), None);
+        assert_eq!(hours(with("0").unwrap()), None);
+        for bad in ["10s", "soon"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("meta.quality_interval"), "{e}");
+        }
+    }
+
+    #[test]
     fn api_versions() {
         assert!(is_api_version("v25.0"));
         assert!(!is_api_version("25.0"));

@@ -252,11 +252,41 @@ async fn the_service_reads_quality_into_its_gauges() {
         }
     }
     let _ = child.start_kill();
+    let logs = child.wait_with_output().await.unwrap();
     assert!(body.contains(&gauge), "{body}");
+    let logs = String::from_utf8_lossy(&logs.stderr);
+    assert!(logs.contains("match quality read"), "{logs}");
+    assert!(!logs.contains(TOKEN), "{logs}");
     assert!(
         body.contains(
             "capi_sync_match_key_coverage_meta_percent{model=\"visits\",event_name=\"Lead\",identifier=\"phone\"} 50.0\n"
         ),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn the_service_shows_the_last_recorded_quality_when_meta_refuses() {
+    let (db, sandbox, cfg) = synced(VISITS_MODEL).await;
+    assert_eq!(cli(&cfg.path, &["quality"]).await.code, 0);
+    sandbox.deny_quality(PIXEL);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = config_file(&db, &sandbox.base_url(), VISITS_MODEL, &addr);
+    let mut child = command(&cfg.path, &["run"]).spawn().unwrap();
+    let gauge = format!(
+        "capi_sync_event_match_quality{{model=\"visits\",event_name=\"Lead\"}} {}\n",
+        expected_score()
+    );
+    let mut body = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(resp) = reqwest::get(format!("http://{addr}/metrics")).await {
+            body = resp.text().await.unwrap_or_default();
+            if body.contains(&gauge) {
+                break;
+            }
+        }
+    }
+    let _ = child.start_kill();
+    assert!(body.contains(&gauge), "{body}");
 }
