@@ -32,6 +32,10 @@ use tracing::{info, warn};
 /// Meta is asked once the service is known to work.
 pub const FIRST_FETCH_AFTER: Duration = Duration::from_secs(5);
 
+/// When a read failed for a passing reason (network, 5xx, throttle), the next comes this soon
+/// (or at `meta.quality_interval`, when that is sooner).
+pub const RETRY_AFTER_TRANSIENT: Duration = Duration::from_secs(600);
+
 /// The outcome of one read of one model's quality.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelQuality {
@@ -239,7 +243,16 @@ pub async fn fetch_periodically(
             }
         }
         on_fetch(&round);
-        wait = interval;
+        wait = next_wait(&round, interval);
+    }
+}
+
+/// How long until the next read: sooner when a read failed for a passing reason.
+fn next_wait(round: &[ModelQuality], interval: Duration) -> Duration {
+    if round.iter().any(|q| q.transient) {
+        interval.min(RETRY_AFTER_TRANSIENT)
+    } else {
+        interval
     }
 }
 
@@ -266,6 +279,30 @@ mod tests {
             QualitySource::Web
         );
         assert_eq!(source_of(&model("")), QualitySource::Web);
+    }
+
+    #[test]
+    fn a_read_that_failed_for_a_passing_reason_is_tried_again_sooner() {
+        let read = |transient| ModelQuality {
+            model: "m".into(),
+            pixel_id: "1".into(),
+            source: QualitySource::Web,
+            fetched_at: Utc::now(),
+            event_names: vec![],
+            status: "unavailable",
+            note: None,
+            meta_code: None,
+            scores: vec![],
+            transient,
+        };
+        let six_hours = Duration::from_secs(6 * 3600);
+        assert_eq!(next_wait(&[read(false)], six_hours), six_hours);
+        assert_eq!(
+            next_wait(&[read(false), read(true)], six_hours),
+            RETRY_AFTER_TRANSIENT
+        );
+        let minute = Duration::from_secs(60);
+        assert_eq!(next_wait(&[read(true)], minute), minute);
     }
 
     #[test]

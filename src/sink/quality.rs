@@ -114,7 +114,7 @@ impl GraphClient {
             Ok(Value::Object(doc)) if !doc.contains_key("error") => {
                 Ok(parse_entries(doc.get(source.as_str()), source))
             }
-            _ => Err(answer.failure(&asked, NotGraphKind::NoEnvelope)),
+            _ => Err(answer.failure(&asked, NotGraphKind::NotAnObject)),
         }
     }
 }
@@ -338,6 +338,63 @@ mod tests {
             }),
             retry_after: None,
         }
+    }
+
+    /// A client of `base` with token "tok-secret-quality".
+    fn client_of(base: &str) -> GraphClient {
+        let config = crate::config::Config::from_toml_str(
+            &format!(
+                "[warehouse]\nurl = \"postgres://localhost/x\"\n[meta]\ngraph_url = \"{base}\"\naccess_token = \"tok-secret-quality\"\nrequest_timeout = \"5s\"\n"
+            ),
+            std::path::Path::new("."),
+        )
+        .expect("config");
+        GraphClient::new(&config.meta).expect("client")
+    }
+
+    #[tokio::test]
+    async fn answers_not_from_the_graph_api_are_notes_without_the_token() {
+        use crate::sandbox::{self, Misanswer, SandboxConfig};
+        let sb = sandbox::start("127.0.0.1:0".parse().unwrap(), SandboxConfig::default())
+            .await
+            .expect("sandbox");
+        let client = client_of(&sb.base_url());
+        for (answer, transient) in [
+            (Misanswer::Html404, false),
+            (Misanswer::JunkOk, false),
+            (Misanswer::Redirect, false),
+            (Misanswer::Oversized, false),
+            (Misanswer::BadGatewayHtml, true),
+        ] {
+            sb.misanswer(answer, 0, 1);
+            let err = client
+                .dataset_quality("123", QualitySource::Web)
+                .await
+                .expect_err("not the Graph API");
+            let text = err.to_string();
+            assert!(text.contains("/v25.0/dataset_quality"), "{text}");
+            assert!(!text.contains("tok-secret-quality"), "{answer:?}: {text}");
+            assert!(!text.contains("access_token"), "{answer:?}: {text}");
+            let u = unavailable(&err, "123", QualitySource::Web);
+            assert_eq!(u.transient, transient, "{answer:?}: {}", u.note);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_network_error_never_shows_the_token() {
+        // Nothing listens on port 1.
+        let client = client_of("http://127.0.0.1:1");
+        let err = client
+            .dataset_quality("123", QualitySource::Web)
+            .await
+            .expect_err("nothing listens");
+        let u = unavailable(&err, "123", QualitySource::Web);
+        assert!(u.transient, "{}", u.note);
+        assert!(!u.note.contains("tok-secret-quality"), "{}", u.note);
+        assert!(
+            !format!("{err:?}").contains("tok-secret-quality"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -168,6 +168,23 @@ async fn a_permission_refusal_is_a_note_naming_the_role_and_exits_0() {
 }
 
 #[tokio::test]
+async fn meta_down_is_a_note_and_exits_0() {
+    let (db, sandbox, cfg) = synced(VISITS_MODEL).await;
+    sandbox.misanswer(capi_sync::sandbox::Misanswer::BadGatewayHtml, 0, 1);
+    let out = cli(&cfg.path, &["quality"]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("HTTP 502"), "{}", out.stdout);
+    assert!(out.stdout.contains("tried again"), "{}", out.stdout);
+    assert!(!out.all().contains(TOKEN), "{}", out.all());
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM capi_sync.quality_fetches WHERE model = 'visits'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "unavailable");
+}
+
+#[tokio::test]
 async fn check_min_quality_fails_below_the_score_and_passes_at_it() {
     let (_db, _sandbox, cfg) = synced(VISITS_MODEL).await;
     let out = cli(&cfg.path, &["check", "--min-quality", "9"]).await;
