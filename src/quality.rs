@@ -32,6 +32,10 @@ use tracing::{info, warn};
 /// Meta is asked once the service is known to work.
 pub const FIRST_FETCH_AFTER: Duration = Duration::from_secs(5);
 
+/// How long reads and their snapshots are kept: a year and a month, so a score can be
+/// compared with the same season a year before. The service prunes older ones.
+pub const KEEP_READS_FOR: Duration = Duration::from_secs(400 * 86_400);
+
 /// When a read failed for a passing reason (network, 5xx, throttle), the next comes this soon
 /// (or at `meta.quality_interval`, when that is sooner).
 pub const RETRY_AFTER_TRANSIENT: Duration = Duration::from_secs(600);
@@ -243,6 +247,9 @@ pub async fn fetch_periodically(
             }
         }
         on_fetch(&round);
+        if let Err(e) = state.prune_quality(KEEP_READS_FOR).await {
+            warn!(error = %e, "cannot remove old match quality reads");
+        }
         wait = next_wait(&round, interval);
     }
 }

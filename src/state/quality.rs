@@ -143,6 +143,19 @@ impl StateStore {
         Ok(LatestQuality { last_fetch, scores })
     }
 
+    /// Removes the reads older than `older_than`, with their snapshots. Returns the reads
+    /// removed.
+    pub async fn prune_quality(&self, older_than: std::time::Duration) -> Result<u64> {
+        let secs = older_than.as_secs_f64();
+        Ok(sqlx::query(
+            "DELETE FROM quality_fetches WHERE fetched_at < now() - make_interval(secs => $1)",
+        )
+        .bind(secs)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
     /// The event names of `model`'s events in the delivery ledger (within its retention).
     pub async fn delivered_event_names(&self, model: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(

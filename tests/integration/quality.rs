@@ -140,6 +140,33 @@ async fn each_read_is_recorded_and_latest_quality_gives_the_newest() {
 }
 
 #[tokio::test]
+async fn reads_past_their_keeping_time_go_with_their_snapshots() {
+    let (db, _sandbox, cfg) = synced(VISITS_MODEL).await;
+    assert_eq!(cli(&cfg.path, &["quality"]).await.code, 0);
+    assert_eq!(cli(&cfg.path, &["quality"]).await.code, 0);
+    sqlx::query("UPDATE capi_sync.quality_fetches SET fetched_at = fetched_at - interval '500 days' WHERE id = (SELECT min(id) FROM capi_sync.quality_fetches)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let state = capi_sync::state::StateStore::connect(
+        &capi_sync::config::Secret::new(db.url.as_str()),
+        "capi_sync",
+    )
+    .await
+    .unwrap();
+    let removed = state
+        .prune_quality(capi_sync::quality::KEEP_READS_FOR)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.quality_snapshots")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(snapshots, 1);
+}
+
+#[tokio::test]
 async fn a_permission_refusal_is_a_note_naming_the_role_and_exits_0() {
     let (db, sandbox, cfg) = synced(VISITS_MODEL).await;
     sandbox.deny_quality(PIXEL);

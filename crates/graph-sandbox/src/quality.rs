@@ -99,23 +99,24 @@ fn round1(x: f64) -> f64 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Block {
-    Web,
-    Offline,
+    Web = 0,
+    Offline = 1,
 }
 
 /// What was received for one pixel, block and event name.
 #[derive(Debug, Default, Clone)]
 struct Tally {
     events: u64,
-    with_key: BTreeMap<&'static str, u64>,
+    /// Events carrying each key of [`IDENTIFIERS`], by its index.
+    with_key: [u64; IDENTIFIERS.len()],
     with_event_id: u64,
     delay_secs: f64,
     /// Days (Unix day numbers) on which events arrived.
     days: BTreeSet<i64>,
 }
 
-/// One pixel's tallies, by block and event name.
-type PixelTallies = BTreeMap<(Block, String), Tally>;
+/// One pixel's tallies, by event name and block (indexed by `Block as usize`).
+type PixelTallies = BTreeMap<String, [Tally; 2]>;
 
 /// Per pixel, what the quality answers are derived from, and the answers tests force.
 #[derive(Default)]
@@ -147,18 +148,27 @@ impl QualityBook {
                 _ => continue,
             };
             let name = o.get("event_name").and_then(Jv::as_str).unwrap_or("");
-            let key = (block, name.to_owned());
-            let t = book.entry(key).or_default();
+            // One lookup per event; the name is copied only the first time it is seen.
+            let tallies = match book.get_mut(name) {
+                Some(t) => t,
+                None => book.entry(name.to_owned()).or_default(),
+            };
+            let t = &mut tallies[block as usize];
             t.events += 1;
             if let Some(user) = o.get("user_data").and_then(Jv::as_object) {
-                for (k, _, _) in IDENTIFIERS {
-                    let present = match user.get(k) {
-                        Some(Jv::Str(s)) => !s.is_empty(),
-                        Some(Jv::Arr(a)) => !a.is_empty(),
+                // Each key once per event, even if the object repeats it.
+                let mut seen = 0u32;
+                for (k, v) in user.iter() {
+                    let present = match v {
+                        Jv::Str(s) => !s.is_empty(),
+                        Jv::Arr(a) => !a.is_empty(),
                         _ => false,
                     };
-                    if present {
-                        *t.with_key.entry(k).or_default() += 1;
+                    if let Some(i) = IDENTIFIERS.iter().position(|(key, _, _)| *key == k) {
+                        if present && seen & (1 << i) == 0 {
+                            seen |= 1 << i;
+                            t.with_key[i] += 1;
+                        }
                     }
                 }
             }
@@ -171,7 +181,10 @@ impl QualityBook {
             if let Some(at) = o.get("event_time").and_then(Jv::as_i64) {
                 t.delay_secs += (now - at).max(0) as f64;
             }
-            t.days.insert(now.div_euclid(86_400));
+            let day = now.div_euclid(86_400);
+            if t.days.last() != Some(&day) {
+                t.days.insert(day);
+            }
         }
     }
 
@@ -253,8 +266,9 @@ impl QualityBook {
             };
             let entries: Vec<Value> = book
                 .iter()
-                .filter(|((b, _), _)| *b == block)
-                .map(|((_, name), t)| {
+                .map(|(name, t)| (name, &t[block as usize]))
+                .filter(|(_, t)| t.events > 0)
+                .map(|(name, t)| {
                     let full = match block {
                         Block::Web => web_entry(name, t),
                         Block::Offline => offline_entry(name, t),
@@ -293,13 +307,18 @@ fn pct(part: u64, whole: u64) -> f64 {
 fn coverages(t: &Tally) -> Vec<(&'static str, f64)> {
     IDENTIFIERS
         .iter()
-        .filter_map(|(k, name, _)| {
-            t.with_key
-                .get(k)
-                .filter(|n| **n > 0)
-                .map(|n| (*name, pct(*n, t.events)))
-        })
+        .zip(t.with_key)
+        .filter(|(_, n)| *n > 0)
+        .map(|((_, name, _), n)| (*name, pct(n, t.events)))
         .collect()
+}
+
+/// Events carrying the `user_data` key `key`.
+fn carrying(t: &Tally, key: &str) -> u64 {
+    IDENTIFIERS
+        .iter()
+        .position(|(k, _, _)| *k == key)
+        .map_or(0, |i| t.with_key[i])
 }
 
 fn mean_delay(t: &Tally) -> f64 {
@@ -349,7 +368,7 @@ fn web_entry(name: &str, t: &Tally) -> Value {
 }
 
 fn offline_entry(name: &str, t: &Tally) -> Value {
-    let share = |k: &str| pct(t.with_key.get(k).copied().unwrap_or(0), t.events);
+    let share = |k: &str| pct(carrying(t, k), t.events);
     let (email, phone) = (share("em"), share("ph"));
     let match_key = round1(10.0 * (0.6 * email + 0.4 * phone) / 100.0);
     let freshness = round1(10.0 * (1.0 - mean_delay(t) / OFFLINE_WINDOW_SECS).max(0.0));
@@ -492,6 +511,25 @@ mod tests {
         // Only what was asked for.
         assert!(entry.get("event_coverage").is_none(), "{entry}");
         assert!(entry["event_match_quality"].get("diagnostics").is_none());
+    }
+
+    #[test]
+    fn a_key_repeated_in_one_event_counts_once() {
+        // Parsed as sent, duplicate kept (a `serde_json::Value` would drop it).
+        let repeated = web("Lead", r#"{"em":["a"],"em":["b"]}"#);
+        let other = web("Lead", r#"{"ph":["b"]}"#);
+        let evs: Vec<Jv<'_>> = [&repeated, &other]
+            .iter()
+            .map(|t| super::super::json::parse_str(t).unwrap())
+            .collect();
+        let book = QualityBook::default();
+        book.record("42", &evs, 1060);
+        let v = book.answer(Some(WEB_QUERY), ok, None).unwrap();
+        let keys = &v["web"][0]["event_match_quality"]["match_key_feedback"];
+        assert_eq!(
+            keys[0],
+            json!({"identifier": "email", "coverage": {"percentage": 50.0}})
+        );
     }
 
     #[test]
