@@ -60,6 +60,17 @@ pub enum Command {
         /// Do not ask the Graph API whether the token can reach each pixel.
         #[arg(long)]
         offline: bool,
+        /// Exit 1 when a model's match quality (out of 10, as Meta reports it) is below this;
+        /// read now, or the last recorded with --offline or when Meta cannot be reached.
+        #[arg(long, value_name = "SCORE", value_parser = parse_score)]
+        min_quality: Option<f64>,
+    },
+    /// Read each model's match quality from Meta's Dataset Quality API now, record it and
+    /// show it per event name (composite score, coverage per customer key, freshness).
+    Quality {
+        models: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Show the next rows a run would send, mapped and hashed exactly as sent; sends nothing.
     Preview {
@@ -115,6 +126,16 @@ pub enum Command {
         #[arg(long)]
         default_country: Option<String>,
     },
+}
+
+/// A match quality score: Meta's scores are out of 10.
+fn parse_score(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if (0.0..=10.0).contains(&x) => Ok(x),
+        _ => Err(format!(
+            "`{text}` is not a score from 0 to 10 (Meta's match quality is out of 10)"
+        )),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,8 +232,21 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Check {
             ref models,
             offline,
+            min_quality,
         } => match load_config(&cli.config) {
-            Ok(config) => commands::check::run(&config, models, offline).await,
+            Ok(config) => match commands::check::run(&config, models, offline).await {
+                Ok(Exit::Ok) if min_quality.is_some() => {
+                    let min = min_quality.unwrap_or_default();
+                    commands::quality::check_min_quality(&config, models, offline, min)
+                        .await
+                        .map(|ok| if ok { Exit::Ok } else { Exit::SyncFailed })
+                }
+                other => other,
+            },
+            Err(e) => Err(e),
+        },
+        Command::Quality { ref models, json } => match load_config(&cli.config) {
+            Ok(config) => commands::quality::run(&config, models, json).await,
             Err(e) => Err(e),
         },
         Command::Preview {

@@ -6,7 +6,8 @@
 pub enum Exit {
     /// 0: the command did what it was asked.
     Ok = 0,
-    /// 1: at least one model failed to sync (a delivery or warehouse failure).
+    /// 1: at least one model failed to sync (a delivery or warehouse failure), or `check
+    /// --min-quality` found a match quality below the minimum.
     SyncFailed = 1,
     /// 2: the configuration is invalid (or `check` found an error in it or in a model), or a
     /// command was used wrongly ([`UsageError`]).

@@ -371,6 +371,10 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
                 metrics.set_unreadable(&model.name, rows);
             }
         }
+        // The last scores a previous life of the service read, until this one reads Meta's.
+        if let Ok(q) = ctx.state.latest_quality(&model.name).await {
+            metrics.set_quality(&model.name, &q.scores);
+        }
     }
     let stop = CancellationToken::new();
     let endpoints = match ctx
@@ -418,10 +422,22 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
             }
         })
     };
+    let quality = {
+        let (ctx, metrics, stop) = (ctx.clone(), metrics.clone(), stop.clone());
+        tokio::spawn(async move {
+            crate::quality::fetch_periodically(&ctx.config, &ctx.graph, &ctx.state, stop, |round| {
+                for q in round {
+                    metrics.set_quality(&q.model, &q.scores);
+                }
+            })
+            .await
+        })
+    };
     let observer: Arc<dyn RunObserver> = metrics.clone();
     crate::scheduler::run_service_observed(ctx, Some(observer)).await;
     stop.cancel();
     let _ = refresher.await;
+    let _ = quality.await;
     if let Some(e) = endpoints {
         e.stopped().await;
     }

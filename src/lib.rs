@@ -19,6 +19,7 @@ pub use pipeline::observer;
 pub mod params;
 pub mod pipeline;
 pub mod progress;
+pub mod quality;
 pub mod redact;
 pub mod report;
 /// The Graph API stand-in, a crate of its own (`crates/graph-sandbox`) that cannot see this one.

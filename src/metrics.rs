@@ -45,6 +45,21 @@ struct ReasonLabels {
     reason: String,
 }
 
+/// A model and an event name Meta scored (Dataset Quality API).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    model: String,
+    event_name: String,
+}
+
+/// A model, an event name and a customer-information key Meta reported coverage for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    model: String,
+    event_name: String,
+    identifier: String,
+}
+
 /// A model and the class of a Graph API error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
@@ -89,6 +104,9 @@ pub struct Metrics {
     /// Due runs waiting for a free slot, and runs going (the scheduler's queue).
     runs_waiting: Gauge,
     runs_in_progress: Gauge,
+    /// Meta's match quality, per model and event name (out of 10), and its coverage per key.
+    event_match_quality: Family<EventLabels, FloatGauge>,
+    match_key_coverage: Family<KeyLabels, FloatGauge>,
     /// The models whose runs ended since [`Metrics::take_ended`] was last called: only theirs
     /// need measuring again (with hundreds of models, measuring them all after every run would
     /// keep the warehouse busy with aggregates).
@@ -136,6 +154,8 @@ impl Metrics {
             run_start_delay: Family::new_with_constructor(start_delay_histogram),
             runs_waiting: Gauge::default(),
             runs_in_progress: Gauge::default(),
+            event_match_quality: Family::default(),
+            match_key_coverage: Family::default(),
             ended: Default::default(),
             run_ended: tokio::sync::Notify::new(),
         };
@@ -217,10 +237,43 @@ impl Metrics {
             "Runs going now (at most service.max_concurrent_runs)",
             m.runs_in_progress.clone(),
         );
+        r.register(
+            "capi_sync_event_match_quality",
+            "Match quality out of 10 as Meta last reported it (Dataset Quality API: Event Match Quality for website events, the composite score for offline events)",
+            m.event_match_quality.clone(),
+        );
+        r.register(
+            "capi_sync_match_key_coverage_meta_percent",
+            "Share of events carrying each customer-information key, in percent, as Meta last reported it (Dataset Quality API)",
+            m.match_key_coverage.clone(),
+        );
         for name in models {
             m.ensure_model(name);
         }
         m
+    }
+
+    /// Meta's match quality of a model's event names, from a read or the latest snapshot.
+    /// Event names and identifiers come from Meta's answer, limited to the model's own event
+    /// names and to short `[a-z0-9_]` identifiers, so the series stay few.
+    pub fn set_quality(&self, model_name: &str, scores: &[crate::state::QualityScore]) {
+        for s in scores {
+            let event = EventLabels {
+                model: model_name.to_string(),
+                event_name: s.event_name.clone(),
+            };
+            if let Some(c) = s.composite_score {
+                self.event_match_quality.get_or_create(&event).set(c);
+            }
+            for (id, pct) in &s.match_keys {
+                let labels = KeyLabels {
+                    model: model_name.to_string(),
+                    event_name: s.event_name.clone(),
+                    identifier: id.clone(),
+                };
+                self.match_key_coverage.get_or_create(&labels).set(*pct);
+            }
+        }
     }
 
     /// The series every model shows from its first mention: its counters (at 0) and its
@@ -397,6 +450,29 @@ impl RunObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn match_quality_renders_per_event_name_and_identifier() {
+        let m = Metrics::new(["visits"]);
+        let score = crate::state::QualityScore {
+            event_name: "Lead".into(),
+            composite_score: Some(6.5),
+            match_keys: [("email".to_string(), 100.0)].into(),
+            ..Default::default()
+        };
+        m.set_quality("visits", &[score]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "capi_sync_event_match_quality{model=\"visits\",event_name=\"Lead\"} 6.5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("capi_sync_match_key_coverage_meta_percent{model=\"visits\",event_name=\"Lead\",identifier=\"email\"} 100.0\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counters_render_with_their_labels_and_total_suffix() {

@@ -41,6 +41,9 @@ pub struct ModelStatus {
     pub backlog_error: Option<String>,
     pub refused_by_reason: BTreeMap<String, i64>,
     pub changed_since_delivery: i64,
+    /// Match quality as Meta last reported it: the newest scores per event name and the last
+    /// read (with its note when there was no score). None when the state has no quality tables.
+    pub quality: Option<crate::state::LatestQuality>,
 }
 
 /// Everything `status` shows for one model.
@@ -70,6 +73,7 @@ pub async fn collect(
         backlog_error: None,
         refused_by_reason: BTreeMap::new(),
         changed_since_delivery: 0,
+        quality: None,
     };
     let mut after = None;
     if let Some(state) = state {
@@ -93,6 +97,8 @@ pub async fn collect(
         }
         s.refused_by_reason = state.refused_by_reason(&model.name).await?;
         s.changed_since_delivery = state.changed_since_delivery(&model.name).await?;
+        // A state schema not yet migrated to the quality tables has nothing to show.
+        s.quality = state.latest_quality(&model.name).await.ok();
     }
     if let Some(w) = warehouse {
         match crate::source::model_backlog(w, model, after.as_ref()).await {

@@ -96,7 +96,17 @@ pub async fn run() -> anyhow::Result<super::Exit> {
             sample = summary.sample_event.map(|s| (model.name.clone(), s));
         }
     }
+    // Match quality as Meta's Dataset Quality API reports it, here derived by the sandbox from
+    // the events it just received, and recorded like the service records it.
+    let models: Vec<&crate::config::ModelConfig> = config.models.iter().collect();
+    let quality = crate::quality::fetch(&ctx.graph, Some(&ctx.state), true, &models).await;
     sandbox.shutdown().await;
+
+    println!();
+    println!("match quality (`capi-sync quality` reads it from Meta; the sandbox derives it from what it received):");
+    for q in &quality {
+        print!("{}", super::quality::format_read(q));
+    }
 
     println!();
     match sample {
@@ -121,6 +131,10 @@ pub async fn run() -> anyhow::Result<super::Exit> {
     );
     println!(
         "refused rows and their reasons: SELECT model, row_key, reason, detail FROM {}.refused_rows;",
+        config.state.schema
+    );
+    println!(
+        "match quality per model and event name: SELECT model, event_name, composite_score, match_keys FROM {}.results_latest_quality;",
         config.state.schema
     );
     println!("run it again: new demo rows are added and only those are sent.");

@@ -1,8 +1,8 @@
 //! The commands, one file each. `src/cli.rs` reads the flags and calls one of them; each
 //! returns the code the process exits with ([`Exit`]).
 //!
-//! `sync`, `retry`, `run` and `demo` send; `migrate` creates our tables; `sandbox` and
-//! `normalize` stand alone. `check`, `preview`, `status`, `runs` and `refused` read (and
+//! `sync`, `retry`, `run` and `demo` send; `migrate` creates our tables; `quality` reads from
+//! Meta and records what it read; `sandbox` and `normalize` stand alone. `check`, `preview`, `status`, `runs` and `refused` read (and
 //! `reset` moves a cursor); they never send. Nothing a command prints carries customer data:
 //! row keys, event ids, cursor values, counts, reason codes and hashed events only.
 
@@ -12,6 +12,7 @@ pub mod history;
 pub mod migrate;
 pub mod normalize;
 pub mod preview;
+pub mod quality;
 pub mod reset;
 pub mod retry;
 pub mod run;

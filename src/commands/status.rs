@@ -215,6 +215,9 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
             super::group_digits(s.changed_since_delivery)
         ));
     }
+    if let Some(q) = &s.quality {
+        out.push_str(&super::quality::format_status(q));
+    }
     out
 }
 
@@ -317,6 +320,7 @@ action_source = "crm"
             backlog_error: None,
             refused_by_reason: BTreeMap::new(),
             changed_since_delivery: 0,
+            quality: None,
         };
         assert_eq!(s.last_run.as_ref().unwrap()["start_delay_seconds"], 40.0);
         let text = format_text(&s, now);

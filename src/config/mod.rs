@@ -113,6 +113,9 @@ pub struct MetaSettings {
     pub request_timeout: Duration,
     pub max_attempts: u32,
     pub partner_agent: Option<String>,
+    /// How often the service reads the Dataset Quality API; None: never
+    /// (`meta.quality_interval` = "0" or "off").
+    pub quality_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +344,25 @@ fn dur(key: &str, text: &str, problems: &mut Vec<String>) -> Duration {
     })
 }
 
+/// `meta.quality_interval`: a duration of at least a minute, or "0"/"off" for never.
+fn quality_interval(text: &str, problems: &mut Vec<String>) -> Option<Duration> {
+    let t = text.trim();
+    if t == "0" || t.eq_ignore_ascii_case("off") {
+        return None;
+    }
+    match parse_duration(t) {
+        Ok(d) if d >= Duration::from_secs(60) => Some(d),
+        Ok(_) => {
+            problems.push(format!("key `meta.quality_interval`: `{t}` is shorter than a minute (Meta's quality metrics cover days; use e.g. \"6h\", or \"off\")"));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("key `meta.quality_interval`: {e} (or \"off\")"));
+            None
+        }
+    }
+}
+
 fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
 
@@ -434,6 +456,7 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         ),
         max_attempts: raw.meta.max_attempts.max(1),
         partner_agent: raw.meta.partner_agent.filter(|s| !s.is_empty()),
+        quality_interval: quality_interval(&raw.meta.quality_interval, &mut problems),
     };
     let service = ServiceSettings {
         run_deadline: dur(
@@ -554,6 +577,29 @@ mod tests {
         assert!(e.contains("every hour"), "{e}");
         let e = Schedule::parse("61 * * * *").unwrap_err();
         assert!(e.contains("61 * * * *"), "{e}");
+    }
+
+    #[test]
+    fn quality_interval_defaults_to_six_hours_and_turns_off() {
+        let with = |v: &str| {
+            let meta = if v.is_empty() {
+                String::new()
+            } else {
+                format!("quality_interval = \"{v}\"\n")
+            };
+            Config::from_toml_str(
+                &format!("[warehouse]\nurl = \"postgres://localhost/x\"\n[meta]\naccess_token = \"t\"\n{meta}"),
+                Path::new("."),
+            )
+        };
+        let hours = |c: Config| c.meta.quality_interval.map(|d| d.as_secs() / 3600);
+        assert_eq!(hours(with("").unwrap()), Some(6));
+        assert_eq!(hours(with("off").unwrap()), None);
+        assert_eq!(hours(with("0").unwrap()), None);
+        for bad in ["10s", "soon"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("meta.quality_interval"), "{e}");
+        }
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub(super) struct RawMeta {
     pub(super) request_timeout: String,
     pub(super) max_attempts: u32,
     pub(super) partner_agent: Option<String>,
+    pub(super) quality_interval: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,8 @@ pub enum NotGraphKind {
     NoAcknowledgement,
     /// A 2xx to the pixel probe whose body is not `{"id": "..."}`.
     NoObject,
+    /// A 2xx to the Dataset Quality API whose body is not a JSON object.
+    NotAnObject,
     /// A body larger than [`MAX_ANSWER_BYTES`].
     TooLarge,
 }
@@ -42,6 +44,7 @@ impl std::fmt::Display for NotGraphKind {
                 write!(f, "a success without Meta's `events_received` count")
             }
             NotGraphKind::NoObject => write!(f, "a success without the object's `id`"),
+            NotGraphKind::NotAnObject => write!(f, "a success whose body is not a JSON object"),
             NotGraphKind::TooLarge => write!(
                 f,
                 "an answer larger than the {} MiB limit",

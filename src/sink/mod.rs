@@ -3,6 +3,7 @@
 
 mod answer;
 mod probe;
+pub mod quality;
 pub mod retry;
 
 pub use answer::{NotGraphKind, MAX_ANSWER_BYTES};

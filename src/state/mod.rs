@@ -5,6 +5,7 @@ mod copy;
 mod ledger;
 mod lock_keeper;
 mod locks;
+mod quality;
 mod refused;
 mod report;
 mod runs;
@@ -14,6 +15,7 @@ use lock_keeper::LockKeeper;
 pub use lock_keeper::ModelLock;
 pub use locks::LockProof;
 
+pub use quality::{LatestQuality, QualityFetch, QualityScore};
 pub use report::CursorRecord;
 
 use crate::config::Secret;

@@ -28,6 +28,7 @@ mod log_privacy;
 mod many_models;
 mod privacy;
 mod proxy;
+mod quality;
 mod results_views;
 mod run_observer;
 mod shapes;

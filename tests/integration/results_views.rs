@@ -153,7 +153,10 @@ async fn no_view_holds_a_customer_value() {
                 .fetch_all(&db.pool)
                 .await
                 .unwrap();
-        assert!(!text.is_empty(), "{view} is empty");
+        // The quality view fills only once Meta's scores are read (tests/integration/quality.rs).
+        if view != "results_latest_quality" {
+            assert!(!text.is_empty(), "{view} is empty");
+        }
         for row in text {
             let lower = row.to_lowercase();
             assert!(

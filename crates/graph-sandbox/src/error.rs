@@ -30,6 +30,10 @@ pub const CODE_INVALID_PARAMETER: i64 = 100;
 pub const CODE_INVALID_TOKEN: i64 = 190;
 /// API Service: temporary downtime (injected failures).
 pub const CODE_SERVICE: i64 = 2;
+/// The app lacks permission for the action (Dataset Quality API).
+pub const CODE_NO_PERMISSION: i64 = 10;
+/// The given `dataset_id` does not exist (Dataset Quality API, offline page).
+pub const CODE_UNKNOWN_DATASET: i64 = 2044055;
 /// User request limit reached (injected throttling).
 pub const CODE_USER_REQUEST_LIMIT: i64 = 17;
 
@@ -122,6 +126,35 @@ impl GraphError {
             message: "Invalid OAuth access token - Cannot parse access token".to_owned(),
             user_title: "Invalid access token".to_owned(),
             user_msg: "The access token is missing or is not valid for this dataset.".to_owned(),
+        }
+    }
+
+    /// The app lacks the permission for the action: code 10 (Dataset Quality API, offline
+    /// page's error table; the web page lists the permissions and dataset roles needed).
+    pub fn no_permission() -> Self {
+        GraphError {
+            http_status: 400,
+            error_type: "OAuthException",
+            code: CODE_NO_PERMISSION,
+            subcode: None,
+            is_transient: false,
+            message: "(#10) Application does not have permission for this action".to_owned(),
+            user_title: "Permission denied".to_owned(),
+            user_msg: "The app or user cannot read this dataset's quality.".to_owned(),
+        }
+    }
+
+    /// The `dataset_id` does not exist: code 2044055 (the offline page's error table).
+    pub fn unknown_dataset() -> Self {
+        GraphError {
+            http_status: 400,
+            error_type: "OAuthException",
+            code: CODE_UNKNOWN_DATASET,
+            subcode: None,
+            is_transient: false,
+            message: "The given dataset_id does not exist".to_owned(),
+            user_title: "Unknown dataset".to_owned(),
+            user_msg: "No dataset with this id.".to_owned(),
         }
     }
 

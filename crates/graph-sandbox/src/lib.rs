@@ -58,6 +58,9 @@
 //!
 //! Success: HTTP 200 `{"events_received": n, "messages": [], "fbtrace_id": "..."}`.
 //!
+//! `GET /vNN.N/dataset_quality?dataset_id=...&fields=web{...}` answers Meta's Dataset Quality
+//! API with scores derived from the events received for that pixel (see `quality.rs`).
+//!
 //! `GET /vNN.N/{numeric id}` (any query, e.g. `?fields=id`) with a valid token answers
 //! `{"id": "<id>"}`: the request `capi-sync check` makes to prove the token works without
 //! creating an event. A missing or wrong token gets the same 401/190 as a POST.
@@ -67,6 +70,7 @@ mod error;
 mod faults;
 mod json;
 mod misanswer;
+mod quality;
 mod record;
 mod request;
 mod server;
@@ -82,6 +86,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::faults::Faults;
 pub use self::misanswer::{Misanswer, OVERSIZED_BYTES, UNKNOWN_CODE};
+pub use self::quality::{composite_score, IDENTIFIERS};
 
 /// Sandbox settings. `Debug` redacts the token.
 #[derive(Clone, Default)]
@@ -200,6 +205,18 @@ impl SandboxHandle {
         });
     }
 
+    /// From now on `GET /vNN.N/dataset_quality` for this pixel answers code 10, as Meta does
+    /// when the app or user lacks the permission to read the dataset's quality.
+    pub fn deny_quality(&self, pixel_id: &str) {
+        self.shared.quality.deny(pixel_id);
+    }
+
+    /// Whether `fields=offline{...}` of the Dataset Quality API is served (on by default). Off,
+    /// it answers code 100, as for an app without the offline beta.
+    pub fn set_offline_quality_beta(&self, on: bool) {
+        self.shared.quality.set_offline_beta(on);
+    }
+
     /// Stops accepting, finishes in-flight requests (at most 10 s), flushes the record file.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
@@ -235,6 +252,7 @@ pub async fn start(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<S
         counters: Default::default(),
         last_test_event_code: Mutex::new(None),
         misanswer: Mutex::new(None),
+        quality: Default::default(),
     });
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server::accept_loop(

@@ -67,6 +67,21 @@ pub fn object_route<'p>(method: &hyper::Method, path: &'p str) -> Option<&'p str
     (is_version(version) && numeric && rest.is_none()).then_some(id)
 }
 
+/// `GET /vNN.N/dataset_quality`: Meta's Dataset Quality API, a top-level node whose dataset is
+/// a query parameter (see `quality.rs`).
+pub fn quality_route(method: &hyper::Method, path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').split('/');
+    method == hyper::Method::GET
+        && parts.next().is_some_and(is_version)
+        && parts.next() == Some("dataset_quality")
+        && parts.next().is_none()
+}
+
+/// The pixel id of an accepted `/vNN.N/{id}/events` path.
+pub fn pixel_of(path: &str) -> Option<&str> {
+    path.trim_start_matches('/').split('/').nth(1)
+}
+
 /// The `access_token` query parameter, if any.
 pub fn query_token(query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())

@@ -22,6 +22,7 @@ use super::error::GraphError;
 use super::faults::{FaultState, Injected};
 use super::json::Jv;
 use super::misanswer::Window;
+use super::quality::QualityBook;
 use super::record::Recorder;
 use super::request;
 use super::validate::validate_batch;
@@ -76,6 +77,8 @@ pub(super) struct Shared {
     pub last_test_event_code: Mutex<Option<String>>,
     /// Requests to be answered as something other than the Graph API.
     pub misanswer: Mutex<Option<Window>>,
+    /// What `GET /vNN.N/dataset_quality` answers from.
+    pub quality: QualityBook,
 }
 
 impl Shared {
@@ -248,6 +251,8 @@ fn same_token(a: &str, b: &str) -> bool {
 enum Outcome {
     /// `GET /vNN.N/{id}` with a valid token: the object's id.
     Object(String),
+    /// `GET /vNN.N/dataset_quality`: the quality answer.
+    Quality(Value),
     Reject(GraphError),
     Fail,
     Throttle,
@@ -293,6 +298,10 @@ async fn handle(
             let trace = fbtrace_id();
             let body = serde_json::to_vec(&serde_json::json!({ "id": id })).unwrap_or_default();
             json_response(200, body, &trace)
+        }
+        Outcome::Quality(body) => {
+            let trace = fbtrace_id();
+            json_response(200, serde_json::to_vec(&body).unwrap_or_default(), &trace)
         }
         Outcome::Reject(e) => {
             shared.count_rejection(&e);
@@ -341,6 +350,16 @@ async fn handle(
 
 async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults) -> Outcome {
     let (parts, body) = req.into_parts();
+    if request::quality_route(&parts.method, parts.uri.path()) {
+        let bearer = request::bearer_token(&parts.headers);
+        return match shared
+            .quality
+            .answer(parts.uri.query(), |t| shared.token_ok(t), bearer)
+        {
+            Ok(v) => Outcome::Quality(v),
+            Err(e) => Outcome::Reject(e),
+        };
+    }
     if let Some(id) = request::object_route(&parts.method, parts.uri.path()) {
         let mut tokens: Vec<String> = request::bearer_token(&parts.headers).into_iter().collect();
         tokens.extend(request::query_token(parts.uri.query()));
@@ -420,6 +439,9 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
     }
 
     let n = events.len();
+    if let Some(pixel) = request::pixel_of(parts.uri.path()) {
+        shared.quality.record(pixel, &events, now);
+    }
     if let Some(rec) = &shared.recorder {
         let mut lines = Vec::with_capacity(n * 512);
         for ev in &events {
