@@ -14,6 +14,8 @@ mod config_errors;
 mod config_rules;
 mod connection_budget;
 mod crash;
+mod dashboard_browser;
+mod dashboard_routes;
 mod delivery;
 mod endpoint_routes;
 mod endpoints;
