@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmd_check;
+mod cmd_demo_serve;
 mod cmd_preview;
 mod cmd_refused;
 mod cmd_reset;
