@@ -377,6 +377,16 @@ pub async fn refresh_backlog_of(
     metrics: &Metrics,
     only: Option<&std::collections::BTreeSet<String>>,
 ) {
+    measure_backlog(ctx, metrics, only, None).await
+}
+
+/// [`refresh_backlog_of`], also recording each lag measured into `lag` (the dashboard's).
+async fn measure_backlog(
+    ctx: &SyncContext,
+    metrics: &Metrics,
+    only: Option<&std::collections::BTreeSet<String>>,
+    lag: Option<&crate::dashboard::LagHistory>,
+) {
     let chosen = |m: &&crate::config::ModelConfig| only.is_none_or(|o| o.contains(&m.name));
     for model in ctx
         .config
@@ -393,7 +403,18 @@ pub async fn refresh_backlog_of(
             }
         };
         match crate::source::model_backlog(&ctx.warehouse, model, after.as_ref()).await {
-            Ok(b) => metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs),
+            Ok(b) => {
+                metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs);
+                // As `status` reads it: nothing waiting is no lag.
+                let secs = if b.rows == 0 {
+                    Some(0.0)
+                } else {
+                    b.oldest_age_secs
+                };
+                if let (Some(history), Some(secs)) = (lag, secs) {
+                    history.record(&model.name, chrono::Utc::now(), secs);
+                }
+            }
             Err(e) => warn!(model = %model.name, error = %e, "cannot measure the rows waiting"),
         }
     }
@@ -451,6 +472,7 @@ pub async fn run_service_announced(
     let stop = CancellationToken::new();
     let requests = crate::scheduler::RunRequests::default();
     let dashboard = Dashboard::new(ctx.clone(), Some(requests.clone()));
+    let lag = dashboard.lag_history();
     let limits = EndpointLimits::default();
     let (beside, own) = match ctx.config.service.ui {
         UiPlacement::WithEndpoints => (Some(dashboard), None),
@@ -509,6 +531,7 @@ pub async fn run_service_announced(
     }
     let refresher = {
         let (ctx, metrics, stop) = (ctx.clone(), metrics.clone(), stop.clone());
+        let lag = Some(lag);
         tokio::spawn(async move {
             // Every model each BACKLOG_REFRESH; in between, only those whose runs ended.
             let mut next_full = tokio::time::Instant::now();
@@ -516,9 +539,10 @@ pub async fn run_service_announced(
                 if tokio::time::Instant::now() >= next_full {
                     next_full = tokio::time::Instant::now() + BACKLOG_REFRESH;
                     metrics.take_ended();
-                    refresh_backlog(&ctx, &metrics).await;
+                    measure_backlog(&ctx, &metrics, None, lag.as_ref()).await;
                 } else {
-                    refresh_backlog_of(&ctx, &metrics, Some(&metrics.take_ended())).await;
+                    let ended = metrics.take_ended();
+                    measure_backlog(&ctx, &metrics, Some(&ended), lag.as_ref()).await;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(next_full) => {}

@@ -4,6 +4,7 @@
 //! charts read without colour or a mouse.
 
 use super::view::RunView;
+use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
 const WIDTH: f64 = 640.0;
@@ -69,6 +70,38 @@ pub fn runs_chart(runs: &[RunView]) -> Markup {
     }
 }
 
+/// The lag over time as a line, from its measurements (oldest first, at least two).
+pub fn lag_chart(samples: &[(DateTime<Utc>, f64)]) -> Markup {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return html! {};
+    };
+    let most = samples.iter().map(|s| s.1).fold(0.0_f64, f64::max).max(1.0);
+    let span = ((last.0 - first.0).num_milliseconds() as f64).max(1.0);
+    let plot_w = WIDTH - LEFT - 4.0;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let points: Vec<String> = samples
+        .iter()
+        .map(|(at, lag)| {
+            let x = LEFT + plot_w * (*at - first.0).num_milliseconds() as f64 / span;
+            let y = TOP + plot_h - plot_h * lag / most;
+            format!("{},{}", fmt(x), fmt(y))
+        })
+        .collect();
+    let latest = crate::human::human_duration(last.1);
+    html! {
+        svg class="chart" viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-labelledby="lag-title" data-chart="lag" {
+            title id="lag-title" { "Lag over time: " (samples.len()) " measurements, the latest " (latest) }
+            line class="axis" x1=(LEFT) y1=(TOP + plot_h) x2=(WIDTH - 4.0) y2=(TOP + plot_h) {}
+            line class="axis" x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(TOP + plot_h) {}
+            text class="tick" x=(LEFT - 6.0) y=(TOP + 8.0) text-anchor="end" { (crate::human::human_duration(most)) }
+            text class="tick" x=(LEFT - 6.0) y=(TOP + plot_h) text-anchor="end" { "0" }
+            polyline class="lag" fill="none" points=(points.join(" ")) {}
+            text class="tick" x=(LEFT) y=(HEIGHT - 4.0) { (first.0.format("%m-%d %H:%M")) }
+            text class="tick" x=(WIDTH - 4.0) y=(HEIGHT - 4.0) text-anchor="end" { (last.0.format("%m-%d %H:%M")) }
+        }
+    }
+}
+
 /// A small bar for one identifier's share of the events (0 to 1), labelled with its percent.
 pub fn share_bar(key: &str, share: f64) -> Markup {
     let pct = (share.clamp(0.0, 1.0) * 100.0).round();
@@ -120,6 +153,17 @@ mod tests {
         );
         // The largest run (120) fills the plot's height.
         assert!(svg.contains(">120</text>"), "{svg}");
+    }
+
+    #[test]
+    fn the_lag_line_spans_the_plot_from_the_first_to_the_last_measurement() {
+        let t0 = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let svg = lag_chart(&[(t0, 0.0), (t0 + chrono::Duration::minutes(1), 120.0)]).into_string();
+        // From the left edge at the bottom to the right edge at the top.
+        assert!(svg.contains("points=\"44.0,158.0 636.0,10.0\""), "{svg}");
+        assert!(svg.contains("the latest 2m 0s"), "{svg}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod actions;
 mod chart;
+mod lag;
 mod pages;
 pub mod view;
 
@@ -24,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use chrono::Utc;
+pub use lag::LagHistory;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use view::{ModelView, RunView};
@@ -44,6 +46,7 @@ pub struct Dashboard {
     /// The service's run queue; None where no scheduler runs (the actions then answer 503).
     requests: Option<RunRequests>,
     overview: Arc<OverviewCache>,
+    lag: LagHistory,
 }
 
 #[derive(Default)]
@@ -62,7 +65,13 @@ impl Dashboard {
             ctx,
             requests,
             overview: Arc::default(),
+            lag: LagHistory::default(),
         }
+    }
+
+    /// Where the service records each model's lag for the model pages' lag chart.
+    pub fn lag_history(&self) -> LagHistory {
+        self.lag.clone()
     }
 
     /// The dashboard's routes, each answer with the security headers. No fallback: the
@@ -215,6 +224,7 @@ async fn model_page(
         refused: &refused,
         ledger_events,
         ledger_last,
+        lag: d.lag.of(&model.name),
         actions: d.ctx.config.service.admin_token.is_some(),
     };
     page(StatusCode::OK, &model.name, &nonce, pages::model(&p, now))

@@ -3,7 +3,7 @@
 //! times only: never a row's values (a refused row is shown by its key, event id and reason,
 //! without the detail text).
 
-use super::chart::{runs_chart, share_bar};
+use super::chart::{lag_chart, runs_chart, share_bar};
 use super::view::{ModelView, RunView};
 use crate::state::RefusedRow;
 use chrono::{DateTime, Utc};
@@ -187,6 +187,8 @@ pub struct ModelPage<'a> {
     pub refused: &'a [(RefusedRow, DateTime<Utc>)],
     pub ledger_events: i64,
     pub ledger_last: Option<DateTime<Utc>>,
+    /// The lag as this service measured it, oldest first.
+    pub lag: Vec<(DateTime<Utc>, f64)>,
     /// Whether the actions are on (`service.admin_token` is set).
     pub actions: bool,
 }
@@ -261,6 +263,17 @@ pub fn model(p: &ModelPage<'_>, now: DateTime<Utc>) -> Markup {
                                 }
                             }
                         }
+                    }
+                }
+            }
+            section {
+                h2 { "Lag" }
+                @if p.lag.len() < 2 {
+                    p class="none" { "This service measures the lag after each run and every minute; the line appears after two measurements." }
+                } @else {
+                    figure {
+                        (lag_chart(&p.lag))
+                        figcaption class="small" { "Age of the oldest row waiting, as this service measured it since it started." }
                     }
                 }
             }

@@ -225,6 +225,17 @@ async fn run_now_with_the_token_queues_a_run_that_sends_the_rows() {
         finished_runs(&s.db, "dashboard").await,
         vec![("succeeded".to_string(), 4)]
     );
+    // The service measured the lag at its start and after the run: the lag line is drawn.
+    let mut page = String::new();
+    for _ in 0..150 {
+        page = get(&format!("{}/models/leads", s.dashboard())).await.1;
+        if page.contains("data-chart=\"lag\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(page.contains("data-chart=\"lag\""), "{page}");
+    assert!(page.contains("<tr data-run="), "the run is listed: {page}");
 }
 
 #[tokio::test]
