@@ -63,7 +63,11 @@ pub fn runs_chart(runs: &[RunView]) -> Markup {
             @if let (Some(first), Some(last)) = (runs.first().and_then(|r| r.started_at), runs.last().and_then(|r| r.started_at)) {
                 text class="tick" x=(LEFT) y=(HEIGHT - 4.0) { (first.format("%m-%d %H:%M")) }
                 @if runs.len() > 1 {
-                    text class="tick" x=(fmt(LEFT + slot * runs.len() as f64)) y=(HEIGHT - 4.0) text-anchor="end" { (last.format("%m-%d %H:%M")) }
+                    // Under the last bar, or at the right edge when the bars are too few to
+                    // leave room between the two labels.
+                    @let end = LEFT + slot * runs.len() as f64;
+                    @let end = if end - LEFT < 180.0 { WIDTH - 4.0 } else { end };
+                    text class="tick" x=(fmt(end)) y=(HEIGHT - 4.0) text-anchor="end" { (last.format("%m-%d %H:%M")) }
                 }
             }
         }

@@ -163,7 +163,7 @@ pub fn overview(models: &[ModelView], now: DateTime<Utc>) -> Markup {
                                 td data-field="refused_by_reason" { (reasons(&m.refused_by_reason)) }
                                 td { (coverage_cell(m.last_run.as_ref())) }
                                 @if show_expiry { td { @if let Some(e) = &m.expiry {
-                                    data value=(e.rows_expiring) { (e.rows_expiring) } " within a day"
+                                    data value=(e.rows_expiring) { (e.rows_expiring) } " rows"
                                     @if e.rows_expired_waiting > 0 { div class="small warn" { (e.rows_expired_waiting) " already too old" } }
                                     @if let Some(t) = e.earliest_expiry { div class="small" { "first " (time(t, now)) } }
                                 } } }
@@ -315,5 +315,71 @@ pub fn problem(heading: &str, text: &str) -> Markup {
             p { (text) }
             p { a href="/" { "All models" } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dashboard::view::ModelState;
+    use std::collections::BTreeMap;
+
+    fn view(error: &str) -> ModelView {
+        ModelView {
+            name: "leads".into(),
+            state: ModelState::Failing,
+            schedule: "*/5 * * * *".into(),
+            next_run: None,
+            due_since: None,
+            last_run: Some(RunView {
+                id: 1,
+                trigger: "schedule".into(),
+                status: "failed".into(),
+                started_at: None,
+                finished_at: None,
+                rows_read: 0,
+                events_sent: 0,
+                rows_refused: 0,
+                refused_by_reason: BTreeMap::new(),
+                coverage: BTreeMap::new(),
+                error: Some(error.into()),
+            }),
+            waiting_rows: None,
+            lag_seconds: None,
+            backlog_error: None,
+            refused_by_reason: BTreeMap::new(),
+            changed_since_delivery: 0,
+            cursor: None,
+            expiry: None,
+            quality: None,
+        }
+    }
+
+    #[test]
+    fn text_from_the_tables_is_escaped() {
+        let html = overview(&[view("<img src=x onerror=alert(1)>")], Utc::now()).into_string();
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<img"), "{html}");
+    }
+
+    #[test]
+    fn the_expiry_and_quality_columns_show_only_with_their_figures() {
+        let plain = overview(&[view("x")], Utc::now()).into_string();
+        assert!(!plain.contains("About to expire") && !plain.contains("Match quality"));
+        let mut v = view("x");
+        v.expiry = Some(crate::dashboard::view::ExpiryView {
+            rows_expiring: 4,
+            rows_expired_waiting: 0,
+            earliest_expiry: None,
+        });
+        let with = overview(&[v], Utc::now()).into_string();
+        assert!(with.contains("About to expire"), "{with}");
+        assert!(
+            with.contains("<data value=\"4\">4</data> rows"),
+            "{with}"
+        );
     }
 }

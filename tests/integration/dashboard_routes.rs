@@ -156,6 +156,12 @@ async fn a_model_page_shows_its_runs_and_refused_rows_and_an_unknown_model_is_a_
     assert_eq!(resp.status().as_u16(), 404);
     assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
     assert!(resp.text().await.unwrap().contains("no model `nope`"));
+
+    // What the path carries is escaped, never markup.
+    let (status, body) = get(&format!("{}/models/%3Cb%3Ex%3C%2Fb%3E", s.dashboard())).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("&lt;b&gt;x&lt;/b&gt;"), "{body}");
+    assert!(!body.contains("<b>x</b>"), "{body}");
 }
 
 #[tokio::test]
