@@ -526,6 +526,9 @@ pub async fn run_service_announced(
         }
         None => None,
     };
+    if where_.dashboard.is_none() {
+        info!("the dashboard is not served (service.ui_addr is \"\", or unset with service.metrics_addr \"\")");
+    }
     if let Some(tx) = listening {
         let _ = tx.send(where_);
     }

@@ -377,9 +377,6 @@ mod tests {
         });
         let with = overview(&[v], Utc::now()).into_string();
         assert!(with.contains("About to expire"), "{with}");
-        assert!(
-            with.contains("<data value=\"4\">4</data> rows"),
-            "{with}"
-        );
+        assert!(with.contains("<data value=\"4\">4</data> rows"), "{with}");
     }
 }
