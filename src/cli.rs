@@ -116,7 +116,15 @@ pub enum Command {
     /// A local stand-in for the Graph API that validates requests like Meta does.
     Sandbox(SandboxArgs),
     /// Seed a demo warehouse, start the sandbox and sync the example models once.
-    Demo,
+    Demo {
+        /// Then keep the service running (schedules, endpoints and the dashboard) until
+        /// Ctrl-C, on 127.0.0.1:9464, or another free port when that one is taken.
+        #[arg(long)]
+        serve: bool,
+        /// Where `--serve` listens (port 0: any free port).
+        #[arg(long, value_name = "ADDR", requires = "serve")]
+        addr: Option<std::net::SocketAddr>,
+    },
     /// Re-read a model's refused rows by key and send those that are now valid.
     Retry { model: String },
     /// Normalize and hash customer fields from JSON lines on stdin
@@ -289,7 +297,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Sandbox(ref args) => {
             commands::sandbox::run(&args.host, args.port, args.sandbox_config()).await
         }
-        Command::Demo => commands::demo::run().await,
+        Command::Demo { serve, addr } => commands::demo::run(serve.then_some(addr)).await,
         Command::Retry { ref model } => commands::retry::run(&cli.config, model).await,
         Command::Normalize {
             ref default_country,

@@ -10,7 +10,12 @@
 //! at once (the next ones wait in the listen backlog until one closes), and `/readyz` asks the
 //! databases at most once per [`EndpointLimits::readiness_ttl`], so a flood of probes cannot
 //! take the pool connections the runs need.
+//!
+//! The dashboard (`crate::dashboard`) is served beside them, or on `service.ui_addr` by a
+//! listener of its own that keeps the same limits.
 
+use crate::config::UiPlacement;
+use crate::dashboard::Dashboard;
 use crate::metrics::Metrics;
 use crate::pipeline::observer::RunObserver;
 use crate::pipeline::SyncContext;
@@ -103,19 +108,56 @@ pub async fn start_with_limits(
     stop: CancellationToken,
     limits: EndpointLimits,
 ) -> std::io::Result<Endpoints> {
+    start_serving(addr, ctx, metrics, stop, limits, None).await
+}
+
+/// Binds `addr` and serves the endpoints, with the dashboard beside them when given, until
+/// `stop` is cancelled.
+pub async fn start_serving(
+    addr: SocketAddr,
+    ctx: SyncContext,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    limits: EndpointLimits,
+    dashboard: Option<Dashboard>,
+) -> std::io::Result<Endpoints> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let readiness = Arc::new(ReadinessCache::new(limits.readiness_ttl));
-    let routes = router(Served {
-        ctx,
-        metrics,
-        readiness: readiness.clone(),
-    });
+    let routes = router(
+        Served {
+            ctx,
+            metrics,
+            readiness: readiness.clone(),
+        },
+        dashboard,
+    );
     let task = tokio::spawn(accept_loop(listener, routes, limits, stop));
     Ok(Endpoints {
         addr,
         task,
         readiness,
+    })
+}
+
+/// Binds `addr` and serves the dashboard alone (`service.ui_addr`), with the endpoints'
+/// limits, until `stop` is cancelled.
+pub async fn start_dashboard(
+    addr: SocketAddr,
+    dashboard: Dashboard,
+    stop: CancellationToken,
+    limits: EndpointLimits,
+) -> std::io::Result<Endpoints> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let routes = dashboard
+        .router()
+        .merge(crate::dashboard::not_found_router());
+    let task = tokio::spawn(accept_loop(listener, routes, limits, stop));
+    Ok(Endpoints {
+        addr,
+        task,
+        readiness: Arc::new(ReadinessCache::new(limits.readiness_ttl)),
     })
 }
 
@@ -127,15 +169,19 @@ struct Served {
     readiness: Arc<ReadinessCache>,
 }
 
-/// The three endpoints; any other path is a 404, any method but GET (and HEAD) a 405.
-fn router(served: Served) -> Router {
-    Router::new()
+/// The three endpoints, and the dashboard's pages when given; any other path is a 404, any
+/// method but GET (and HEAD) a 405, except the dashboard's actions, which are POSTed.
+fn router(served: Served, dashboard: Option<Dashboard>) -> Router {
+    let probes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn(only_get))
-        .with_state(served)
+        .with_state(served);
+    let routes = match dashboard {
+        Some(d) => probes.merge(d.router()).fallback(not_found_with_dashboard),
+        None => probes.fallback(not_found),
+    };
+    routes.layer(axum::middleware::from_fn(only_get))
 }
 
 async fn accept_loop(
@@ -235,9 +281,14 @@ impl ReadinessCache {
     }
 }
 
-/// Probes and scrapers only read: anything but GET (or HEAD) is refused before routing.
+/// Probes and scrapers only read: anything but GET (or HEAD) is refused before routing, but
+/// for the dashboard's actions (which need their token, and answer 404 where no dashboard is
+/// served).
 async fn only_get(req: Request, next: Next) -> Response {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if req.method() != Method::GET
+        && req.method() != Method::HEAD
+        && !Dashboard::is_action_path(req.uri().path())
+    {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n").into_response();
     }
     next.run(req).await
@@ -273,6 +324,13 @@ async fn not_found() -> (StatusCode, &'static str) {
     (
         StatusCode::NOT_FOUND,
         "not found; try /healthz, /readyz or /metrics\n",
+    )
+}
+
+async fn not_found_with_dashboard() -> (StatusCode, &'static str) {
+    (
+        StatusCode::NOT_FOUND,
+        "not found; try /, /healthz, /readyz or /metrics\n",
     )
 }
 
@@ -319,6 +377,16 @@ pub async fn refresh_backlog_of(
     metrics: &Metrics,
     only: Option<&std::collections::BTreeSet<String>>,
 ) {
+    measure_backlog(ctx, metrics, only, None).await
+}
+
+/// [`refresh_backlog_of`], also recording each lag measured into `lag` (the dashboard's).
+async fn measure_backlog(
+    ctx: &SyncContext,
+    metrics: &Metrics,
+    only: Option<&std::collections::BTreeSet<String>>,
+    lag: Option<&crate::dashboard::LagHistory>,
+) {
     let chosen = |m: &&crate::config::ModelConfig| only.is_none_or(|o| o.contains(&m.name));
     for model in ctx
         .config
@@ -335,15 +403,44 @@ pub async fn refresh_backlog_of(
             }
         };
         match crate::source::model_backlog(&ctx.warehouse, model, after.as_ref()).await {
-            Ok(b) => metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs),
+            Ok(b) => {
+                metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs);
+                // As `status` reads it: nothing waiting is no lag.
+                let secs = if b.rows == 0 {
+                    Some(0.0)
+                } else {
+                    b.oldest_age_secs
+                };
+                if let (Some(history), Some(secs)) = (lag, secs) {
+                    history.record(&model.name, chrono::Utc::now(), secs);
+                }
+            }
             Err(e) => warn!(model = %model.name, error = %e, "cannot measure the rows waiting"),
         }
     }
 }
 
+/// Where the service listens, once it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// `/healthz`, `/readyz` and `/metrics` (`service.metrics_addr`).
+    pub endpoints: Option<SocketAddr>,
+    /// The dashboard: on the endpoints' address, or on `service.ui_addr`.
+    pub dashboard: Option<SocketAddr>,
+}
+
 /// The `run` service: the scheduler, with the HTTP endpoints on `service.metrics_addr`
-/// (none when it is empty) and the metrics fed by every run. Returns after shutdown.
+/// (none when it is empty), the dashboard, and the metrics fed by every run. Returns after
+/// shutdown.
 pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
+    run_service_announced(ctx, None).await
+}
+
+/// [`run_service`], telling `listening` where it serves once its listeners are bound.
+pub async fn run_service_announced(
+    ctx: SyncContext,
+    listening: Option<tokio::sync::oneshot::Sender<Listening>>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(
         ctx.config
             .models
@@ -377,6 +474,19 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
         }
     }
     let stop = CancellationToken::new();
+    let requests = crate::scheduler::RunRequests::default();
+    let dashboard = Dashboard::new(ctx.clone(), Some(requests.clone()));
+    let lag = dashboard.lag_history();
+    let limits = EndpointLimits::default();
+    let (beside, own) = match ctx.config.service.ui {
+        UiPlacement::WithEndpoints => (Some(dashboard), None),
+        UiPlacement::Own(addr) => (None, Some((addr, dashboard))),
+        UiPlacement::Off => (None, None),
+    };
+    let mut where_ = Listening {
+        endpoints: None,
+        dashboard: None,
+    };
     let endpoints = match ctx
         .config
         .service
@@ -391,18 +501,44 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
                     "service.metrics_addr `{text}` is not an address to listen on (like 127.0.0.1:9464); set it to \"\" to serve no endpoints"
                 ))
             })?;
-            let e = start(addr, ctx.clone(), metrics.clone(), stop.clone())
+            let with_ui = beside.is_some();
+            let e = start_serving(addr, ctx.clone(), metrics.clone(), stop.clone(), limits, beside)
                 .await
                 .with_context(|| {
                     format!("while listening on service.metrics_addr {addr} for /healthz, /readyz and /metrics (is another process using it? set service.metrics_addr to another address, or \"\" to serve none)")
                 })?;
             info!(addr = %e.addr, "serving /healthz, /readyz and /metrics");
+            where_.endpoints = Some(e.addr);
+            if with_ui {
+                info!(url = %format!("http://{}/", e.addr), "serving the dashboard");
+                where_.dashboard = Some(e.addr);
+            }
             Some(e)
         }
         None => None,
     };
+    let ui = match own {
+        Some((addr, dashboard)) => {
+            let e = start_dashboard(addr, dashboard, stop.clone(), limits)
+                .await
+                .with_context(|| {
+                    format!("while listening on service.ui_addr {addr} for the dashboard (is another process using it? set service.ui_addr to another address, or \"\" to serve none)")
+                })?;
+            info!(url = %format!("http://{}/", e.addr), "serving the dashboard");
+            where_.dashboard = Some(e.addr);
+            Some(e)
+        }
+        None => None,
+    };
+    if where_.dashboard.is_none() {
+        info!("the dashboard is not served (service.ui_addr is \"\", or unset with service.metrics_addr \"\")");
+    }
+    if let Some(tx) = listening {
+        let _ = tx.send(where_);
+    }
     let refresher = {
         let (ctx, metrics, stop) = (ctx.clone(), metrics.clone(), stop.clone());
+        let lag = Some(lag);
         tokio::spawn(async move {
             // Every model each BACKLOG_REFRESH; in between, only those whose runs ended.
             let mut next_full = tokio::time::Instant::now();
@@ -410,9 +546,10 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
                 if tokio::time::Instant::now() >= next_full {
                     next_full = tokio::time::Instant::now() + BACKLOG_REFRESH;
                     metrics.take_ended();
-                    refresh_backlog(&ctx, &metrics).await;
+                    measure_backlog(&ctx, &metrics, None, lag.as_ref()).await;
                 } else {
-                    refresh_backlog_of(&ctx, &metrics, Some(&metrics.take_ended())).await;
+                    let ended = metrics.take_ended();
+                    measure_backlog(&ctx, &metrics, Some(&ended), lag.as_ref()).await;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(next_full) => {}
@@ -434,11 +571,11 @@ pub async fn run_service(ctx: SyncContext) -> anyhow::Result<()> {
         })
     };
     let observer: Arc<dyn RunObserver> = metrics.clone();
-    crate::scheduler::run_service_observed(ctx, Some(observer)).await;
+    crate::scheduler::run_service_asked(ctx, Some(observer), requests).await;
     stop.cancel();
     let _ = refresher.await;
     let _ = quality.await;
-    if let Some(e) = endpoints {
+    for e in endpoints.into_iter().chain(ui) {
         e.stopped().await;
     }
     Ok(())

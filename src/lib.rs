@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod connection;
+pub mod dashboard;
 pub mod error_line;
 pub mod exit;
 pub mod http_server;

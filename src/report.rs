@@ -151,6 +151,8 @@ pub fn run_json(r: &RunRecord) -> serde_json::Value {
         "rows_refused": r.rows_refused,
         "rows_already_sent": r.rows_already_sent,
         "refused_by_reason": r.refused_by_reason,
+        // Events that carried each customer identifier (em, ph, fbp, …): the match keys.
+        "coverage": r.coverage,
         // Rows the keyset reader never sees; null when the run did not count them.
         "unreadable_rows": match (r.rows_null_cursor, r.rows_null_key) {
             (Some(null_cursor), Some(null_key)) => json!({

@@ -4,11 +4,11 @@
 
 pub mod queue;
 
-pub use queue::{RunQueue, Start};
+pub use queue::{Asked, RunQueue, Start};
 
 use crate::config::{ModelConfig, Schedule};
 use crate::pipeline::observer::RunObserver;
-use crate::pipeline::{sync_model_once, RunOptions, RunStatus, SyncContext};
+use crate::pipeline::{sync_model_once, RunMode, RunOptions, RunStatus, SyncContext};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,15 +47,63 @@ pub async fn tick_observed(
     scheduled_run(ctx, model, None, observer).await
 }
 
-/// One run of `model`, due at the schedule's fire time `scheduled_for`.
+/// Runs asked for by hand (the dashboard's actions), handed to the service's queue. Cloned
+/// handles share one list; the service takes what was asked on its next turn.
+#[derive(Clone, Default)]
+pub struct RunRequests {
+    asked: Arc<std::sync::Mutex<Vec<(String, Asked)>>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for RunRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunRequests")
+    }
+}
+
+impl RunRequests {
+    /// Asks for a run of the model named `model`. It waits its turn in the queue, after the
+    /// model's own run if one is going, so runs of one model never overlap.
+    pub fn ask(&self, model: &str, kind: Asked) {
+        self.lock().push((model.to_string(), kind));
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<(String, Asked)> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Asked)>> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One run of `model`: of the schedule, due at its fire time `scheduled_for`, or asked for.
 async fn scheduled_run(
     ctx: &SyncContext,
     model: &ModelConfig,
     scheduled_for: Option<DateTime<Utc>>,
     observer: Option<Arc<dyn RunObserver>>,
 ) -> RunStatus {
+    queued_run(ctx, model, scheduled_for, None, observer).await
+}
+
+/// One run the queue started.
+async fn queued_run(
+    ctx: &SyncContext,
+    model: &ModelConfig,
+    scheduled_for: Option<DateTime<Utc>>,
+    asked: Option<Asked>,
+    observer: Option<Arc<dyn RunObserver>>,
+) -> RunStatus {
+    let (trigger, mode, scheduled_for) = match asked {
+        None => ("schedule", RunMode::Incremental, scheduled_for),
+        Some(Asked::Sync) => ("dashboard", RunMode::Incremental, None),
+        Some(Asked::RetryRefused) => ("retry", RunMode::RetryRefused, None),
+    };
     let opts = RunOptions {
-        trigger: "schedule".into(),
+        trigger: trigger.into(),
+        mode,
         observer,
         scheduled_for,
         ..Default::default()
@@ -77,6 +125,15 @@ pub async fn run_service(ctx: SyncContext) {
 
 /// [`run_service`], with every run watched by `observer`.
 pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn RunObserver>>) {
+    run_service_asked(ctx, observer, RunRequests::default()).await
+}
+
+/// [`run_service_observed`], also starting the runs asked for through `requests`.
+pub async fn run_service_asked(
+    ctx: SyncContext,
+    observer: Option<Arc<dyn RunObserver>>,
+    requests: RunRequests,
+) {
     let pruner = tokio::spawn(prune_ledger_hourly(ctx.clone()));
     // The enabled models, as indexes into the config: nothing per model is held here beyond
     // its place in the queue; a run's buffers exist while it runs.
@@ -105,6 +162,17 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
     let mut model_of: HashMap<tokio::task::Id, usize> = HashMap::new();
     while !ctx.cancel.is_cancelled() {
         let now = Utc::now();
+        for (name, kind) in requests.take() {
+            match models.iter().position(|&i| config.models[i].name == name) {
+                Some(queued) => {
+                    let new = queue.ask(queued, kind, now);
+                    info!(model = %name, kind = ?kind, already_waiting = !new, "run asked for");
+                }
+                None => {
+                    warn!(model = %name, "a run was asked for a model that is not scheduled (unknown or disabled)")
+                }
+            }
+        }
         for start in queue.start_due(now) {
             let name = &model(start.model).name;
             let delay = start.delay.to_std().unwrap_or(Duration::ZERO);
@@ -119,7 +187,7 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
             let (ctx, observer, index) = (ctx.clone(), observer.clone(), models[start.model]);
             let handle = runs.spawn(async move {
                 let model = &ctx.config.models[index];
-                scheduled_run(&ctx, model, Some(start.due_at), observer).await;
+                queued_run(&ctx, model, Some(start.due_at), start.asked, observer).await;
             });
             model_of.insert(handle.id(), start.model);
         }
@@ -137,6 +205,7 @@ pub async fn run_service_observed(ctx: SyncContext, observer: Option<Arc<dyn Run
                 run_ended(&mut queue, &mut model_of, model, ended);
             }
             _ = tokio::time::sleep(wait) => {}
+            _ = requests.wake.notified() => {}
         }
     }
     // Shutdown: the runs see the same token, stop reading and settle what is in flight.

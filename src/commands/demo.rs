@@ -1,6 +1,7 @@
 //! `capi-sync demo`: the embedded default a newcomer runs first. It seeds a demo warehouse
 //! with messy CRM and store rows, starts the sandbox in-process, syncs the example models
-//! once and prints what happened.
+//! once and prints what happened. With `--serve` it then keeps the service running (the
+//! schedules, the endpoints and the dashboard) until Ctrl-C.
 
 use crate::config::{redact_url, Config};
 use crate::pipeline::{sync_model_once, RunOptions};
@@ -25,7 +26,12 @@ pub struct SeedReport {
     pub sales: i64,
 }
 
-pub async fn run() -> anyhow::Result<super::Exit> {
+/// Where `demo --serve` serves first; when it is taken, a free port is chosen.
+const SERVE_ADDR: &str = "127.0.0.1:9464";
+
+/// Runs the demo; with `serve` set, then the service until Ctrl-C, on its address or
+/// [`SERVE_ADDR`].
+pub async fn run(serve: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<super::Exit> {
     let url = demo_database_url().await?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
@@ -57,7 +63,13 @@ pub async fn run() -> anyhow::Result<super::Exit> {
     .await
     .context("while starting the sandbox")?;
 
-    let config = Arc::new(demo_config(&url, &sandbox.base_url())?);
+    let mut config = demo_config(&url, &sandbox.base_url())?;
+    if let Some(addr) = serve {
+        let addr = addr.map_or_else(serve_addr, |a| a.to_string());
+        config.service.metrics_addr = Some(addr);
+        config.service.ui = crate::config::UiPlacement::WithEndpoints;
+    }
+    let config = Arc::new(config);
     println!("capi-sync demo");
     println!(
         "  warehouse: {} (tables crm.lead_events, store.sales)",
@@ -100,7 +112,6 @@ pub async fn run() -> anyhow::Result<super::Exit> {
     // the events it just received, and recorded like the service records it.
     let models: Vec<&crate::config::ModelConfig> = config.models.iter().collect();
     let quality = crate::quality::fetch(&ctx.graph, Some(&ctx.state), true, &models).await;
-    sandbox.shutdown().await;
 
     println!();
     println!("match quality (`capi-sync quality` reads it from Meta; the sandbox derives it from what it received):");
@@ -138,11 +149,45 @@ pub async fn run() -> anyhow::Result<super::Exit> {
         config.state.schema
     );
     println!("run it again: new demo rows are added and only those are sent.");
+    if serve.is_some() {
+        serve_dashboard(ctx).await?;
+    }
+    sandbox.shutdown().await;
     Ok(if failed {
         super::Exit::SyncFailed
     } else {
         super::Exit::Ok
     })
+}
+
+/// [`SERVE_ADDR`] when it is free, else a free port on the loopback interface.
+fn serve_addr() -> String {
+    let free = |a: &str| {
+        std::net::TcpListener::bind(a)
+            .ok()
+            .and_then(|l| l.local_addr().ok())
+    };
+    free(SERVE_ADDR)
+        .or_else(|| free("127.0.0.1:0"))
+        .map_or_else(|| SERVE_ADDR.to_string(), |a| a.to_string())
+}
+
+/// The `run` service on the demo's models until Ctrl-C, its address printed once it listens.
+async fn serve_dashboard(ctx: crate::pipeline::SyncContext) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let service = tokio::spawn(crate::http_server::run_service_announced(ctx, Some(tx)));
+    if let Ok(at) = rx.await {
+        println!();
+        if let Some(addr) = at.dashboard {
+            println!(
+                "dashboard: http://{addr}/  (the models run on their schedules; Ctrl-C stops)"
+            );
+        }
+        if let Some(addr) = at.endpoints {
+            println!("probes and metrics: http://{addr}/healthz, /readyz, /metrics");
+        }
+    }
+    service.await.context("the service stopped abnormally")?
 }
 
 /// `DATABASE_URL` when set; otherwise the local server's `capi_sync_demo` database, created

@@ -125,10 +125,30 @@ pub struct ServiceSettings {
     /// flight to settle; on shutdown the process exits after it.
     pub shutdown_grace: Duration,
     pub metrics_addr: Option<String>,
+    /// Where the dashboard is served (`service.ui_addr`).
+    pub ui: UiPlacement,
+    /// The bearer token of the dashboard's actions (`service.admin_token`); None: the
+    /// dashboard only reads.
+    pub admin_token: Option<Secret>,
     /// The most model runs the service lets go at once; due runs beyond it wait their turn,
     /// the most overdue first (`service.max_concurrent_runs`).
     pub max_concurrent_runs: u32,
 }
+
+/// Where `capi-sync run` serves its dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UiPlacement {
+    /// On `service.metrics_addr`, beside the probes (`service.ui_addr` not set).
+    WithEndpoints,
+    /// On a listener of its own (`service.ui_addr` set to an address).
+    Own(std::net::SocketAddr),
+    /// Not served (`service.ui_addr = ""`).
+    Off,
+}
+
+/// The shortest `service.admin_token` accepted: it guards actions that send events, so it
+/// must not be guessable.
+pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
 
 /// How `external_id` is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +157,39 @@ pub enum ExternalIdMode {
     Hash,
     /// Sent as it is, to match a Pixel that sends it unhashed.
     Raw,
+}
+
+/// `service.ui_addr`: unset, an address, or "" (off).
+fn ui_placement(text: Option<&str>, problems: &mut Vec<String>) -> UiPlacement {
+    match text.map(str::trim) {
+        None => UiPlacement::WithEndpoints,
+        Some("") => UiPlacement::Off,
+        Some(addr) => match addr.parse() {
+            Ok(a) => UiPlacement::Own(a),
+            Err(_) => {
+                problems.push(format!(
+                    "key `service.ui_addr`: `{addr}` is not an address to listen on, like 127.0.0.1:9465 (\"\" serves no dashboard; leave it unset to serve it on service.metrics_addr)"
+                ));
+                UiPlacement::Off
+            }
+        },
+    }
+}
+
+/// `service.admin_token`: empty is none (the dashboard only reads); a set one must be long
+/// enough not to be guessed. The message never shows the value.
+fn admin_token(token: Secret, problems: &mut Vec<String>) -> Option<Secret> {
+    if token.is_empty() {
+        return None;
+    }
+    let trimmed = Secret::new(token.expose().trim());
+    if trimmed.expose().chars().count() < ADMIN_TOKEN_MIN_LEN {
+        problems.push(format!(
+            "key `service.admin_token`: must be at least {ADMIN_TOKEN_MIN_LEN} characters (e.g. the output of `openssl rand -hex 24`), or empty for a read-only dashboard"
+        ));
+        return None;
+    }
+    Some(trimmed)
 }
 
 /// A validated cron schedule.
@@ -470,6 +523,8 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
             &mut problems,
         ),
         metrics_addr: raw.service.metrics_addr,
+        ui: ui_placement(raw.service.ui_addr.as_deref(), &mut problems),
+        admin_token: admin_token(raw.service.admin_token, &mut problems),
         max_concurrent_runs: raw.service.max_concurrent_runs.max(1),
     };
     if raw.service.max_concurrent_runs == 0 {

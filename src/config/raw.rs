@@ -59,6 +59,8 @@ pub(super) struct RawService {
     pub(super) run_deadline: String,
     pub(super) shutdown_grace: String,
     pub(super) metrics_addr: Option<String>,
+    pub(super) ui_addr: Option<String>,
+    pub(super) admin_token: Secret,
     pub(super) max_concurrent_runs: u32,
 }
 

@@ -114,6 +114,14 @@ impl RunRegistry {
         }
     }
 
+    /// The models with a run in progress in this process, each once, sorted.
+    pub fn running_models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self.lock().values().map(|r| r.model.clone()).collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
     /// Runs still in progress past their deadline (draining what was in flight, or stuck).
     pub fn overdue(&self) -> Vec<OverdueRun> {
         let now = Instant::now();

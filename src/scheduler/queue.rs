@@ -9,6 +9,12 @@
 //! model that waited longer, and none starves. Among models due at the same fire time, the one
 //! whose last run started earliest goes first. Fire times a model misses while it waits or runs
 //! collapse into its one due time: it is never queued twice.
+//!
+//! A run can also be asked for by hand (the dashboard's "run now" and "retry"): it is due at
+//! the time it was asked, queues like any other, and never overlaps the model's own run. A
+//! model has at most one asked run of each kind waiting. An asked sync also serves a fire
+//! time that has passed; an asked retry of refused rows reads no new rows, so the scheduled
+//! run still follows it.
 
 use crate::config::Schedule;
 use chrono::{DateTime, Utc};
@@ -24,6 +30,28 @@ struct Slot<'a> {
     /// least recently goes first, so ties rotate instead of favouring the first in the config.
     last_started: Option<DateTime<Utc>>,
     running: bool,
+    /// When a sync and a retry of refused rows were asked for by hand, not yet started.
+    asked_sync: Option<DateTime<Utc>>,
+    asked_retry: Option<DateTime<Utc>>,
+}
+
+impl Slot<'_> {
+    /// The earliest of its fire time and the times its waiting asked runs were asked.
+    fn due(&self) -> Option<DateTime<Utc>> {
+        [self.due_at, self.asked_sync, self.asked_retry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// A run asked for by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// A sync of the rows after the cursor, as a scheduled run does.
+    Sync,
+    /// The model's refused rows read again by key (`capi-sync retry`).
+    RetryRefused,
 }
 
 /// A run the queue let start: the model (its index in the list given to [`RunQueue::new`]),
@@ -33,6 +61,8 @@ pub struct Start {
     pub model: usize,
     pub due_at: DateTime<Utc>,
     pub delay: chrono::Duration,
+    /// None for a run of the schedule.
+    pub asked: Option<Asked>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +87,8 @@ impl<'a> RunQueue<'a> {
                 schedule,
                 last_started: None,
                 running: false,
+                asked_sync: None,
+                asked_retry: None,
             })
             .collect();
         RunQueue {
@@ -81,7 +113,7 @@ impl<'a> RunQueue<'a> {
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.running)
-            .filter_map(|(i, s)| s.due_at.filter(|d| *d <= now).map(|d| (i, d)))
+            .filter_map(|(i, s)| s.due().filter(|d| *d <= now).map(|d| (i, d)))
             .collect();
         due.sort_by_key(|&(i, d)| (d, self.slots[i].last_started, i));
         due
@@ -91,7 +123,7 @@ impl<'a> RunQueue<'a> {
     pub fn waiting(&self, now: DateTime<Utc>) -> usize {
         self.slots
             .iter()
-            .filter(|s| !s.running && s.due_at.is_some_and(|d| d <= now))
+            .filter(|s| !s.running && s.due().is_some_and(|d| d <= now))
             .count()
     }
 
@@ -109,16 +141,45 @@ impl<'a> RunQueue<'a> {
             return None;
         }
         let slot = self.slots.get_mut(model)?;
-        let due_at = slot.due_at.filter(|d| *d <= now && !slot.running)?;
+        let due_at = slot.due().filter(|d| *d <= now && !slot.running)?;
+        let asked = if slot.asked_retry.take().is_some() {
+            Some(Asked::RetryRefused)
+        } else if slot.asked_sync.take().is_some() {
+            Some(Asked::Sync)
+        } else {
+            None
+        };
         slot.running = true;
         slot.last_started = Some(now);
-        slot.due_at = slot.schedule.next_after(now);
+        // A sync serves a fire time that has passed; a retry reads no new rows and leaves it.
+        if asked != Some(Asked::RetryRefused) && slot.due_at.is_some_and(|d| d <= now) {
+            slot.due_at = slot.schedule.next_after(now);
+        }
         self.running += 1;
         Some(Start {
             model,
             due_at,
             delay: now - due_at,
+            asked,
         })
+    }
+
+    /// Asks for a run of `model` by hand at `now`: it is due at once and starts when a slot is
+    /// free and the model's own run (if any) has ended. Returns false when a run of this kind
+    /// was already asked for and waits (it serves this request too), or there is no such model.
+    pub fn ask(&mut self, model: usize, kind: Asked, now: DateTime<Utc>) -> bool {
+        let Some(slot) = self.slots.get_mut(model) else {
+            return false;
+        };
+        let waiting = match kind {
+            Asked::Sync => &mut slot.asked_sync,
+            Asked::RetryRefused => &mut slot.asked_retry,
+        };
+        if waiting.is_some() {
+            return false;
+        }
+        *waiting = Some(now);
+        true
     }
 
     /// Marks `model`'s run ended. If its schedule fired again meanwhile, it is due (once).
@@ -339,5 +400,39 @@ mod tests {
         assert_eq!(q.never_due(), vec![0]);
         assert!(q.start_due(at("2030-01-01T00:00:00Z")).is_empty());
         assert_eq!(q.next_due_after(at("2026-03-01T12:00:00Z")), None);
+    }
+
+    #[test]
+    fn an_asked_run_starts_at_once_and_after_the_models_own_run() {
+        let schedules = every_minute(1);
+        let mut q = RunQueue::new(&schedules, 2, at("2026-03-01T12:00:30Z"));
+        let now = at("2026-03-01T12:00:40Z");
+        assert!(q.start_due(now).is_empty(), "nothing due yet");
+        assert!(q.ask(0, Asked::Sync, now));
+        assert!(!q.ask(0, Asked::Sync, now), "asked once, however often");
+        let started = q.start_due(now);
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].asked, Some(Asked::Sync));
+        // Asked while its run goes: it waits for the run to end, never overlapping it.
+        assert!(q.ask(0, Asked::RetryRefused, now));
+        assert!(q.start_due(now).is_empty());
+        q.finish(0);
+        let started = q.start_due(now);
+        assert_eq!(started[0].asked, Some(Asked::RetryRefused));
+    }
+
+    #[test]
+    fn an_asked_retry_leaves_the_scheduled_run_due() {
+        let schedules = every_minute(1);
+        let mut q = RunQueue::new(&schedules, 1, at("2026-03-01T12:00:30Z"));
+        let now = at("2026-03-01T12:01:10Z");
+        assert!(q.ask(0, Asked::RetryRefused, now));
+        let first = q.start_due(now);
+        assert_eq!(first[0].asked, Some(Asked::RetryRefused));
+        q.finish(0);
+        let second = q.start_due(now);
+        assert_eq!(second.len(), 1, "the fire time of 12:01 is still served");
+        assert_eq!(second[0].asked, None);
+        assert_eq!(second[0].due_at, at("2026-03-01T12:01:00Z"));
     }
 }

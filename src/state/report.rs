@@ -49,6 +49,19 @@ impl StateStore {
         .await?)
     }
 
+    /// The delivery ledger's events of a model (within `state.ledger_retention`), and the
+    /// last time it recorded one.
+    pub async fn ledger_count(
+        &self,
+        model: &str,
+    ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>)> {
+        let r = sqlx::query("SELECT count(*), max(delivered_at) FROM deliveries WHERE model = $1")
+            .bind(model)
+            .fetch_one(self.pool())
+            .await?;
+        Ok((r.get(0), r.get(1)))
+    }
+
     /// The last run that succeeded, if any.
     pub async fn last_success(&self, model: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
         Ok(sqlx::query_scalar(

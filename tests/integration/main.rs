@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmd_check;
+mod cmd_demo_serve;
 mod cmd_preview;
 mod cmd_refused;
 mod cmd_reset;
@@ -14,6 +15,8 @@ mod config_errors;
 mod config_rules;
 mod connection_budget;
 mod crash;
+mod dashboard_browser;
+mod dashboard_routes;
 mod delivery;
 mod endpoint_routes;
 mod endpoints;
