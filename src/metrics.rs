@@ -106,6 +106,7 @@ fn class_label(class: ErrorClass) -> &'static str {
         ErrorClass::Invalid => "invalid",
         ErrorClass::Unexpected => "unexpected",
         ErrorClass::NotGraph => "not_graph",
+        ErrorClass::RetiredVersion => "retired_version",
     }
 }
 

@@ -407,7 +407,7 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
     problems.extend(graph_url::problem(&raw.meta.graph_url));
     if !is_api_version(&raw.meta.api_version) {
         problems.push(format!(
-            "key `meta.api_version`: `{}` is not a Graph API version like v25.0",
+            "key `meta.api_version`: `{}` is not a Graph API version like v27.0",
             raw.meta.api_version
         ));
     }

@@ -341,6 +341,9 @@ async fn handle(
 
 async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults) -> Outcome {
     let (parts, body) = req.into_parts();
+    if request::retired_version(parts.uri.path()).is_some() {
+        return Outcome::Reject(GraphError::deprecated_version());
+    }
     if let Some(id) = request::object_route(&parts.method, parts.uri.path()) {
         let mut tokens: Vec<String> = request::bearer_token(&parts.headers).into_iter().collect();
         tokens.extend(request::query_token(parts.uri.query()));

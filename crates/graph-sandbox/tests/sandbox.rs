@@ -680,3 +680,49 @@ async fn get_of_the_pixel_with_a_wrong_token_is_refused_with_code_190() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], 190);
 }
+
+#[tokio::test]
+async fn a_version_that_has_ended_is_refused_with_code_2635_and_nothing_is_accepted() {
+    let sb = sandbox().await;
+    let body = json!({"data": [event("e1")], "access_token": TOKEN});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v20.0/123456789012345/events", sb.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], 2635);
+    assert_eq!(answer["error"]["type"], "OAuthException");
+    assert!(answer["error"].get("error_subcode").is_none(), "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("(#2635) You are calling a deprecated version of the Ads API"));
+    assert_eq!(sb.stats().events_accepted, 0);
+    // The pixel probe of an ended version gets the same answer.
+    let probe = reqwest::Client::new()
+        .get(format!("{}/v19.0/123456789012345?fields=id", sb.base_url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status().as_u16(), 400);
+    let answer: Value = probe.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], 2635);
+}
+
+#[tokio::test]
+async fn the_newest_version_is_served() {
+    let sb = sandbox().await;
+    let body = json!({"data": [event("e1")], "access_token": TOKEN});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v27.0/123456789012345/events", sb.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(sb.stats().events_accepted, 1);
+}
