@@ -14,6 +14,7 @@
 use crate::metrics::Metrics;
 use crate::pipeline::observer::RunObserver;
 use crate::pipeline::SyncContext;
+use crate::source::{Expiry, ExpiryCount};
 use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
@@ -334,11 +335,54 @@ pub async fn refresh_backlog_of(
                 continue;
             }
         };
-        match crate::source::model_backlog(&ctx.warehouse, model, after.as_ref()).await {
-            Ok(b) => metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs),
+        let horizon = ctx.config.service.expiring_within;
+        let backlog = crate::source::model_backlog_with_expiry(
+            &ctx.warehouse,
+            model,
+            after.as_ref(),
+            horizon,
+        );
+        match backlog.await {
+            Ok(b) => {
+                metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs);
+                match &b.expiry {
+                    Some(ExpiryCount::Counted(e)) => {
+                        metrics.set_expiry(&model.name, Some(e));
+                        warn_if_too_late(model, e, metrics, chrono::Utc::now());
+                    }
+                    _ => metrics.set_expiry(&model.name, None),
+                }
+            }
             Err(e) => warn!(model = %model.name, error = %e, "cannot measure the rows waiting"),
         }
     }
+}
+
+/// Warns when the model's next scheduled run comes after the earliest moment a waiting row
+/// leaves Meta's window: that row will be refused (`event_time_too_old`) unless a run comes
+/// sooner (`capi-sync sync`, or a tighter schedule). Once per earliest deadline, not at every
+/// refresh. Counts and times only.
+fn warn_if_too_late(
+    model: &crate::config::ModelConfig,
+    expiry: &Expiry,
+    metrics: &Metrics,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let Some(earliest) = expiry.earliest else {
+        return;
+    };
+    let next = model.schedule.next_after(now);
+    if next.is_some_and(|n| n <= earliest) || !metrics.first_expiry_warning(&model.name, earliest) {
+        return;
+    }
+    warn!(
+        model = %model.name,
+        rows_expiring = expiry.expiring,
+        rows_expired_waiting = expiry.expired,
+        earliest_expiry = %earliest.to_rfc3339(),
+        next_run = %next.map(|n| n.to_rfc3339()).unwrap_or_else(|| "never".into()),
+        "rows waiting leave Meta's window before the model's next run; they will be refused as event_time_too_old unless they are sent sooner (capi-sync sync, or a more frequent schedule)"
+    );
 }
 
 /// The `run` service: the scheduler, with the HTTP endpoints on `service.metrics_addr`

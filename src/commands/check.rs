@@ -163,11 +163,17 @@ pub async fn run_on(
     if let Some(w) = &warehouse {
         check_server_room(config, &budget, w.pool(), &mut report).await;
     }
-    check_state(config, &mut report).await;
+    let state = check_state(config, &mut report).await;
 
     for model in &models {
         match &warehouse {
-            Some(w) => check_model(w, model, &mut report).await,
+            Some(w) => {
+                if !check_model(w, model, &mut report).await {
+                    continue;
+                }
+                let horizon = config.service.expiring_within;
+                rows::check_expiring(w, state.as_ref(), model, horizon, &mut report).await;
+            }
             None => report.push(
                 &model.name,
                 None,
@@ -200,7 +206,8 @@ pub async fn run_on(
 }
 
 /// Our schema: reachable, and created and up to date (or not yet: the first run creates it).
-async fn check_state(config: &Config, report: &mut Report) {
+/// Returns our tables, when they exist, for the cursors.
+async fn check_state(config: &Config, report: &mut Report) -> Option<crate::state::StateStore> {
     let schema = &config.state.schema;
     let store = match super::read_only_state(config).await {
         Ok(s) => s,
@@ -211,7 +218,7 @@ async fn check_state(config: &Config, report: &mut Report) {
                 Level::Unreachable,
                 crate::error_line::one_line(&e),
             );
-            return;
+            return None;
         }
     };
     check_encryption(
@@ -228,7 +235,7 @@ async fn check_state(config: &Config, report: &mut Report) {
             Level::Ok,
             format!("schema `{schema}` has no capi-sync tables yet; `capi-sync migrate` or the first sync creates them"),
         );
-        return;
+        return None;
     };
     let applied: Result<Vec<i64>, sqlx::Error> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
@@ -262,6 +269,7 @@ async fn check_state(config: &Config, report: &mut Report) {
             format!("cannot read the migration history in schema `{schema}`: {e}"),
         ),
     }
+    Some(store)
 }
 
 /// Warns when the warehouse's server allows fewer client connections than this process may
@@ -363,7 +371,8 @@ fn column_target(model: &ModelConfig, name: &str) -> Option<Target> {
     params::resolve(name).ok()
 }
 
-async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Report) {
+/// Returns whether the model's query could be described.
+async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Report) -> bool {
     let name = model.name.as_str();
     if !model.enabled {
         report.push(
@@ -382,7 +391,7 @@ async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Re
                 Level::Error,
                 format!("{e}; fix the model's SQL ({})", model.sql_origin),
             );
-            return;
+            return false;
         }
     };
     report.push(
@@ -510,6 +519,7 @@ async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Re
         }
         rows::check_unreadable_rows(warehouse, model, &query, report).await;
     }
+    true
 }
 
 fn check_column(

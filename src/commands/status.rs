@@ -14,7 +14,8 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<super::Exit> 
     let mut all = Vec::with_capacity(config.models.len());
     for model in &config.models {
         let wh = warehouse.as_ref().ok();
-        let mut s = collect(wh, state.as_ref(), model, now).await?;
+        let horizon = config.service.expiring_within;
+        let mut s = collect(wh, state.as_ref(), model, now, horizon).await?;
         if let (None, Some(e)) = (&s.backlog_error, &warehouse_error) {
             s.backlog_error = Some(e.clone());
         }
@@ -85,6 +86,15 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         )),
         (Some(n), None) => headline.push(format!("{} waiting", super::rows(n))),
         (None, _) => headline.push("waiting rows unknown".into()),
+    }
+    let within = horizon_text(s.expiring_within_seconds);
+    match (s.rows_expiring, s.rows_expired_waiting) {
+        (Some(n), _) if n > 0 => headline.push(format!(
+            "{} leaving Meta's window within {within}",
+            super::rows(n)
+        )),
+        (_, Some(n)) if n > 0 => headline.push(format!("{} outside Meta's window", super::rows(n))),
+        _ => {}
     }
     if !s.enabled {
         headline.push("disabled".into());
@@ -184,6 +194,11 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         }
         (None, None) => {}
     }
+    if s.backlog_error.is_none() {
+        if let Some(line) = expiry_line(s, now) {
+            out.push_str(&format!("  expiring:  {line}\n"));
+        }
+    }
     if let Some(u) = s.last_run.as_ref().map(|r| &r["unreadable_rows"]) {
         let (cursor, key) = (
             u["null_cursor"].as_i64().unwrap_or(0),
@@ -216,6 +231,51 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         ));
     }
     out
+}
+
+/// `service.expiring_within` as it was likely written: `24h`, `2d`, `90m`.
+pub fn horizon_text(secs: u64) -> String {
+    match secs {
+        s if s > 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The rows waiting that leave Meta's window soon or have left it; None when none does.
+fn expiry_line(s: &ModelStatus, now: DateTime<Utc>) -> Option<String> {
+    if let Some(why) = &s.expiry_error {
+        return Some(format!("unknown: {why}"));
+    }
+    let (expiring, expired) = (s.rows_expiring?, s.rows_expired_waiting?);
+    let mut parts = Vec::new();
+    if expiring > 0 {
+        let first = match s.earliest_expiry.as_deref().and_then(parse) {
+            Some(t) => format!(
+                ", the first at {} (in {})",
+                super::utc(t),
+                super::human_duration((t - now).num_milliseconds() as f64 / 1000.0)
+            ),
+            None => String::new(),
+        };
+        let leave = if expiring == 1 {
+            "1 row leaves".to_string()
+        } else {
+            format!("{} leave", super::rows(expiring))
+        };
+        parts.push(format!(
+            "{leave} Meta's window within {}{first}: the next run must send them before then",
+            horizon_text(s.expiring_within_seconds)
+        ));
+    }
+    if expired > 0 {
+        parts.push(format!(
+            "{} already outside Meta's window (7 days; 62 for physical_store): the next run refuses them (event_time_too_old)",
+            crate::human::rows_are(expired)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 #[cfg(test)]
@@ -315,6 +375,11 @@ action_source = "crm"
             oldest_waiting: None,
             newest_waiting: None,
             backlog_error: None,
+            rows_expiring: Some(0),
+            rows_expired_waiting: Some(0),
+            earliest_expiry: None,
+            expiring_within_seconds: 86_400,
+            expiry_error: None,
             refused_by_reason: BTreeMap::new(),
             changed_since_delivery: 0,
         };

@@ -59,6 +59,7 @@ pub(super) struct RawService {
     pub(super) shutdown_grace: String,
     pub(super) metrics_addr: Option<String>,
     pub(super) max_concurrent_runs: u32,
+    pub(super) expiring_within: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,7 @@ mod crash;
 mod delivery;
 mod endpoint_routes;
 mod endpoints;
+mod expiring;
 mod faults;
 mod graph_answers;
 mod health_and_metrics;

@@ -4,7 +4,75 @@
 
 use super::{Level, Report};
 use crate::config::ModelConfig;
-use crate::source::Warehouse;
+use crate::source::{ExpiryCount, Warehouse};
+use crate::state::StateStore;
+
+/// Rows waiting after the cursor (all rows before a first run) whose `event_time` leaves
+/// Meta's window within `horizon` (`service.expiring_within`), or has left it: one aggregate
+/// query. A warning, since a run sent in time saves them.
+pub(super) async fn check_expiring(
+    warehouse: &Warehouse,
+    state: Option<&StateStore>,
+    model: &ModelConfig,
+    horizon: std::time::Duration,
+    report: &mut Report,
+) {
+    let name = model.name.as_str();
+    let after = match state {
+        Some(s) => match s.cursor(name).await {
+            Ok(c) => c,
+            Err(e) => {
+                let message =
+                    format!("cannot read the cursor to count rows leaving Meta's window: {e}");
+                report.push(name, Some("expiry"), Level::Warning, message);
+                return;
+            }
+        },
+        None => None,
+    };
+    let within = crate::commands::status::horizon_text(horizon.as_secs());
+    let backlog =
+        crate::source::model_backlog_with_expiry(warehouse, model, after.as_ref(), horizon).await;
+    let (level, message) = match backlog.map(|b| b.expiry) {
+        Ok(Some(ExpiryCount::Counted(e))) if e.expiring == 0 && e.expired == 0 => (
+            Level::Ok,
+            format!("no row waiting after the cursor leaves Meta's window within {within}"),
+        ),
+        Ok(Some(ExpiryCount::Counted(e))) => {
+            let first = e
+                .earliest
+                .filter(|_| e.expiring > 0)
+                .map(|t| format!(" (the first at {})", crate::commands::utc(t)))
+                .unwrap_or_default();
+            let verb = |n: i64, one: &str, many: &str| {
+                let n_text = crate::commands::group_digits(n);
+                if n == 1 {
+                    format!("{n_text} {one}")
+                } else {
+                    format!("{n_text} {many}")
+                }
+            };
+            (
+                Level::Warning,
+                format!(
+                    "rows waiting after the cursor: {} Meta's window within {within}{first}, {} already outside it (refused as event_time_too_old when read); run `capi-sync sync {name}` before then, or schedule the model more often",
+                    verb(e.expiring, "leaves", "leave"),
+                    verb(e.expired, "is", "are")
+                ),
+            )
+        }
+        Ok(Some(ExpiryCount::Unknown(why))) => (
+            Level::Ok,
+            format!("rows leaving Meta's window are not counted: {why}"),
+        ),
+        Ok(None) => return,
+        Err(e) => (
+            Level::Warning,
+            format!("cannot count the rows leaving Meta's window: {e}"),
+        ),
+    };
+    report.push(name, Some("expiry"), level, message);
+}
 
 /// Rows keyset paging cannot handle: counted with aggregate queries (no row is read), each
 /// in a read-only transaction under the statement timeout.
