@@ -22,7 +22,7 @@ pub mod sync;
 
 use crate::config::{Config, ConfigError, ModelConfig};
 pub use crate::exit::{Exit, UsageError};
-pub use crate::human::{group_digits, human_duration, rows, utc};
+pub use crate::human::{group_digits, human_duration, rows, setting_duration, utc};
 use crate::mapping::ColumnInfo;
 pub use crate::source::{event_time_window, model_backlog};
 use crate::source::{ModelQuery, Warehouse, WindowDays};

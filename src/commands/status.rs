@@ -87,7 +87,7 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         (Some(n), None) => headline.push(format!("{} waiting", super::rows(n))),
         (None, _) => headline.push("waiting rows unknown".into()),
     }
-    let within = horizon_text(s.expiring_within_seconds);
+    let within = super::setting_duration(s.expiring_within_seconds);
     match (s.rows_expiring, s.rows_expired_waiting) {
         (Some(n), _) if n > 0 => headline.push(format!(
             "{} leaving Meta's window within {within}",
@@ -233,16 +233,6 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
     out
 }
 
-/// `service.expiring_within` as it was likely written: `24h`, `2d`, `90m`.
-pub fn horizon_text(secs: u64) -> String {
-    match secs {
-        s if s > 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
 /// The rows waiting that leave Meta's window soon or have left it; None when none does.
 fn expiry_line(s: &ModelStatus, now: DateTime<Utc>) -> Option<String> {
     if let Some(why) = &s.expiry_error {
@@ -264,15 +254,30 @@ fn expiry_line(s: &ModelStatus, now: DateTime<Utc>) -> Option<String> {
         } else {
             format!("{} leave", super::rows(expiring))
         };
+        let next = s.next_run.as_deref().and_then(parse);
+        let first_at = s.earliest_expiry.as_deref().and_then(parse);
+        let when = match (next, first_at) {
+            (Some(n), Some(f)) if n > f => format!(
+                "the next scheduled run, at {}, comes after the first leaves: run `capi-sync sync {}` before then",
+                super::utc(n),
+                s.model
+            ),
+            (None, _) if s.enabled => format!(
+                "no run is scheduled: run `capi-sync sync {}` before then",
+                s.model
+            ),
+            _ => "the next run must send them before then".into(),
+        };
         parts.push(format!(
-            "{leave} Meta's window within {}{first}: the next run must send them before then",
-            horizon_text(s.expiring_within_seconds)
+            "{leave} Meta's window within {}{first}; {when}",
+            super::setting_duration(s.expiring_within_seconds)
         ));
     }
     if expired > 0 {
         parts.push(format!(
-            "{} already outside Meta's window (7 days; 62 for physical_store): the next run refuses them (event_time_too_old)",
-            crate::human::rows_are(expired)
+            "{} already outside Meta's window (7 days; 62 for physical_store): the next run refuses {} (event_time_too_old)",
+            crate::human::rows_are(expired),
+            if expired == 1 { "it" } else { "them" }
         ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
@@ -392,6 +397,43 @@ action_source = "crm"
         );
         assert!(
             text.contains("due:       since 2026-03-01 12:02:00 UTC (1m 30s ago), not started"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_text_says_when_the_next_run_comes_after_rows_leave_metas_window() {
+        let m = model("0 0 1 1 *");
+        let now = at("2026-12-06T12:00:00Z");
+        let s = ModelStatus {
+            model: m.name.clone(),
+            enabled: true,
+            schedule: m.schedule.expression.clone(),
+            next_run: Some("2027-01-01T00:00:00+00:00".into()),
+            due_since: None,
+            last_run: None,
+            last_success_at: None,
+            cursor: None,
+            waiting_rows: Some(4),
+            lag_seconds: Some(60.0),
+            oldest_waiting: None,
+            newest_waiting: None,
+            backlog_error: None,
+            rows_expiring: Some(3),
+            rows_expired_waiting: Some(1),
+            earliest_expiry: Some("2026-12-07T00:00:00+00:00".into()),
+            expiring_within_seconds: 86_400,
+            expiry_error: None,
+            refused_by_reason: BTreeMap::new(),
+            changed_since_delivery: 0,
+        };
+        let text = format_text(&s, now);
+        assert!(
+            text.contains("leads: never run; 4 rows waiting, lag 1m 0s; 3 rows leaving Meta's window within 24h\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  expiring:  3 rows leave Meta's window within 24h, the first at 2026-12-07 00:00:00 UTC (in 12h 0m); the next scheduled run, at 2027-01-01 00:00:00 UTC, comes after the first leaves: run `capi-sync sync leads` before then; 1 row is already outside Meta's window"),
             "{text}"
         );
     }

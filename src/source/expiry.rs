@@ -112,7 +112,8 @@ pub fn event_time_window(
 }
 
 /// The aggregates counting expiring and expired rows, and the earliest deadline: three
-/// columns, to follow the backlog's own. None when the event_time column is text.
+/// columns, to follow the backlog's own. Or why they cannot be counted in SQL (a text
+/// event_time).
 fn expiry_sql(
     query: &ModelQuery,
     window: &EventTimeWindow,

@@ -250,7 +250,7 @@ async fn status_text_says_when_the_first_row_leaves_and_how_many_are_gone() {
         "{line}"
     );
     assert!(
-        line.contains("1 row is already outside Meta's window (7 days; 62 for physical_store): the next run refuses them (event_time_too_old)"),
+        line.contains("1 row is already outside Meta's window (7 days; 62 for physical_store): the next run refuses it (event_time_too_old)"),
         "{line}"
     );
 }

@@ -30,7 +30,7 @@ pub(super) async fn check_expiring(
         },
         None => None,
     };
-    let within = crate::commands::status::horizon_text(horizon.as_secs());
+    let within = crate::commands::setting_duration(horizon.as_secs());
     let backlog =
         crate::source::model_backlog_with_expiry(warehouse, model, after.as_ref(), horizon).await;
     let (level, message) = match backlog.map(|b| b.expiry) {
