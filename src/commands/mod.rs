@@ -108,7 +108,7 @@ pub async fn window_report(
         .await;
     let age = match &window.days {
         WindowDays::Fixed(d) => format!("{d} days"),
-        WindowDays::ByActionSourceColumn(_) => {
+        WindowDays::ByActionSourceColumn { .. } => {
             "Meta's window (7 days; 62 for physical_store)".into()
         }
     };

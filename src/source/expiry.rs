@@ -23,7 +23,11 @@ pub enum WindowDays {
     /// One window for every row (7 days; 62 for `physical_store`).
     Fixed(i64),
     /// `action_source` comes from this column: 62 days where it says physical_store, else 7.
-    ByActionSourceColumn(String),
+    /// Where the column is NULL the model's constant applies, which may be physical_store.
+    ByActionSourceColumn {
+        column: String,
+        constant_is_store: bool,
+    },
 }
 
 /// Where a model's `event_time` comes from, for counting rows outside Meta's window.
@@ -38,9 +42,13 @@ impl WindowDays {
     pub(super) fn sql(&self) -> String {
         match self {
             WindowDays::Fixed(d) => d.to_string(),
-            WindowDays::ByActionSourceColumn(c) => format!(
-                "CASE WHEN lower(trim(t.{}::text)) = 'physical_store' THEN {} ELSE {} END",
-                quote_ident(c),
+            WindowDays::ByActionSourceColumn {
+                column,
+                constant_is_store,
+            } => format!(
+                "CASE WHEN coalesce(lower(trim(t.{}::text)), '{}') = 'physical_store' THEN {} ELSE {} END",
+                quote_ident(column),
+                if *constant_is_store { "physical_store" } else { "" },
                 MAX_AGE_PHYSICAL_STORE_SECS / 86_400,
                 MAX_AGE_SECS / 86_400
             ),
@@ -92,18 +100,19 @@ pub fn event_time_window(
                 .into(),
         );
     };
+    let store = model.constants.iter().any(|(t, v)| {
+        *t == Target::Top(TopField::ActionSource) && v.as_str() == Some("physical_store")
+    });
     let days = match column_for(TopField::ActionSource) {
-        Some(c) => WindowDays::ByActionSourceColumn(c),
-        None => {
-            let store = model.constants.iter().any(|(t, v)| {
-                *t == Target::Top(TopField::ActionSource) && v.as_str() == Some("physical_store")
-            });
-            WindowDays::Fixed(if store {
-                MAX_AGE_PHYSICAL_STORE_SECS / 86_400
-            } else {
-                MAX_AGE_SECS / 86_400
-            })
-        }
+        Some(column) => WindowDays::ByActionSourceColumn {
+            column,
+            constant_is_store: store,
+        },
+        None => WindowDays::Fixed(if store {
+            MAX_AGE_PHYSICAL_STORE_SECS / 86_400
+        } else {
+            MAX_AGE_SECS / 86_400
+        }),
     };
     Ok(EventTimeWindow {
         event_time_column,
@@ -246,12 +255,25 @@ mod tests {
         let w = event_time_window(&m, &cols(&["id", "u", "event_time", "action_source"])).unwrap();
         assert_eq!(
             w.days,
-            WindowDays::ByActionSourceColumn("action_source".into())
+            WindowDays::ByActionSourceColumn {
+                column: "action_source".into(),
+                constant_is_store: false
+            }
         );
         assert_eq!(
             w.days.sql(),
-            "CASE WHEN lower(trim(t.\"action_source\"::text)) = 'physical_store' THEN 62 ELSE 7 END"
+            "CASE WHEN coalesce(lower(trim(t.\"action_source\"::text)), '') = 'physical_store' THEN 62 ELSE 7 END"
         );
+    }
+
+    #[test]
+    fn a_null_action_source_takes_the_constants_window() {
+        let m = model("action_source = \"physical_store\"", "SELECT 1");
+        let w = event_time_window(&m, &cols(&["id", "u", "event_time", "action_source"])).unwrap();
+        assert!(w
+            .days
+            .sql()
+            .contains("'physical_store') = 'physical_store'"));
     }
 
     #[test]

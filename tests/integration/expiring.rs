@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `crm.visits`: one row per (id, age of its event in hours, action source); the rows
+/// `crm.visits`: one row per (id, age of its event in hours, action source, "" for NULL); the rows
 /// changed `changed_hours_ago` hours ago, a second apart in id order.
 async fn seed(db: &TestDb, rows: &[(i64, f64, &str)], changed_hours_ago: f64) {
     sqlx::query("CREATE SCHEMA IF NOT EXISTS crm")
@@ -25,7 +25,7 @@ async fn seed(db: &TestDb, rows: &[(i64, f64, &str)], changed_hours_ago: f64) {
     .unwrap();
     for (id, age_hours, source) in rows {
         sqlx::query(
-            "INSERT INTO crm.visits VALUES ($1::bigint, 'visitor' || $1::bigint || '@example.com', $2,
+            "INSERT INTO crm.visits VALUES ($1::bigint, 'visitor' || $1::bigint || '@example.com', NULLIF($2, ''),
                 now() - make_interval(secs => $3::float8 * 3600),
                 now() - make_interval(secs => $4::float8 * 3600 - $1::bigint))",
         )
@@ -46,6 +46,16 @@ fn model(name: &str, schedule: &str, action_source: Option<&str>, event_time_sql
         Some(a) => (String::new(), format!("action_source = \"{a}\"")),
         None => (", source AS action_source".to_string(), String::new()),
     };
+    model_with(name, schedule, &source_column, &constant, event_time_sql)
+}
+
+fn model_with(
+    name: &str,
+    schedule: &str,
+    source_column: &str,
+    constant: &str,
+    event_time_sql: &str,
+) -> String {
     format!(
         r#"
 [[models]]
@@ -173,6 +183,34 @@ async fn an_action_source_column_gives_each_row_its_own_window() {
     // Rows 1 and 2 both have about 12 h left: the earlier of their two deadlines.
     let first = deadline(&db, 2, 7).await.min(deadline(&db, 1, 62).await);
     assert_eq!(earliest(&s), first);
+}
+
+#[tokio::test]
+async fn a_null_action_source_takes_the_window_of_the_models_constant() {
+    let db = TestDb::new().await;
+    // NULL sources fall back to the constant physical_store: 8 days old is inside 62.
+    seed(
+        &db,
+        &[
+            (1, day(8.0), ""),
+            (2, day(8.0), "website"),
+            (3, day(61.5), ""),
+        ],
+        1.0,
+    )
+    .await;
+    let sandbox = start_sandbox(Faults::default()).await;
+    let models = model_with(
+        "mixed",
+        HOURLY,
+        ", source AS action_source",
+        "action_source = \"physical_store\"",
+        "happened_at",
+    );
+    let cfg = config_file(&db, &sandbox.base_url(), &models, "");
+    let s = status_json(&cfg, "mixed").await;
+    assert_eq!(s["rows_expired_waiting"], 1, "only the website row: {s}");
+    assert_eq!(s["rows_expiring"], 1, "row 3: {s}");
 }
 
 #[tokio::test]
