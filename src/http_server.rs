@@ -19,6 +19,7 @@ use crate::dashboard::Dashboard;
 use crate::metrics::Metrics;
 use crate::pipeline::observer::RunObserver;
 use crate::pipeline::SyncContext;
+use crate::source::{Expiry, ExpiryCount};
 use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
@@ -402,7 +403,14 @@ async fn measure_backlog(
                 continue;
             }
         };
-        match crate::source::model_backlog(&ctx.warehouse, model, after.as_ref()).await {
+        let horizon = ctx.config.service.expiring_within;
+        let backlog = crate::source::model_backlog_with_expiry(
+            &ctx.warehouse,
+            model,
+            after.as_ref(),
+            horizon,
+        );
+        match backlog.await {
             Ok(b) => {
                 metrics.set_backlog(&model.name, b.rows, b.oldest_age_secs);
                 // As `status` reads it: nothing waiting is no lag.
@@ -413,6 +421,13 @@ async fn measure_backlog(
                 };
                 if let (Some(history), Some(secs)) = (lag, secs) {
                     history.record(&model.name, chrono::Utc::now(), secs);
+                }
+                match &b.expiry {
+                    Some(ExpiryCount::Counted(e)) => {
+                        metrics.set_expiry(&model.name, Some(e));
+                        warn_if_too_late(model, e, metrics, chrono::Utc::now());
+                    }
+                    _ => metrics.set_expiry(&model.name, None),
                 }
             }
             Err(e) => warn!(model = %model.name, error = %e, "cannot measure the rows waiting"),
@@ -427,6 +442,33 @@ pub struct Listening {
     pub endpoints: Option<SocketAddr>,
     /// The dashboard: on the endpoints' address, or on `service.ui_addr`.
     pub dashboard: Option<SocketAddr>,
+}
+
+/// Warns when the model's next scheduled run comes after the earliest moment a waiting row
+/// leaves Meta's window: that row will be refused (`event_time_too_old`) unless a run comes
+/// sooner (`capi-sync sync`, or a tighter schedule). Once per earliest deadline, not at every
+/// refresh. Counts and times only.
+fn warn_if_too_late(
+    model: &crate::config::ModelConfig,
+    expiry: &Expiry,
+    metrics: &Metrics,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let Some(earliest) = expiry.earliest else {
+        return;
+    };
+    let next = model.schedule.next_after(now);
+    if next.is_some_and(|n| n <= earliest) || !metrics.first_expiry_warning(&model.name, earliest) {
+        return;
+    }
+    warn!(
+        model = %model.name,
+        rows_expiring = expiry.expiring,
+        rows_expired_waiting = expiry.expired,
+        earliest_expiry = %earliest.to_rfc3339(),
+        next_run = %next.map(|n| n.to_rfc3339()).unwrap_or_else(|| "never".into()),
+        "rows waiting leave Meta's window before the model's next run; they will be refused as event_time_too_old unless they are sent sooner (capi-sync sync, or a more frequent schedule)"
+    );
 }
 
 /// The `run` service: the scheduler, with the HTTP endpoints on `service.metrics_addr`

@@ -46,6 +46,16 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// A duration setting as it was likely written in the config: `24h`, `2d`, `90m`, `45s`.
+pub fn setting_duration(secs: u64) -> String {
+    match secs {
+        s if s > 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// `2026-03-01 12:00:02 UTC`.
 pub fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
@@ -63,6 +73,14 @@ mod tests {
         assert_eq!(group_digits(1_234_567), "1 234 567");
         assert_eq!(rows(1), "1 row");
         assert_eq!(rows(3120), "3 120 rows");
+    }
+
+    #[test]
+    fn duration_settings_read_as_they_are_written() {
+        assert_eq!(setting_duration(86_400), "24h");
+        assert_eq!(setting_duration(3 * 86_400), "3d");
+        assert_eq!(setting_duration(90 * 60), "90m");
+        assert_eq!(setting_duration(45), "45s");
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct Metrics {
     cursor_lag: Family<ModelLabels, FloatGauge>,
     rows_unreadable: Family<ReasonLabels, Gauge>,
     rows_waiting: Family<ModelLabels, Gauge>,
+    rows_expiring: Family<ModelLabels, Gauge>,
+    rows_expired_waiting: Family<ModelLabels, Gauge>,
     run_start_delay: HistogramFamily,
     /// Due runs waiting for a free slot, and runs going (the scheduler's queue).
     runs_waiting: Gauge,
@@ -111,6 +113,10 @@ pub struct Metrics {
     /// need measuring again (with hundreds of models, measuring them all after every run would
     /// keep the warehouse busy with aggregates).
     ended: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The earliest expiry each model was last warned of (`run`'s log), so that one threatened
+    /// row is warned of once, not at every refresh.
+    expiry_warned:
+        std::sync::Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>,
     /// Woken at the end of every run, so the rows waiting and the lag are measured again
     /// right after a run moved the cursor.
     pub run_ended: tokio::sync::Notify,
@@ -124,6 +130,7 @@ fn class_label(class: ErrorClass) -> &'static str {
         ErrorClass::Invalid => "invalid",
         ErrorClass::Unexpected => "unexpected",
         ErrorClass::NotGraph => "not_graph",
+        ErrorClass::RetiredVersion => "retired_version",
     }
 }
 
@@ -151,12 +158,15 @@ impl Metrics {
             cursor_lag: Family::default(),
             rows_unreadable: Family::default(),
             rows_waiting: Family::default(),
+            rows_expiring: Family::default(),
+            rows_expired_waiting: Family::default(),
             run_start_delay: Family::new_with_constructor(start_delay_histogram),
             runs_waiting: Gauge::default(),
             runs_in_progress: Gauge::default(),
             event_match_quality: Family::default(),
             match_key_coverage: Family::default(),
             ended: Default::default(),
+            expiry_warned: Default::default(),
             run_ended: tokio::sync::Notify::new(),
         };
         // Names without `_total` for counters: the client appends it. Help texts without
@@ -221,6 +231,16 @@ impl Metrics {
             "capi_sync_rows_waiting",
             "Rows after the cursor, not yet read by a run",
             m.rows_waiting.clone(),
+        );
+        r.register(
+            "capi_sync_rows_expiring",
+            "Rows waiting whose event_time leaves Meta's window (7 days; 62 for physical_store) within service.expiring_within",
+            m.rows_expiring.clone(),
+        );
+        r.register(
+            "capi_sync_rows_expired_waiting",
+            "Rows waiting whose event_time is already outside Meta's window: the next run refuses them (event_time_too_old)",
+            m.rows_expired_waiting.clone(),
         );
         r.register(
             "capi_sync_run_start_delay_seconds",
@@ -342,6 +362,36 @@ impl Metrics {
                 self.cursor_lag.remove(&labels);
             }
         }
+    }
+
+    /// Rows waiting that leave Meta's window soon, and those already outside it; no series
+    /// when they cannot be counted (a text event_time), rather than a misleading 0.
+    pub fn set_expiry(&self, model_name: &str, expiry: Option<&crate::source::Expiry>) {
+        self.ensure_model(model_name);
+        let labels = model(model_name);
+        match expiry {
+            Some(e) => {
+                self.rows_expiring.get_or_create(&labels).set(e.expiring);
+                self.rows_expired_waiting
+                    .get_or_create(&labels)
+                    .set(e.expired);
+            }
+            None => {
+                self.rows_expiring.remove(&labels);
+                self.rows_expired_waiting.remove(&labels);
+            }
+        }
+    }
+
+    /// Whether a warning of rows leaving Meta's window at `earliest` is the first for the
+    /// model at that time (and notes it).
+    pub fn first_expiry_warning(
+        &self,
+        model_name: &str,
+        earliest: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let mut warned = self.expiry_warned.lock().unwrap_or_else(|e| e.into_inner());
+        warned.insert(model_name.to_string(), earliest) != Some(earliest)
     }
 
     /// Rows of the model's output the reader cannot see, as a run counted them.
@@ -546,6 +596,12 @@ mod tests {
         m.retry("m", ErrorClass::Transient);
         m.set_last_success("m", chrono::Utc::now());
         m.set_backlog("m", 1, Some(2.0));
+        let expiry = crate::source::Expiry {
+            expiring: 1,
+            expired: 0,
+            earliest: None,
+        };
+        m.set_expiry("m", Some(&expiry));
         let rows = crate::source::UnreadableRows {
             null_cursor: 0,
             null_key: 0,
@@ -566,6 +622,8 @@ mod tests {
             ("capi_sync_cursor_lag_seconds", "gauge", "Age of the oldest row waiting after the cursor; 0 when none waits."),
             ("capi_sync_rows_unreadable", "gauge", "Rows of the model's output that are never read: a NULL cursor or a NULL in the primary key (as the last run counted)."),
             ("capi_sync_rows_waiting", "gauge", "Rows after the cursor, not yet read by a run."),
+            ("capi_sync_rows_expiring", "gauge", "Rows waiting whose event_time leaves Meta's window (7 days; 62 for physical_store) within service.expiring_within."),
+            ("capi_sync_rows_expired_waiting", "gauge", "Rows waiting whose event_time is already outside Meta's window: the next run refuses them (event_time_too_old)."),
             ("capi_sync_run_start_delay_seconds", "histogram", "How long after its schedule's fire time each scheduled run started (waiting for a free slot of service.max_concurrent_runs)."),
             ("capi_sync_runs_waiting", "gauge", "Scheduled runs that are due and wait for a free slot (service.max_concurrent_runs)."),
             ("capi_sync_runs_in_progress", "gauge", "Runs going now (at most service.max_concurrent_runs)."),
@@ -614,6 +672,30 @@ mod tests {
             text.contains("capi_sync_rows_waiting{model=\"m\"} 4\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn expiry_gauges_show_the_counts_and_vanish_when_unknown() {
+        let m = Metrics::new(["m"]);
+        let expiry = crate::source::Expiry {
+            expiring: 3,
+            expired: 2,
+            earliest: None,
+        };
+        m.set_expiry("m", Some(&expiry));
+        let text = m.render();
+        assert!(
+            text.contains("capi_sync_rows_expiring{model=\"m\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capi_sync_rows_expired_waiting{model=\"m\"} 2\n"),
+            "{text}"
+        );
+        m.set_expiry("m", None);
+        let text = m.render();
+        assert!(!text.contains("capi_sync_rows_expiring{"), "{text}");
+        assert!(!text.contains("capi_sync_rows_expired_waiting{"), "{text}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! customer value.
 
 use crate::config::ModelConfig;
-use crate::source::Warehouse;
+use crate::source::{ExpiryCount, Warehouse};
 use crate::state::{RunRecord, StateStore};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -39,6 +39,20 @@ pub struct ModelStatus {
     pub newest_waiting: Option<String>,
     /// Why waiting rows and lag are unknown.
     pub backlog_error: Option<String>,
+    /// Waiting rows whose `event_time` leaves Meta's window (7 days; 62 for physical_store)
+    /// within `expiring_within_seconds`: the next run must send them before then.
+    pub rows_expiring: Option<i64>,
+    /// Waiting rows already outside Meta's window: the next run refuses them
+    /// (`event_time_too_old`).
+    pub rows_expired_waiting: Option<i64>,
+    /// The earliest time a waiting row leaves Meta's window (`event_time` + window), among
+    /// those still inside it.
+    pub earliest_expiry: Option<String>,
+    /// The horizon of `rows_expiring` (`service.expiring_within`).
+    pub expiring_within_seconds: u64,
+    /// Why the rows leaving Meta's window are unknown (a text event_time, no event_time
+    /// column, a failed query).
+    pub expiry_error: Option<String>,
     pub refused_by_reason: BTreeMap<String, i64>,
     pub changed_since_delivery: i64,
     /// Match quality as Meta last reported it: the newest scores per event name and the last
@@ -52,6 +66,7 @@ pub async fn collect(
     state: Option<&StateStore>,
     model: &ModelConfig,
     now: DateTime<Utc>,
+    expiring_within: std::time::Duration,
 ) -> anyhow::Result<ModelStatus> {
     let mut s = ModelStatus {
         model: model.name.clone(),
@@ -71,6 +86,11 @@ pub async fn collect(
         oldest_waiting: None,
         newest_waiting: None,
         backlog_error: None,
+        rows_expiring: None,
+        rows_expired_waiting: None,
+        earliest_expiry: None,
+        expiring_within_seconds: expiring_within.as_secs(),
+        expiry_error: None,
         refused_by_reason: BTreeMap::new(),
         changed_since_delivery: 0,
         quality: None,
@@ -101,8 +121,19 @@ pub async fn collect(
         s.quality = state.latest_quality(&model.name).await.ok();
     }
     if let Some(w) = warehouse {
-        match crate::source::model_backlog(w, model, after.as_ref()).await {
+        let backlog =
+            crate::source::model_backlog_with_expiry(w, model, after.as_ref(), expiring_within);
+        match backlog.await {
             Ok(b) => {
+                match &b.expiry {
+                    Some(ExpiryCount::Counted(e)) => {
+                        s.rows_expiring = Some(e.expiring);
+                        s.rows_expired_waiting = Some(e.expired);
+                        s.earliest_expiry = e.earliest.map(|t| t.to_rfc3339());
+                    }
+                    Some(ExpiryCount::Unknown(why)) => s.expiry_error = Some(why.clone()),
+                    None => {}
+                }
                 s.waiting_rows = Some(b.rows);
                 s.lag_seconds = if b.rows == 0 {
                     Some(0.0)

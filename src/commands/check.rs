@@ -2,10 +2,12 @@
 //! before its first run, without sending an event or reading a row. One line per finding,
 //! `model: column: level — message`, OK lines included.
 
+mod meta;
+mod rows;
+
 use crate::config::{redact_url, Config, ExternalIdMode, ModelConfig};
 use crate::mapping::{ColumnInfo, ModelPlan, PlanProblem, ValueKind};
 use crate::params::{self, Target, TopField, UserDataKey};
-use crate::sink::{ErrorClass, GraphClient, SinkError};
 use crate::source::Warehouse;
 use std::collections::BTreeSet;
 
@@ -87,6 +89,18 @@ impl Report {
 /// Runs every check for the selected models (all when `names` is empty), printing each
 /// finding as it is made. Returns the exit code.
 pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Result<super::Exit> {
+    let today = chrono::Utc::now().date_naive();
+    Ok(run_on(config, names, offline, today).await?.exit_code())
+}
+
+/// [`run`] as it would go on `today` (which decides whether `meta.api_version` has ended):
+/// the findings, each printed as it is made.
+pub async fn run_on(
+    config: &Config,
+    names: &[String],
+    offline: bool,
+    today: chrono::NaiveDate,
+) -> anyhow::Result<Report> {
     let models: Vec<&ModelConfig> = if names.is_empty() {
         config.models.iter().collect()
     } else {
@@ -117,6 +131,7 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
         ));
     }
     report.push("config", None, Level::Ok, budget_line);
+    meta::check_api_version(config, today, &mut report);
 
     let warehouse = match crate::app::connect_warehouse(config).await {
         Ok(w) => {
@@ -148,11 +163,17 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
     if let Some(w) = &warehouse {
         check_server_room(config, &budget, w.pool(), &mut report).await;
     }
-    check_state(config, &mut report).await;
+    let state = check_state(config, &mut report).await;
 
     for model in &models {
         match &warehouse {
-            Some(w) => check_model(w, model, &mut report).await,
+            Some(w) => {
+                if !check_model(w, model, &mut report).await {
+                    continue;
+                }
+                let horizon = config.service.expiring_within;
+                rows::check_expiring(w, state.as_ref(), model, horizon, &mut report).await;
+            }
             None => report.push(
                 &model.name,
                 None,
@@ -170,7 +191,7 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
             "the Graph API was not asked (--offline)".into(),
         );
     } else {
-        check_graph(config, &models, &mut report).await;
+        meta::check_graph(config, &models, &mut report).await;
     }
 
     let errors = report.count(|l| l >= Level::Error);
@@ -181,11 +202,12 @@ pub async fn run(config: &Config, names: &[String], offline: bool) -> anyhow::Re
         if errors == 1 { "" } else { "s" },
         if warnings == 1 { "" } else { "s" },
     );
-    Ok(report.exit_code())
+    Ok(report)
 }
 
 /// Our schema: reachable, and created and up to date (or not yet: the first run creates it).
-async fn check_state(config: &Config, report: &mut Report) {
+/// Returns our tables, when they exist, for the cursors.
+async fn check_state(config: &Config, report: &mut Report) -> Option<crate::state::StateStore> {
     let schema = &config.state.schema;
     let store = match super::read_only_state(config).await {
         Ok(s) => s,
@@ -196,7 +218,7 @@ async fn check_state(config: &Config, report: &mut Report) {
                 Level::Unreachable,
                 crate::error_line::one_line(&e),
             );
-            return;
+            return None;
         }
     };
     check_encryption(
@@ -213,7 +235,7 @@ async fn check_state(config: &Config, report: &mut Report) {
             Level::Ok,
             format!("schema `{schema}` has no capi-sync tables yet; `capi-sync migrate` or the first sync creates them"),
         );
-        return;
+        return None;
     };
     let applied: Result<Vec<i64>, sqlx::Error> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
@@ -247,6 +269,7 @@ async fn check_state(config: &Config, report: &mut Report) {
             format!("cannot read the migration history in schema `{schema}`: {e}"),
         ),
     }
+    Some(store)
 }
 
 /// Warns when the warehouse's server allows fewer client connections than this process may
@@ -348,7 +371,8 @@ fn column_target(model: &ModelConfig, name: &str) -> Option<Target> {
     params::resolve(name).ok()
 }
 
-async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Report) {
+/// Returns whether the model's query could be described.
+async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Report) -> bool {
     let name = model.name.as_str();
     if !model.enabled {
         report.push(
@@ -367,7 +391,7 @@ async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Re
                 Level::Error,
                 format!("{e}; fix the model's SQL ({})", model.sql_origin),
             );
-            return;
+            return false;
         }
     };
     report.push(
@@ -493,69 +517,9 @@ async fn check_model(warehouse: &Warehouse, model: &ModelConfig, report: &mut Re
                 format!("{e}; use a timestamp, date or integer cursor and an orderable key"),
             ),
         }
-        check_unreadable_rows(warehouse, model, &query, report).await;
+        rows::check_unreadable_rows(warehouse, model, &query, report).await;
     }
-}
-
-/// Rows keyset paging cannot handle: counted with aggregate queries (no row is read), each
-/// in a read-only transaction under the statement timeout.
-async fn check_unreadable_rows(
-    warehouse: &Warehouse,
-    model: &ModelConfig,
-    query: &crate::source::ModelQuery,
-    report: &mut Report,
-) {
-    let name = model.name.as_str();
-    let key = model.primary_key.join(", ");
-    match warehouse.unreadable_rows(model, query).await {
-        Ok(u) if u.total() == 0 => report.push(
-            name,
-            Some("rows"),
-            Level::Ok,
-            format!("no row has a NULL cursor ({}) or primary key ({key})", model.cursor),
-        ),
-        Ok(u) => report.push(
-            name,
-            Some("rows"),
-            Level::Warning,
-            format!(
-                "{} with a NULL cursor ({}) and {} with a NULL in the primary key ({key}): paging on (cursor, key) cannot reach them, so they are never sent; every run counts them (capi_sync_rows_unreadable)",
-                super::rows(u.null_cursor),
-                model.cursor,
-                super::group_digits(u.null_key)
-            ),
-        ),
-        Err(e) => report.push(
-            name,
-            Some("rows"),
-            Level::Warning,
-            format!("cannot count the rows with a NULL cursor or key: {e}"),
-        ),
-    }
-    match warehouse.duplicate_keys(model, query).await {
-        Ok(d) if d.keys == 0 => report.push(
-            name,
-            Some("rows"),
-            Level::Ok,
-            format!("each primary key ({key}) is on one row"),
-        ),
-        Ok(d) => report.push(
-            name,
-            Some("rows"),
-            Level::Warning,
-            format!(
-                "{} primary key value(s) ({key}) are on more than one row; {} of them also share the cursor value: a run sends the first such row and refuses the others as duplicate_primary_key. Rows of one key with different cursor values are read as one row that changed: one event per key and event name",
-                super::group_digits(d.keys),
-                super::group_digits(d.keys_with_same_cursor)
-            ),
-        ),
-        Err(e) => report.push(
-            name,
-            Some("rows"),
-            Level::Warning,
-            format!("cannot count the primary keys on more than one row: {e}"),
-        ),
-    }
+    true
 }
 
 fn check_column(
@@ -603,90 +567,5 @@ fn check_column(
                 "the cursor is {kind}: it works if its values sort in the order rows change, but a timestamp, date or integer is safer (text sorts '10' before '9')"
             ),
         );
-    }
-}
-
-/// Asks the Graph API for each pixel with the token, which proves both without an event.
-async fn check_graph(config: &Config, models: &[&ModelConfig], report: &mut Report) {
-    if config.meta.access_token.is_empty() {
-        report.push(
-            "meta",
-            Some("access_token"),
-            Level::Error,
-            "is empty: set CAPI_SYNC_META__ACCESS_TOKEN or meta.access_token_file (or run check with --offline)".into(),
-        );
-        return;
-    }
-    let graph = match GraphClient::new(&config.meta) {
-        Ok(g) => g,
-        Err(e) => {
-            report.push(
-                "meta",
-                None,
-                Level::Unreachable,
-                format!("cannot build the HTTP client: {e}"),
-            );
-            return;
-        }
-    };
-    let mut asked: Vec<(String, Result<(), String>, Level)> = Vec::new();
-    for model in models {
-        let subject = format!("pixel {}", model.pixel_id);
-        let known = asked.iter().find(|(p, _, _)| *p == model.pixel_id).cloned();
-        let (result, level) = match known {
-            Some((_, r, l)) => (r, l),
-            None => {
-                let (r, l) = match graph.check_pixel(&model.pixel_id).await {
-                    Ok(()) => (Ok(()), Level::Ok),
-                    Err(e) => {
-                        let (msg, level) = describe_graph_error(&graph, &model.pixel_id, &e);
-                        (Err(msg), level)
-                    }
-                };
-                asked.push((model.pixel_id.clone(), r.clone(), l));
-                (r, l)
-            }
-        };
-        match result {
-            Ok(()) => report.push(
-                &model.name,
-                Some(&subject),
-                Level::Ok,
-                format!(
-                    "{} answers with the token (nothing was sent)",
-                    graph.pixel_url(&model.pixel_id)
-                ),
-            ),
-            Err(msg) => report.push(&model.name, Some(&subject), level, msg),
-        }
-    }
-}
-
-fn describe_graph_error(graph: &GraphClient, pixel: &str, e: &SinkError) -> (String, Level) {
-    match e.class() {
-        ErrorClass::Auth => (
-            format!(
-                "Meta refused the token ({e}); check meta.access_token, and that the token's system user has access to this pixel or dataset"
-            ),
-            Level::Error,
-        ),
-        ErrorClass::Invalid | ErrorClass::Unexpected => (
-            format!("Meta refused the request ({e}); check the model's pixel_id and meta.api_version"),
-            Level::Error,
-        ),
-        // Runs would stop at their first batch: the setting is wrong, not the network.
-        ErrorClass::NotGraph => (
-            format!(
-                "meta.graph_url does not answer like the Graph API ({e}); check meta.graph_url and any proxy on the way to Meta"
-            ),
-            Level::Error,
-        ),
-        ErrorClass::Transient | ErrorClass::Throttled => (
-            format!(
-                "cannot reach the Graph API at {} ({e}); check meta.graph_url and the network, or run check with --offline",
-                graph.pixel_url(pixel)
-            ),
-            Level::Unreachable,
-        ),
     }
 }

@@ -98,6 +98,11 @@ pub async fn run(serve: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<
         trigger: "demo".into(),
         ..Default::default()
     };
+    println!("before the sync, against Meta's window (7 days; 62 for physical_store):");
+    for model in &config.models {
+        println!("{}", window_line(&ctx, model).await);
+    }
+    println!();
     let mut failed = false;
     let mut sample = None;
     for model in &config.models {
@@ -107,6 +112,11 @@ pub async fn run(serve: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<
         if sample.is_none() {
             sample = summary.sample_event.map(|s| (model.name.clone(), s));
         }
+    }
+    println!();
+    println!("after the sync (`capi-sync status` shows the same; `check` warns of rows about to leave the window):");
+    for model in &config.models {
+        println!("{}", window_line(&ctx, model).await);
     }
     // Match quality as Meta's Dataset Quality API reports it, here derived by the sandbox from
     // the events it just received, and recorded like the service records it.
@@ -161,6 +171,49 @@ pub async fn run(serve: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<
 }
 
 /// [`SERVE_ADDR`] when it is free, else a free port on the loopback interface.
+/// One model's rows waiting after its cursor, those leaving Meta's window within
+/// `service.expiring_within` and those already outside it: the figures of `status`.
+async fn window_line(
+    ctx: &crate::pipeline::SyncContext,
+    model: &crate::config::ModelConfig,
+) -> String {
+    let horizon = ctx.config.service.expiring_within;
+    let after = match ctx.state.cursor(&model.name).await {
+        Ok(a) => a,
+        Err(e) => return format!("  {}: the cursor cannot be read: {e}", model.name),
+    };
+    let backlog =
+        crate::source::model_backlog_with_expiry(&ctx.warehouse, model, after.as_ref(), horizon)
+            .await;
+    let b = match backlog {
+        Ok(b) => b,
+        Err(e) => return format!("  {}: rows waiting unknown: {e}", model.name),
+    };
+    let expiry = match &b.expiry {
+        Some(crate::source::ExpiryCount::Counted(e)) => {
+            let first = e
+                .earliest
+                .map(|t| format!(" (the first at {})", super::utc(t)))
+                .unwrap_or_default();
+            format!(
+                "{} leaving Meta's window within {}{first}, {} already outside it (refused as event_time_too_old when read)",
+                super::rows(e.expiring),
+                super::setting_duration(horizon.as_secs()),
+                super::rows(e.expired),
+            )
+        }
+        Some(crate::source::ExpiryCount::Unknown(why)) => {
+            format!("rows leaving Meta's window unknown: {why}")
+        }
+        None => "rows leaving Meta's window not counted".to_string(),
+    };
+    format!(
+        "  {}: {} waiting; {expiry}",
+        model.name,
+        super::rows(b.rows)
+    )
+}
+
 fn serve_addr() -> String {
     let free = |a: &str| {
         std::net::TcpListener::bind(a)

@@ -23,12 +23,10 @@ pub mod sync;
 
 use crate::config::{Config, ConfigError, ModelConfig};
 pub use crate::exit::{Exit, UsageError};
-pub use crate::human::{group_digits, human_duration, rows, utc};
-use crate::mapping::rules::{MAX_AGE_PHYSICAL_STORE_SECS, MAX_AGE_SECS};
+pub use crate::human::{group_digits, human_duration, rows, setting_duration, utc};
 use crate::mapping::ColumnInfo;
-use crate::params::{Target, TopField};
-pub use crate::source::model_backlog;
-use crate::source::{EventTimeWindow, ModelQuery, Warehouse, WindowDays};
+pub use crate::source::{event_time_window, model_backlog};
+use crate::source::{ModelQuery, Warehouse, WindowDays};
 use crate::state::{CursorPosition, StateStore};
 use anyhow::Context;
 use std::sync::Arc;
@@ -93,51 +91,6 @@ pub async fn read_only_state(config: &Config) -> anyhow::Result<Option<StateStor
         })
 }
 
-/// Where `event_time` comes from, for counting rows outside Meta's window: a column of the
-/// model's output (whatever SQL computes it), or the reason no estimate is possible.
-pub fn event_time_window(
-    model: &ModelConfig,
-    columns: &[ColumnInfo],
-) -> Result<EventTimeWindow, String> {
-    let column_for = |field: TopField| -> Option<String> {
-        let target = Target::Top(field);
-        if let Some((_, c)) = model.columns.iter().find(|(t, _)| *t == target) {
-            return columns.iter().any(|x| &x.name == c).then(|| c.clone());
-        }
-        columns
-            .iter()
-            .find(|c| {
-                c.name == field.key()
-                    && !model.ignore_columns.contains(&c.name)
-                    && !model.columns.iter().any(|(_, mapped)| mapped == &c.name)
-            })
-            .map(|c| c.name.clone())
-    };
-    let Some(event_time_column) = column_for(TopField::EventTime) else {
-        return Err(
-            "event_time does not come from a column of the model, so rows outside Meta's window cannot be counted in advance"
-                .into(),
-        );
-    };
-    let days = match column_for(TopField::ActionSource) {
-        Some(c) => WindowDays::ByActionSourceColumn(c),
-        None => {
-            let store = model.constants.iter().any(|(t, v)| {
-                *t == Target::Top(TopField::ActionSource) && v.as_str() == Some("physical_store")
-            });
-            WindowDays::Fixed(if store {
-                MAX_AGE_PHYSICAL_STORE_SECS / 86_400
-            } else {
-                MAX_AGE_SECS / 86_400
-            })
-        }
-    };
-    Ok(EventTimeWindow {
-        event_time_column,
-        days,
-    })
-}
-
 /// The line reported before a backfill or a reset: how many of the rows the next run reads
 /// are older than Meta accepts ("3 120 rows are older than 7 days and cannot be sent").
 pub async fn window_report(
@@ -156,7 +109,7 @@ pub async fn window_report(
         .await;
     let age = match &window.days {
         WindowDays::Fixed(d) => format!("{d} days"),
-        WindowDays::ByActionSourceColumn(_) => {
+        WindowDays::ByActionSourceColumn { .. } => {
             "Meta's window (7 days; 62 for physical_store)".into()
         }
     };
@@ -181,53 +134,4 @@ pub async fn window_report(
 /// A cursor position as shown to people: the cursor value and the row key.
 pub fn position_text(p: &CursorPosition) -> String {
     format!("{} / key {}", p.cursor_value, p.row_key.join(", "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn model(constants: &str, sql: &str) -> ModelConfig {
-        let text = format!(
-            "[[models]]\nname = \"m\"\npixel_id = \"1\"\nschedule = \"0 * * * *\"\nsql = \"{sql}\"\nprimary_key = \"id\"\ncursor = \"u\"\n[models.constants]\n{constants}\n"
-        );
-        Config::from_toml_str(&text, std::path::Path::new("."))
-            .unwrap()
-            .models
-            .remove(0)
-    }
-
-    fn cols(names: &[&str]) -> Vec<ColumnInfo> {
-        names
-            .iter()
-            .map(|n| ColumnInfo {
-                name: n.to_string(),
-                kind: crate::mapping::ValueKind::TimestampTz,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn physical_store_events_get_metas_62_day_window() {
-        let m = model("action_source = \"physical_store\"", "SELECT 1");
-        let w = event_time_window(&m, &cols(&["id", "u", "event_time"])).unwrap();
-        assert_eq!(w.event_time_column, "event_time");
-        assert_eq!(w.days, WindowDays::Fixed(62));
-    }
-
-    #[test]
-    fn an_action_source_column_decides_the_window_row_by_row() {
-        let m = model("", "SELECT 1");
-        let w = event_time_window(&m, &cols(&["id", "u", "event_time", "action_source"])).unwrap();
-        assert_eq!(
-            w.days,
-            WindowDays::ByActionSourceColumn("action_source".into())
-        );
-    }
-
-    #[test]
-    fn an_event_time_without_a_column_cannot_be_counted() {
-        let m = model("action_source = \"crm\"", "SELECT 1");
-        assert!(event_time_window(&m, &cols(&["id", "u"])).is_err());
-    }
 }

@@ -14,7 +14,8 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<super::Exit> 
     let mut all = Vec::with_capacity(config.models.len());
     for model in &config.models {
         let wh = warehouse.as_ref().ok();
-        let mut s = collect(wh, state.as_ref(), model, now).await?;
+        let horizon = config.service.expiring_within;
+        let mut s = collect(wh, state.as_ref(), model, now, horizon).await?;
         if let (None, Some(e)) = (&s.backlog_error, &warehouse_error) {
             s.backlog_error = Some(e.clone());
         }
@@ -85,6 +86,15 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         )),
         (Some(n), None) => headline.push(format!("{} waiting", super::rows(n))),
         (None, _) => headline.push("waiting rows unknown".into()),
+    }
+    let within = super::setting_duration(s.expiring_within_seconds);
+    match (s.rows_expiring, s.rows_expired_waiting) {
+        (Some(n), _) if n > 0 => headline.push(format!(
+            "{} leaving Meta's window within {within}",
+            super::rows(n)
+        )),
+        (_, Some(n)) if n > 0 => headline.push(format!("{} outside Meta's window", super::rows(n))),
+        _ => {}
     }
     if !s.enabled {
         headline.push("disabled".into());
@@ -184,6 +194,11 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         }
         (None, None) => {}
     }
+    if s.backlog_error.is_none() {
+        if let Some(line) = expiry_line(s, now) {
+            out.push_str(&format!("  expiring:  {line}\n"));
+        }
+    }
     if let Some(u) = s.last_run.as_ref().map(|r| &r["unreadable_rows"]) {
         let (cursor, key) = (
             u["null_cursor"].as_i64().unwrap_or(0),
@@ -219,6 +234,56 @@ pub fn format_text(s: &ModelStatus, now: DateTime<Utc>) -> String {
         out.push_str(&super::quality::format_status(q));
     }
     out
+}
+
+/// The rows waiting that leave Meta's window soon or have left it; None when none does.
+fn expiry_line(s: &ModelStatus, now: DateTime<Utc>) -> Option<String> {
+    if let Some(why) = &s.expiry_error {
+        return Some(format!("unknown: {why}"));
+    }
+    let (expiring, expired) = (s.rows_expiring?, s.rows_expired_waiting?);
+    let mut parts = Vec::new();
+    if expiring > 0 {
+        let first = match s.earliest_expiry.as_deref().and_then(parse) {
+            Some(t) => format!(
+                ", the first at {} (in {})",
+                super::utc(t),
+                super::human_duration((t - now).num_milliseconds() as f64 / 1000.0)
+            ),
+            None => String::new(),
+        };
+        let leave = if expiring == 1 {
+            "1 row leaves".to_string()
+        } else {
+            format!("{} leave", super::rows(expiring))
+        };
+        let next = s.next_run.as_deref().and_then(parse);
+        let first_at = s.earliest_expiry.as_deref().and_then(parse);
+        let when = match (next, first_at) {
+            (Some(n), Some(f)) if n > f => format!(
+                "the next scheduled run, at {}, comes after the first leaves: run `capi-sync sync {}` before then",
+                super::utc(n),
+                s.model
+            ),
+            (None, _) if s.enabled => format!(
+                "no run is scheduled: run `capi-sync sync {}` before then",
+                s.model
+            ),
+            _ => "the next run must send them before then".into(),
+        };
+        parts.push(format!(
+            "{leave} Meta's window within {}{first}; {when}",
+            super::setting_duration(s.expiring_within_seconds)
+        ));
+    }
+    if expired > 0 {
+        parts.push(format!(
+            "{} already outside Meta's window (7 days; 62 for physical_store): the next run refuses {} (event_time_too_old)",
+            crate::human::rows_are(expired),
+            if expired == 1 { "it" } else { "them" }
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 #[cfg(test)]
@@ -318,6 +383,11 @@ action_source = "crm"
             oldest_waiting: None,
             newest_waiting: None,
             backlog_error: None,
+            rows_expiring: Some(0),
+            rows_expired_waiting: Some(0),
+            earliest_expiry: None,
+            expiring_within_seconds: 86_400,
+            expiry_error: None,
             refused_by_reason: BTreeMap::new(),
             changed_since_delivery: 0,
             quality: None,
@@ -331,6 +401,44 @@ action_source = "crm"
         );
         assert!(
             text.contains("due:       since 2026-03-01 12:02:00 UTC (1m 30s ago), not started"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_text_says_when_the_next_run_comes_after_rows_leave_metas_window() {
+        let m = model("0 0 1 1 *");
+        let now = at("2026-12-06T12:00:00Z");
+        let s = ModelStatus {
+            model: m.name.clone(),
+            enabled: true,
+            schedule: m.schedule.expression.clone(),
+            next_run: Some("2027-01-01T00:00:00+00:00".into()),
+            due_since: None,
+            last_run: None,
+            last_success_at: None,
+            cursor: None,
+            waiting_rows: Some(4),
+            lag_seconds: Some(60.0),
+            oldest_waiting: None,
+            newest_waiting: None,
+            backlog_error: None,
+            rows_expiring: Some(3),
+            rows_expired_waiting: Some(1),
+            earliest_expiry: Some("2026-12-07T00:00:00+00:00".into()),
+            expiring_within_seconds: 86_400,
+            expiry_error: None,
+            refused_by_reason: BTreeMap::new(),
+            changed_since_delivery: 0,
+            quality: None,
+        };
+        let text = format_text(&s, now);
+        assert!(
+            text.contains("leads: never run; 4 rows waiting, lag 1m 0s; 3 rows leaving Meta's window within 24h\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  expiring:  3 rows leave Meta's window within 24h, the first at 2026-12-07 00:00:00 UTC (in 12h 0m); the next scheduled run, at 2027-01-01 00:00:00 UTC, comes after the first leaves: run `capi-sync sync leads` before then; 1 row is already outside Meta's window"),
             "{text}"
         );
     }

@@ -133,6 +133,10 @@ pub struct ServiceSettings {
     /// The most model runs the service lets go at once; due runs beyond it wait their turn,
     /// the most overdue first (`service.max_concurrent_runs`).
     pub max_concurrent_runs: u32,
+    /// Rows waiting whose `event_time` leaves Meta's window within this time are counted as
+    /// expiring (`service.expiring_within`): `status`, `check`, the metrics and the service's
+    /// warnings.
+    pub expiring_within: Duration,
 }
 
 /// Where `capi-sync run` serves its dashboard.
@@ -482,7 +486,7 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
     problems.extend(graph_url::problem(&raw.meta.graph_url));
     if !is_api_version(&raw.meta.api_version) {
         problems.push(format!(
-            "key `meta.api_version`: `{}` is not a Graph API version like v25.0",
+            "key `meta.api_version`: `{}` is not a Graph API version like v27.0",
             raw.meta.api_version
         ));
     }
@@ -526,7 +530,21 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         ui: ui_placement(raw.service.ui_addr.as_deref(), &mut problems),
         admin_token: admin_token(raw.service.admin_token, &mut problems),
         max_concurrent_runs: raw.service.max_concurrent_runs.max(1),
+        expiring_within: dur(
+            "service.expiring_within",
+            &raw.service.expiring_within,
+            &mut problems,
+        ),
     };
+    // Meta's longest window is 62 days (physical_store): a longer horizon counts every row.
+    if service.expiring_within.is_zero()
+        || service.expiring_within > Duration::from_secs(62 * 86_400)
+    {
+        problems.push(format!(
+            "key `service.expiring_within`: `{}` must be more than 0s and at most 62d (Meta's longest window)",
+            raw.service.expiring_within
+        ));
+    }
     if raw.service.max_concurrent_runs == 0 {
         problems.push("key `service.max_concurrent_runs`: must be at least 1".into());
     }
@@ -662,5 +680,32 @@ mod tests {
         assert!(is_api_version("v25.0"));
         assert!(!is_api_version("25.0"));
         assert!(!is_api_version("v25"));
+    }
+
+    #[test]
+    fn the_expiry_horizon_is_a_day_by_default_and_within_metas_longest_window() {
+        let config = |service: &str| {
+            let text = format!(
+                "[warehouse]\nurl = \"postgres://localhost/w\"\n[meta]\naccess_token = \"t\"\n[service]\n{service}\n"
+            );
+            Config::from_toml_str(&text, Path::new("."))
+        };
+        assert_eq!(
+            config("").unwrap().service.expiring_within,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            config("expiring_within = \"6h\"")
+                .unwrap()
+                .service
+                .expiring_within,
+            Duration::from_secs(6 * 3600)
+        );
+        for bad in ["0s", "63d", "soon"] {
+            let e = config(&format!("expiring_within = \"{bad}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("service.expiring_within"), "{bad}: {e}");
+        }
     }
 }

@@ -62,6 +62,7 @@ pub(super) struct RawService {
     pub(super) ui_addr: Option<String>,
     pub(super) admin_token: Secret,
     pub(super) max_concurrent_runs: u32,
+    pub(super) expiring_within: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -118,6 +118,7 @@ impl Dashboard {
                 Some(&self.ctx.state),
                 model,
                 now,
+                self.ctx.config.service.expiring_within,
             )
             .await?;
             all.push(s);
@@ -200,8 +201,14 @@ async fn model_page(
     let now = Utc::now();
     let gathered = async {
         let state = &d.ctx.state;
-        let status =
-            crate::report::collect(Some(&d.ctx.warehouse), Some(state), model, now).await?;
+        let status = crate::report::collect(
+            Some(&d.ctx.warehouse),
+            Some(state),
+            model,
+            now,
+            d.ctx.config.service.expiring_within,
+        )
+        .await?;
         let runs: Vec<RunView> = state
             .recent_runs(&model.name, CHART_RUNS)
             .await?

@@ -106,8 +106,8 @@ impl RunView {
     }
 }
 
-/// Rows about to pass Meta's 7-day window unsent. Filled once `ModelStatus` carries these
-/// figures; until then the column is not shown.
+/// Rows waiting that are about to leave Meta's window (7 days; 62 for physical_store), and
+/// those already outside it. None when the warehouse could not count them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpiryView {
     pub rows_expiring: i64,
@@ -115,8 +115,7 @@ pub struct ExpiryView {
     pub earliest_expiry: Option<DateTime<Utc>>,
 }
 
-/// Meta's own judgement of how well the events match (event match quality). Filled once
-/// `ModelStatus` carries it; until then the column is not shown.
+/// Meta's own judgement of how well the events match (event match quality), once read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QualityView {
     /// Meta's score, as Meta gives it.
@@ -205,7 +204,14 @@ impl ModelView {
             refused_by_reason: status.refused_by_reason.clone(),
             changed_since_delivery: status.changed_since_delivery,
             cursor: status.cursor.clone(),
-            expiry: None,
+            expiry: match (status.rows_expiring, status.rows_expired_waiting) {
+                (Some(rows_expiring), Some(rows_expired_waiting)) => Some(ExpiryView {
+                    rows_expiring,
+                    rows_expired_waiting,
+                    earliest_expiry: parse_time(&status.earliest_expiry),
+                }),
+                _ => None,
+            },
             quality: status.quality.as_ref().and_then(QualityView::new),
         }
     }
@@ -235,6 +241,11 @@ mod tests {
             oldest_waiting: None,
             newest_waiting: None,
             backlog_error: None,
+            rows_expiring: None,
+            rows_expired_waiting: None,
+            earliest_expiry: None,
+            expiring_within_seconds: 86_400,
+            expiry_error: None,
             refused_by_reason: BTreeMap::from([("event_time_too_old".into(), 2)]),
             changed_since_delivery: 0,
             quality: None,
@@ -292,6 +303,16 @@ mod tests {
         );
         assert_eq!(v.expiry, None);
         assert_eq!(v.quality, None);
+        let mut s = status(true, None);
+        s.rows_expiring = Some(3);
+        s.rows_expired_waiting = Some(1);
+        s.earliest_expiry = Some("2026-03-02T12:00:00+00:00".into());
+        let e = ModelView::new(&s, false).expiry.unwrap();
+        assert_eq!((e.rows_expiring, e.rows_expired_waiting), (3, 1));
+        assert_eq!(
+            e.earliest_expiry.map(|t| t.to_rfc3339()),
+            Some("2026-03-02T12:00:00+00:00".into())
+        );
     }
 
     #[test]
@@ -332,7 +353,10 @@ mod tests {
             last_fetch: Some(fetch("unavailable")),
             scores: vec![],
         });
-        assert_eq!(ModelView::new(&s, false).quality.unwrap().score, "unavailable");
+        assert_eq!(
+            ModelView::new(&s, false).quality.unwrap().score,
+            "unavailable"
+        );
         s.quality = Some(LatestQuality::default());
         assert_eq!(ModelView::new(&s, false).quality, None);
     }

@@ -97,7 +97,14 @@ impl<'a> InFlight<'a> {
                 }
             };
             let Some(done) = done else { break };
-            forward(&self.settler, self.model, summary, done).await?;
+            forward(
+                &self.settler,
+                self.model,
+                self.sender.graph.api_version(),
+                summary,
+                done,
+            )
+            .await?;
             self.pixel.after_batch(&self.model.name);
         }
         Ok(())
@@ -155,7 +162,15 @@ impl<'a> InFlight<'a> {
                 }
                 continue;
             }
-            if let Err(stop) = forward(&self.settler, self.model, summary, done).await {
+            if let Err(stop) = forward(
+                &self.settler,
+                self.model,
+                self.sender.graph.api_version(),
+                summary,
+                done,
+            )
+            .await
+            {
                 failure = Some(stop);
             }
         }

@@ -17,8 +17,13 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn, Instrument};
 
-pub(super) fn describe_failure(model: &ModelConfig, err: &SinkError) -> String {
+pub(super) fn describe_failure(model: &ModelConfig, api_version: &str, err: &SinkError) -> String {
     match err.class() {
+        ErrorClass::RetiredVersion => format!(
+            "Meta refuses meta.api_version {api_version} as a deprecated or unsupported version ({err}); set meta.api_version to a live version such as {}, the newest capi-sync knows (`capi-sync check {}` shows the version's end of life); nothing was refused, the next run resumes at the last acknowledged batch",
+            crate::sink::versions::NEWEST,
+            model.name
+        ),
         ErrorClass::Auth => format!(
             "Meta refused the credentials for pixel {} ({err}); check meta.access_token and that the token's system user has access to this pixel/dataset (`capi-sync check {}` tests the token without sending)",
             model.pixel_id, model.name

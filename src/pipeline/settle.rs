@@ -110,6 +110,7 @@ impl Settler {
 pub(super) async fn forward(
     settler: &Settler,
     model: &ModelConfig,
+    api_version: &str,
     summary: &mut RunSummary,
     done: Result<BatchResult, tokio::task::JoinError>,
 ) -> Result<(), Stop> {
@@ -122,7 +123,7 @@ pub(super) async fn forward(
         } else {
             Stop::Failed(RunError::Sink {
                 class: err.class(),
-                message: describe_failure(model, &err),
+                message: describe_failure(model, api_version, &err),
             })
         };
         record_acks_only(settler, summary, r).await;

@@ -413,7 +413,7 @@ mod tests {
             let text = err.to_string();
             let status = err.status().expect("an HTTP answer");
             assert!(text.contains(&format!("HTTP {status}")), "{text}");
-            assert!(text.contains("/v25.0/123/events"), "{text}");
+            assert!(text.contains("/v27.0/123/events"), "{text}");
             assert!(!text.contains("tok-secret-123"), "{text}");
             assert!(!text.contains("event_name"), "{text}");
             assert!(text.len() < 700, "{answer:?}: {} bytes", text.len());
@@ -464,7 +464,7 @@ mod tests {
         assert_eq!(err.class(), crate::sink::ErrorClass::NotGraph, "{err}");
         let text = err.to_string();
         assert!(
-            text.contains("HTTP 404") && text.contains("/v25.0/123"),
+            text.contains("HTTP 404") && text.contains("/v27.0/123"),
             "{text}"
         );
         assert!(text.contains("404 Not Found"), "{text}");

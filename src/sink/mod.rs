@@ -5,6 +5,7 @@ mod answer;
 mod probe;
 pub mod quality;
 pub mod retry;
+pub mod versions;
 
 pub use answer::{NotGraphKind, MAX_ANSWER_BYTES};
 
@@ -51,7 +52,16 @@ pub enum ErrorClass {
     /// The answer is not the Graph API's (an HTML page, a redirect, no envelope, a 2xx
     /// without `events_received`, an oversized body): stop the run; nothing is refused.
     NotGraph,
+    /// Meta refuses the API version in the URL (code 2635, "You are calling a deprecated
+    /// version of the Ads API"): the version has ended, or the app is newer than it. A setting
+    /// to change, never retried: stop the run; nothing is refused.
+    RetiredVersion,
 }
+
+/// Meta's code for a call to a version it no longer serves to this app
+/// (https://developers.facebook.com/blog/post/2024/04/16/upcoming-change-in-marketing-api-version-deprecation ;
+/// also seen on Conversions API `/events` sends).
+pub const CODE_RETIRED_VERSION: i64 = 2635;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -148,6 +158,7 @@ const EVENT_SUBCODES: std::ops::RangeInclusive<i64> = 2_804_000..=2_804_999;
 /// any code we do not classify; a stopped run loses nothing, a refused row is never sent.
 pub fn classify(status: u16, e: &GraphError) -> ErrorClass {
     match e.code {
+        CODE_RETIRED_VERSION => ErrorClass::RetiredVersion,
         4 | 17 | 32 | 341 | 613 | 80000..=80014 => ErrorClass::Throttled,
         190 | 102 | 10 | 3 | 200..=299 => ErrorClass::Auth,
         // 100/33: the pixel does not exist or the token cannot see it.
@@ -217,6 +228,7 @@ pub struct GraphClient {
     base: String,
     token: Secret,
     partner_agent: Option<String>,
+    api_version: String,
     bodies: BodyPool,
 }
 
@@ -291,8 +303,14 @@ impl GraphClient {
             base: format!("{}/{}", meta.graph_url, meta.api_version),
             token: meta.access_token.clone(),
             partner_agent: meta.partner_agent.clone(),
+            api_version: meta.api_version.clone(),
             bodies: BodyPool::default(),
         })
+    }
+
+    /// The Graph API version in every URL (`meta.api_version`).
+    pub fn api_version(&self) -> &str {
+        &self.api_version
     }
 
     pub fn endpoint(&self, pixel_id: &str) -> String {
@@ -501,6 +519,11 @@ mod tests {
     #[test]
     fn classification_follows_codes_not_messages() {
         assert_eq!(classify(400, &err(100, Some(2804003))), ErrorClass::Invalid);
+        assert_eq!(classify(400, &err(2635, None)), ErrorClass::RetiredVersion);
+        // Whatever the status or a transient flag says, a retired version stays retired.
+        let mut retired = err(2635, None);
+        retired.is_transient = Some(true);
+        assert_eq!(classify(500, &retired), ErrorClass::RetiredVersion);
         assert_eq!(classify(400, &err(100, Some(33))), ErrorClass::Auth);
         assert_eq!(classify(401, &err(190, None)), ErrorClass::Auth);
         assert_eq!(

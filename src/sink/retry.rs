@@ -44,7 +44,8 @@ impl RetryPolicy {
             ErrorClass::Auth
             | ErrorClass::Invalid
             | ErrorClass::Unexpected
-            | ErrorClass::NotGraph => return None,
+            | ErrorClass::NotGraph
+            | ErrorClass::RetiredVersion => return None,
         };
         let exp = base.saturating_mul(1u32 << (attempt - 1).min(16)).min(cap);
         let jittered = exp.mul_f64(jitter.clamp(0.0, 1.0));
@@ -94,6 +95,7 @@ mod tests {
         assert_eq!(p.delay(ErrorClass::Invalid, 1, None, 0.5), None);
         assert_eq!(p.delay(ErrorClass::Unexpected, 1, None, 0.5), None);
         assert_eq!(p.delay(ErrorClass::NotGraph, 1, None, 0.5), None);
+        assert_eq!(p.delay(ErrorClass::RetiredVersion, 1, None, 0.5), None);
         assert!(p.delay(ErrorClass::Transient, 2, None, 0.5).is_some());
         assert_eq!(p.delay(ErrorClass::Transient, 3, None, 0.5), None);
     }

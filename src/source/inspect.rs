@@ -3,6 +3,7 @@
 //! they are, where a backfill from a cursor value starts, and how many rows a run would find
 //! outside Meta's window. Nothing here reads a customer value.
 
+use super::expiry::{EventTimeWindow, ExpiryCount};
 use super::{db_message, quote_ident, LowerBound, ModelQuery, Result, SourceError, Warehouse};
 use crate::config::ModelConfig;
 use crate::mapping::ValueKind;
@@ -19,22 +20,22 @@ pub struct Backlog {
     pub newest: Option<String>,
     /// Seconds since the oldest waiting row's cursor value, for time cursors (timestamp, date).
     pub oldest_age_secs: Option<f64>,
+    /// The waiting rows against Meta's window, when asked for
+    /// ([`Warehouse::backlog_with_expiry`]).
+    pub expiry: Option<ExpiryCount>,
 }
 
-/// How long Meta accepts events after their `event_time`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WindowDays {
-    /// One window for every row (7 days; 62 for `physical_store`).
-    Fixed(i64),
-    /// `action_source` comes from this column: 62 days where it says physical_store, else 7.
-    ByActionSourceColumn(String),
-}
-
-/// Where a model's `event_time` comes from, for counting rows outside Meta's window.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventTimeWindow {
-    pub event_time_column: String,
-    pub days: WindowDays,
+impl Backlog {
+    /// The first four columns of [`ModelQuery::backlog_aggregates`].
+    pub(super) fn from_row(row: &sqlx::postgres::PgRow) -> Result<Backlog> {
+        Ok(Backlog {
+            rows: row.try_get(0)?,
+            oldest: row.try_get(1)?,
+            newest: row.try_get(2)?,
+            oldest_age_secs: row.try_get(3)?,
+            expiry: None,
+        })
+    }
 }
 
 /// Rows after a position, and how many of them are older than Meta accepts.
@@ -81,8 +82,17 @@ impl ModelQuery {
         )
     }
 
-    fn column_kind(&self, name: &str) -> Option<ValueKind> {
+    pub(super) fn column_kind(&self, name: &str) -> Option<ValueKind> {
         self.columns.iter().find(|c| c.name == name).map(|c| c.kind)
+    }
+
+    /// The backlog's aggregates: how many rows, the oldest and newest cursor values (text),
+    /// and the oldest one's age in seconds (NULL for integer cursors).
+    pub(super) fn backlog_aggregates(&self) -> String {
+        let cursor = self.order_columns()[0].clone();
+        let age = age_secs_sql(self.cursor_sql_type(), &format!("min({cursor})"))
+            .unwrap_or_else(|| "NULL::float8".into());
+        format!("count(*), min({cursor})::text, max({cursor})::text, {age}")
     }
 }
 
@@ -106,14 +116,18 @@ fn age_secs_sql(sql_type: &str, expr: &str) -> Option<String> {
 
 /// SQL turning an `event_time` column into a timestamptz, like the mapping reads it; None for
 /// text columns, whose values may be either and cannot be compared in SQL reliably.
-fn event_time_sql(kind: ValueKind, column: &str) -> Option<String> {
+pub(super) fn event_time_sql(kind: ValueKind, column: &str) -> Option<String> {
     let c = format!("t.{}", quote_ident(column));
+    // Unix seconds beyond what a timestamp holds would make `to_timestamp` fail the whole
+    // query: such a row has no time here (the mapping refuses it anyway).
+    let seconds = |c: String| {
+        format!("CASE WHEN {c}::float8 BETWEEN -1e11 AND 1e11 THEN to_timestamp({c}::float8) END")
+    };
     Some(match kind {
         ValueKind::TimestampTz => c,
         ValueKind::Timestamp => format!("({c} AT TIME ZONE 'UTC')"),
         ValueKind::Date => format!("({c}::timestamp AT TIME ZONE 'UTC')"),
-        ValueKind::Int => format!("to_timestamp({c})"),
-        ValueKind::Numeric | ValueKind::Float => format!("to_timestamp({c}::float8)"),
+        ValueKind::Int | ValueKind::Numeric | ValueKind::Float => seconds(c),
         _ => return None,
     })
 }
@@ -158,17 +172,9 @@ impl Warehouse {
         query: &ModelQuery,
         after: Option<&CursorPosition>,
     ) -> Result<Backlog> {
-        let cursor = query.order_columns()[0].clone();
-        let age = age_secs_sql(query.cursor_sql_type(), &format!("min({cursor})"))
-            .unwrap_or_else(|| "NULL::float8".into());
-        let what = format!("count(*), min({cursor})::text, max({cursor})::text, {age}");
+        let what = query.backlog_aggregates();
         let row = self.aggregate_after(model, query, &what, after).await?;
-        Ok(Backlog {
-            rows: row.try_get(0)?,
-            oldest: row.try_get(1)?,
-            newest: row.try_get(2)?,
-            oldest_age_secs: row.try_get(3)?,
-        })
+        Backlog::from_row(&row)
     }
 
     /// The position just before cursor value `value`: the last row whose cursor is lower.
@@ -235,13 +241,7 @@ impl Warehouse {
         let Some(event_time) = event_time_sql(kind, &window.event_time_column) else {
             return Ok(None);
         };
-        let days = match &window.days {
-            WindowDays::Fixed(d) => d.to_string(),
-            WindowDays::ByActionSourceColumn(c) => format!(
-                "CASE WHEN lower(trim(t.{}::text)) = 'physical_store' THEN 62 ELSE 7 END",
-                quote_ident(c)
-            ),
-        };
+        let days = window.days.sql();
         let what = format!(
             "count(*), count(*) FILTER (WHERE {event_time} < now() - make_interval(days => {days}))"
         );
@@ -256,7 +256,7 @@ impl Warehouse {
 impl Warehouse {
     /// One row of aggregates (`what`) over the model's rows after `after` (all rows when
     /// None), in a read-only transaction.
-    async fn aggregate_after(
+    pub(super) async fn aggregate_after(
         &self,
         model: &ModelConfig,
         query: &ModelQuery,
@@ -323,9 +323,8 @@ mod tests {
     #[test]
     fn text_event_times_cannot_be_counted_in_sql() {
         assert_eq!(event_time_sql(ValueKind::Text, "event_time"), None);
-        assert_eq!(
-            event_time_sql(ValueKind::Int, "et").unwrap(),
-            "to_timestamp(t.\"et\")"
-        );
+        assert!(event_time_sql(ValueKind::Int, "et")
+            .unwrap()
+            .contains("to_timestamp(t.\"et\"::float8)"));
     }
 }

@@ -3,11 +3,15 @@
 //! The model's SQL is wrapped as a subquery, never edited.
 
 mod decode;
+mod expiry;
 mod inspect;
 mod query;
 mod unreadable;
 
-pub use inspect::{model_backlog, Backlog, EventTimeWindow, WindowCount, WindowDays};
+pub use expiry::{
+    event_time_window, model_backlog_with_expiry, EventTimeWindow, Expiry, ExpiryCount, WindowDays,
+};
+pub use inspect::{model_backlog, Backlog, WindowCount};
 pub use query::ModelQuery;
 pub use unreadable::{DuplicateKeys, UnreadableRows};
 

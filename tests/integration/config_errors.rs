@@ -65,7 +65,7 @@ fn the_demo_config_built_from_the_example_validates() {
 fn a_valid_minimal_model_loads_with_the_default_api_version() {
     let c = load(GOOD).unwrap();
     assert_eq!(c.models[0].name, "m1");
-    assert_eq!(c.meta.api_version, "v25.0");
+    assert_eq!(c.meta.api_version, "v27.0");
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn bin(args: &[&str]) -> Command {
     cmd
 }
 
-const PIXEL_PATH: &str = "/v25.0/123456789012345/events";
+const PIXEL_PATH: &str = "/v27.0/123456789012345/events";
 
 async fn refused_rows(db: &TestDb) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM capi_sync.refused_rows")
@@ -311,7 +311,7 @@ async fn check_reports_a_graph_url_that_answers_an_html_page_and_exits_2() {
         "{line}"
     );
     assert!(
-        line.contains("HTTP 404") && line.contains("/v25.0/123456789012345"),
+        line.contains("HTTP 404") && line.contains("/v27.0/123456789012345"),
         "{line}"
     );
     assert!(line.contains("404 Not Found"), "{line}");

@@ -1,7 +1,9 @@
 //! Integration tests: real Postgres (a fresh database per test) and the sandbox in-process.
 
+mod api_versions;
 mod cli;
 mod cmd_check;
+mod cmd_demo;
 mod cmd_demo_serve;
 mod cmd_preview;
 mod cmd_refused;
@@ -20,6 +22,7 @@ mod dashboard_routes;
 mod delivery;
 mod endpoint_routes;
 mod endpoints;
+mod expiring;
 mod faults;
 mod graph_answers;
 mod health_and_metrics;

@@ -415,6 +415,7 @@ action_source = "crm"
         Some(&ctx.state),
         model,
         Utc::now(),
+        ctx.config.service.expiring_within,
     )
     .await
     .unwrap();

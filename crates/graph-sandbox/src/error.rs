@@ -36,6 +36,10 @@ pub const CODE_NO_PERMISSION: i64 = 10;
 pub const CODE_UNKNOWN_DATASET: i64 = 2044055;
 /// User request limit reached (injected throttling).
 pub const CODE_USER_REQUEST_LIMIT: i64 = 17;
+/// A deprecated (ended) API version. Observed, type OAuthException, no subcode.
+pub const CODE_DEPRECATED_VERSION: i64 = 2635;
+/// The newest version the sandbox names in its 2635 message.
+pub const NEWEST_VERSION: &str = "v27.0";
 
 // --- subcodes (see the table in `mod.rs`) ----------------------------------------------------
 
@@ -112,6 +116,26 @@ impl GraphError {
             ),
             user_title: "Unsupported request".to_owned(),
             user_msg: "Use POST /vNN.N/{pixel_or_dataset_id}/events.".to_owned(),
+        }
+    }
+
+    /// A call to a version that has ended: code 2635, whose message begins "(#2635) You are
+    /// calling a deprecated version of the Ads API" and names the latest version
+    /// (https://developers.facebook.com/blog/post/2024/04/16/upcoming-change-in-marketing-api-version-deprecation).
+    /// Captures show no subcode and no user title; the HTTP status is not documented, 400 is
+    /// chosen like Meta's other request errors.
+    pub fn deprecated_version() -> Self {
+        GraphError {
+            http_status: 400,
+            error_type: "OAuthException",
+            code: CODE_DEPRECATED_VERSION,
+            subcode: None,
+            is_transient: false,
+            message: format!(
+                "(#2635) You are calling a deprecated version of the Ads API. Please update to the latest version: {NEWEST_VERSION}."
+            ),
+            user_title: String::new(),
+            user_msg: String::new(),
         }
     }
 
@@ -194,10 +218,15 @@ impl GraphError {
             "type": self.error_type,
             "code": self.code,
             "is_transient": self.is_transient,
-            "error_user_title": self.user_title,
-            "error_user_msg": self.user_msg,
             "fbtrace_id": fbtrace_id,
         });
+        // An error without user-facing texts (2635) has none in Meta's captures either.
+        if !self.user_title.is_empty() {
+            err["error_user_title"] = json!(self.user_title);
+        }
+        if !self.user_msg.is_empty() {
+            err["error_user_msg"] = json!(self.user_msg);
+        }
         if let Some(sub) = self.subcode {
             err["error_subcode"] = json!(sub);
         }

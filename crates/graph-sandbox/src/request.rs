@@ -89,6 +89,25 @@ pub fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The oldest Graph API version the sandbox still serves. Meta's Graph API versions page
+/// (https://developers.facebook.com/docs/graph-api/changelog/versions) gives v20.0 an end of
+/// life of 2026-09-24 and v21.0 one of 2027-01-21: on 2026-12-06, v17.0 to v20.0 (and every
+/// older version) have ended. A fixed cutoff keeps the sandbox's answers the same on every day
+/// a test runs; it moves by hand when the next version ends.
+pub const OLDEST_LIVE_VERSION: (u32, u32) = (21, 0);
+
+/// The version of a request's path (`/vNN.N/...`) when it is one that has ended: the Graph API
+/// then answers error 2635.
+pub fn retired_version(path: &str) -> Option<&str> {
+    let version = path.trim_start_matches('/').split('/').next()?;
+    if !is_version(version) {
+        return None;
+    }
+    let (major, minor) = version[1..].split_once('.')?;
+    let parsed = (major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?);
+    (parsed < OLDEST_LIVE_VERSION).then_some(version)
+}
+
 /// `vNN.N`: a `v`, digits, a dot, digits.
 fn is_version(v: &str) -> bool {
     let Some(rest) = v.strip_prefix('v') else {
@@ -430,6 +449,16 @@ mod tests {
             assert_eq!((e.code, e.subcode), (100, Some(33)), "{bad}");
         }
         assert!(check_route(&hyper::Method::GET, "/v25.0/1/events").is_err());
+    }
+
+    #[test]
+    fn versions_before_v21_have_ended() {
+        assert_eq!(retired_version("/v20.0/1/events"), Some("v20.0"));
+        assert_eq!(retired_version("/v17.0/1"), Some("v17.0"));
+        assert_eq!(retired_version("/v9.0/1/events"), Some("v9.0"));
+        assert_eq!(retired_version("/v21.0/1/events"), None);
+        assert_eq!(retired_version("/v27.0/1/events"), None);
+        assert_eq!(retired_version("/events"), None);
     }
 
     #[test]

@@ -350,6 +350,9 @@ async fn handle(
 
 async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults) -> Outcome {
     let (parts, body) = req.into_parts();
+    if request::retired_version(parts.uri.path()).is_some() {
+        return Outcome::Reject(GraphError::deprecated_version());
+    }
     if request::quality_route(&parts.method, parts.uri.path()) {
         let bearer = request::bearer_token(&parts.headers);
         return match shared
