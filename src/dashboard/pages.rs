@@ -163,8 +163,9 @@ pub fn overview(models: &[ModelView], now: DateTime<Utc>) -> Markup {
                                 td data-field="refused_by_reason" { (reasons(&m.refused_by_reason)) }
                                 td { (coverage_cell(m.last_run.as_ref())) }
                                 @if show_expiry { td { @if let Some(e) = &m.expiry {
-                                    data value=(e.rows_expiring) { (e.rows_expiring) } " rows"
-                                    @if e.rows_expired_waiting > 0 { div class="small warn" { (e.rows_expired_waiting) " already too old" } }
+                                    data data-field="rows_expiring" value=(e.rows_expiring) { (e.rows_expiring) } @if e.rows_expiring == 1 { " row" } @else { " rows" }
+                                    @if e.rows_expired_waiting > 0 { div class="small warn" { data data-field="rows_expired_waiting" value=(e.rows_expired_waiting) { (e.rows_expired_waiting) } " already too old" } }
+                                    @else { data data-field="rows_expired_waiting" value="0" hidden {} }
                                     @if let Some(t) = e.earliest_expiry { div class="small" { "first " (time(t, now)) } }
                                 } } }
                                 @if show_quality { td { @if let Some(q) = &m.quality {

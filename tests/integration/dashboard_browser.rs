@@ -154,8 +154,16 @@ async fn the_dashboard_in_chromium_shows_what_status_json_shows_and_no_customer_
 
     let synced = cli(&cfg, &["sync"]).await;
     assert_eq!(synced.code, 0, "{}", synced.all());
-    // Two more rows wait after the sync.
+    // Two more rows wait after the sync, one of them 6.5 days old: it leaves Meta's 7-day
+    // window within the next 24 hours.
     seed_recent_leads(&db, 2).await;
+    sqlx::query(
+        "UPDATE crm.leads SET happened_at = now() - interval '6 days 12 hours'
+         WHERE id = (SELECT max(id) FROM crm.leads)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let status = cli(&cfg, &["status", "--json"]).await;
     assert_eq!(status.code, 0, "{}", status.all());
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
@@ -200,7 +208,16 @@ async fn the_dashboard_in_chromium_shows_what_status_json_shows_and_no_customer_
         reasons(row, "refused_by_reason"),
         leads["refused_by_reason"]
     );
+    assert_eq!(
+        field(row, "rows_expiring"),
+        leads["rows_expiring"].as_i64().unwrap()
+    );
+    assert_eq!(
+        field(row, "rows_expired_waiting"),
+        leads["rows_expired_waiting"].as_i64().unwrap()
+    );
     assert_eq!(field(row, "waiting_rows"), 2);
+    assert_eq!(field(row, "rows_expiring"), 1);
     assert_eq!(leads["refused_by_reason"]["event_time_too_old"], 2);
 
     let page = dom(&profile, &format!("{base}/models/leads")).await;
