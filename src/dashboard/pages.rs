@@ -378,6 +378,9 @@ mod tests {
         });
         let with = overview(&[v], Utc::now()).into_string();
         assert!(with.contains("About to expire"), "{with}");
-        assert!(with.contains("<data value=\"4\">4</data> rows"), "{with}");
+        assert!(
+            with.contains("<data data-field=\"rows_expiring\" value=\"4\">4</data> rows"),
+            "{with}"
+        );
     }
 }
