@@ -67,7 +67,7 @@ pub(super) fn deliveries(model: &str, run_id: i64, parts: &[&[Delivered]]) -> Ve
 /// bits reversed. A hash index picks the bucket by the hash's low bits (as many as it has
 /// buckets to tell apart), so ids sorted on the reversed bits come grouped by bucket whatever
 /// the index's size. Only an order: a wrong hash would cost speed, never a ledger row.
-fn bucket_order(event_id: &str) -> u32 {
+pub(super) fn bucket_order(event_id: &str) -> u32 {
     pg_hash_bytes(event_id.as_bytes()).reverse_bits()
 }
 
