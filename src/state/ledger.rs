@@ -16,7 +16,7 @@ impl StateStore {
         event_ids: &[String],
     ) -> Result<HashMap<String, (Vec<String>, String)>> {
         let rows = self
-            .ledger_rows("event_id, row_key, fingerprint", model, event_ids)
+            .ledger_rows("d.event_id, d.row_key, d.fingerprint", model, event_ids)
             .await?;
         Ok(rows
             .into_iter()
@@ -24,7 +24,13 @@ impl StateStore {
             .collect())
     }
 
-    /// `columns` of the ledger rows of these event ids, found through the event-id index.
+    /// `columns` (of `d`, the ledger) of the ledger rows of these event ids, found through the
+    /// event-id index.
+    ///
+    /// The ids go in as a table (`unnest`), one index probe each, in the index's bucket order.
+    /// Asked as `event_id = ANY($1)`, the hash index answered through a bitmap whose every
+    /// candidate row was checked again against the whole array: about 6.5 µs of server CPU per
+    /// id of a 1000-id chunk, against 2.6 µs probe by probe.
     async fn ledger_rows(
         &self,
         columns: &str,
@@ -34,12 +40,14 @@ impl StateStore {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
+        let ids = probe_order(event_ids.iter().map(String::as_str));
         let mut tx = self.pool.begin().await?;
         by_event_id(&mut tx).await?;
         let rows = sqlx::query(&format!(
-            "SELECT {columns} FROM deliveries WHERE event_id = ANY($1) AND model = $2"
+            "SELECT {columns} FROM unnest($1::text[]) AS i(id) \
+             JOIN deliveries d ON d.event_id = i.id WHERE d.model = $2"
         ))
-        .bind(event_ids)
+        .bind(&ids)
         .bind(model)
         .fetch_all(&mut *tx)
         .await?;
@@ -64,7 +72,7 @@ impl StateStore {
         event_ids: &[String],
     ) -> Result<HashMap<String, String>> {
         let rows = self
-            .ledger_rows("event_id, fingerprint", model, event_ids)
+            .ledger_rows("d.event_id, d.fingerprint", model, event_ids)
             .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -148,17 +156,21 @@ pub(super) async fn record_deliveries(
     replace: bool,
 ) -> Result<()> {
     if replace {
-        let ids: Vec<&str> = parts
-            .iter()
-            .flat_map(|p| p.iter())
-            .map(|d| d.event_id.as_str())
-            .collect();
+        let ids = probe_order(
+            parts
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|d| d.event_id.as_str()),
+        );
         by_event_id(conn).await?;
-        sqlx::query("DELETE FROM deliveries WHERE event_id = ANY($1) AND model = $2")
-            .bind(&ids)
-            .bind(model)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "DELETE FROM deliveries d USING unnest($1::text[]) AS i(id) \
+             WHERE d.event_id = i.id AND d.model = $2",
+        )
+        .bind(&ids)
+        .bind(model)
+        .execute(&mut *conn)
+        .await?;
     }
     let data = copy::deliveries(model, run_id, parts);
     let mut copy_in = conn.copy_in_raw(copy::DELIVERIES_COPY).await?;
@@ -167,12 +179,27 @@ pub(super) async fn record_deliveries(
     Ok(())
 }
 
-/// Makes the transaction's statements find ledger rows by their event ids' index. The
-/// ledger grows faster than autovacuum analyzes it, and a plan made on statistics that
-/// still say "nearly empty" would scan every row for each lookup.
+/// Makes the transaction's statements find ledger rows by their event ids' index, one plain
+/// index probe per id. The ledger grows faster than autovacuum analyzes it, and a plan made on
+/// statistics that still say "nearly empty" would scan every row for each lookup. A bitmap
+/// per probe (the plan chosen otherwise) cost about 10% more than reading the row at once,
+/// and a lookup of a few thousand ids is not worth starting parallel workers (a process each).
 pub(super) async fn by_event_id(conn: &mut PgConnection) -> Result<()> {
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('enable_seqscan', 'off', true), \
+                set_config('enable_bitmapscan', 'off', true), \
+                set_config('max_parallel_workers_per_gather', '0', true)",
+    )
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+/// Event ids once each, in the order of the ledger's index buckets (see
+/// [`copy::bucket_order`]): probes of one bucket then follow one another.
+pub(super) fn probe_order<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut ids: Vec<(u32, &str)> = ids.map(|id| (copy::bucket_order(id), id)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter().map(|(_, id)| id).collect()
 }

@@ -1,7 +1,7 @@
 //! Settling: one transaction records a settled stretch of rows (ledger rows not yet written,
 //! refusals, changed fingerprints), moves the cursor and writes the run's counters.
 
-use super::ledger::{by_event_id, record_deliveries};
+use super::ledger::{by_event_id, probe_order, record_deliveries};
 use super::refused::clear_refusals;
 use super::runs::write_counters;
 use super::{encode_key, LockProof, Result, RunCounters, Settlement, StateStore};
@@ -88,11 +88,13 @@ impl StateStore {
         }
         if !settlement.changed.is_empty() {
             by_event_id(&mut tx).await?;
+            let ids = probe_order(settlement.changed.iter().map(String::as_str));
             sqlx::query(
-                "UPDATE deliveries SET changed_at = now() WHERE model = $1 AND event_id = ANY($2) AND changed_at IS NULL",
+                "UPDATE deliveries d SET changed_at = now() FROM unnest($2::text[]) AS i(id)
+                 WHERE d.event_id = i.id AND d.model = $1 AND d.changed_at IS NULL",
             )
             .bind(model)
-            .bind(&settlement.changed)
+            .bind(&ids)
             .execute(&mut *tx)
             .await?;
         }
