@@ -372,7 +372,7 @@ mod tests {
                 .await
                 .expect_err("not the Graph API");
             let text = err.to_string();
-            assert!(text.contains("/v25.0/dataset_quality"), "{text}");
+            assert!(text.contains("/v27.0/dataset_quality"), "{text}");
             assert!(!text.contains("tok-secret-quality"), "{answer:?}: {text}");
             assert!(!text.contains("access_token"), "{answer:?}: {text}");
             let u = unavailable(&err, "123", QualitySource::Web);
