@@ -9,16 +9,18 @@ use std::collections::HashMap;
 /// must be neither sent again nor refused as a duplicate; only another row repeating a
 /// model's own `event_id` is a duplicate.
 ///
-/// Memory stays constant whatever the run's size: ids of the last batches are kept exactly
-/// (two generations, rotated every `batches_per_generation` batches, which covers every batch
-/// not yet committed), and every id of the run goes into a fixed 4 MiB Bloom filter (a few
-/// false positives per million new ids at a million ids, 6% at five million; each costs a
-/// ledger lookup, batched per chunk). An id the filter may have seen but that is not recent
-/// is settled by the ledger (`suspects` and `take`'s `older` argument); a false positive is
-/// then found new and sent.
+/// Ids of the last batches are kept exactly (two generations, rotated every
+/// `batches_per_generation` batches, which covers every batch not yet committed), and every
+/// id of the run goes into a Bloom filter ([`IdFilter`]) that grows with the run, 4 MiB per
+/// million ids, so that its false-positive rate stays at a few per million new ids however
+/// long the run is (a single 4 MiB filter mistook 6% of new ids for taken ones by five
+/// million). Each false positive costs a ledger lookup, batched per chunk and awaited in the
+/// batching loop. An id the filter may have seen but that is not recent is settled by the
+/// ledger (`suspects` and `take`'s `older` argument); a false positive is then found new and
+/// sent.
 pub(super) struct TakenIds {
     pub(super) model_maps_event_id: bool,
-    pub(super) bloom: Vec<u64>,
+    pub(super) bloom: IdFilter,
     pub(super) current: IdMap,
     pub(super) previous: IdMap,
     pub(super) batches_in_current: u64,
@@ -84,8 +86,54 @@ pub(super) enum Taken {
     OtherRow,
 }
 
+/// Bits of one layer of the filter (4 MiB).
 pub(super) const BLOOM_BITS: usize = 1 << 25;
 pub(super) const BLOOM_PROBES: u64 = 8;
+/// Ids one layer takes before the next is started: about 34 bits per id, where eight probes
+/// in one 512-bit block mistake a few new ids per million for taken ones.
+pub(super) const IDS_PER_LAYER: usize = 1 << 20;
+
+/// Every id the run took, as blocked Bloom filters of [`BLOOM_BITS`] bits ("layers"), each
+/// holding at most [`IDS_PER_LAYER`] ids: ids go into the newest layer, and an id may have
+/// been taken if any layer holds its bits. A filter cannot grow in place (its ids are not
+/// kept), so it grows by layers, as a scalable Bloom filter does (Almeida et al., 2007): a
+/// new id then risks one layer's false-positive rate per million ids taken, instead of the
+/// rate of one filter loaded ever more. A layer is allocated on first use, so a short run
+/// holds no more than one.
+#[derive(Default)]
+pub(super) struct IdFilter {
+    pub(super) layers: Vec<Vec<u64>>,
+    /// Ids inserted into the newest layer.
+    pub(super) in_newest: usize,
+}
+
+impl IdFilter {
+    pub(super) fn may_contain(&self, key: &IdKey) -> bool {
+        if self.layers.is_empty() {
+            return false;
+        }
+        let bits: [usize; BLOOM_PROBES as usize] = TakenIds::bloom_bits(key);
+        // The layers hold different ids, so the same bits of the id's hash serve them all.
+        self.layers.iter().any(|layer| {
+            bits.iter()
+                .all(|&bit| layer[bit / 64] & (1 << (bit % 64)) != 0)
+        })
+    }
+
+    pub(super) fn insert(&mut self, key: &IdKey) {
+        if self.layers.is_empty() || self.in_newest >= IDS_PER_LAYER {
+            self.layers.push(vec![0u64; BLOOM_BITS / 64]);
+            self.in_newest = 0;
+        }
+        self.in_newest += 1;
+        let Some(layer) = self.layers.last_mut() else {
+            unreachable!("a layer was just added")
+        };
+        for bit in TakenIds::bloom_bits(key) {
+            layer[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+}
 /// Batches not yet committed, beyond those in flight: the settle queue, the job being
 /// committed, the batch being cut, and a margin.
 pub(super) const UNCOMMITTED_BEYOND_IN_FLIGHT: u64 = 8;
@@ -97,7 +145,7 @@ impl TakenIds {
     pub(super) fn new(model_maps_event_id: bool, max_in_flight: usize) -> TakenIds {
         TakenIds {
             model_maps_event_id,
-            bloom: Vec::new(),
+            bloom: IdFilter::default(),
             current: IdMap::default(),
             previous: IdMap::default(),
             batches_in_current: 0,
@@ -128,25 +176,19 @@ impl TakenIds {
     /// probe takes its own next 9 bits, so no two probes of an id are derived from one
     /// another (probes computed as multiples of one number fall into a few hundred
     /// patterns, and ids sharing a block then matched each other's bits far more often).
-    pub(super) fn bloom_bits(key: &IdKey) -> impl Iterator<Item = usize> {
+    pub(super) fn bloom_bits(key: &IdKey) -> [usize; BLOOM_PROBES as usize] {
         const BLOCKS_LOG2: u32 = (BLOOM_BITS / 512).trailing_zeros();
         let h = Self::id_hash(key);
         let block = (h as usize & (BLOOM_BITS / 512 - 1)) * 512;
-        (0..BLOOM_PROBES as u32).map(move |i| block + ((h >> (BLOCKS_LOG2 + 9 * i)) as usize & 511))
+        std::array::from_fn(|i| block + ((h >> (BLOCKS_LOG2 + 9 * i as u32)) as usize & 511))
     }
 
     pub(super) fn bloom_may_contain(&self, key: &IdKey) -> bool {
-        !self.bloom.is_empty()
-            && Self::bloom_bits(key).all(|bit| self.bloom[bit / 64] & (1 << (bit % 64)) != 0)
+        self.bloom.may_contain(key)
     }
 
     pub(super) fn bloom_insert(&mut self, key: &IdKey) {
-        if self.bloom.is_empty() {
-            self.bloom = vec![0u64; BLOOM_BITS / 64];
-        }
-        for bit in Self::bloom_bits(key) {
-            self.bloom[bit / 64] |= 1 << (bit % 64);
-        }
+        self.bloom.insert(key);
     }
 
     pub(super) fn recent(&self, key: &IdKey) -> Option<&Reading> {
@@ -221,22 +263,26 @@ mod tests {
         crate::mapping::derive_event_id("m", &[i.to_string()], "Lead")
     }
 
-    /// Every false positive of the filter is a ledger lookup in the batching loop. At a
-    /// million ids a sound 4 MiB filter gives a few; probes that were multiples of one
-    /// number gave several hundred.
-    #[test]
-    fn the_filter_rarely_mistakes_a_new_id_at_a_million() {
-        let mut t = TakenIds::new(false, 4);
-        // SplitMix64: ids spread like derived ones (SHA-256 bits).
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
+    /// Ids spread like derived ones (SHA-256 bits), from SplitMix64.
+    fn random_ids(seed: u64) -> impl FnMut() -> IdKey {
+        let mut state = seed;
+        let mut next = move || {
             state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = state;
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        let mut key = || IdKey::Derived(u128::from(next()) << 64 | u128::from(next()));
+        move || IdKey::Derived(u128::from(next()) << 64 | u128::from(next()))
+    }
+
+    /// Every false positive of the filter is a ledger lookup in the batching loop. At a
+    /// million ids a sound 4 MiB filter gives a few; probes that were multiples of one
+    /// number gave several hundred.
+    #[test]
+    fn the_filter_rarely_mistakes_a_new_id_at_a_million() {
+        let mut t = TakenIds::new(false, 4);
+        let mut key = random_ids(0x9e37_79b9_7f4a_7c15);
         for _ in 0..1_000_000 {
             let k = key();
             t.bloom_insert(&k);
@@ -248,6 +294,38 @@ mod tests {
             false_positives < 50,
             "{false_positives} false positives in a million"
         );
+    }
+
+    /// A long run pays no more per new id than a short one: at five million ids one 4 MiB
+    /// filter mistook 6% of new ids for taken ones, each a ledger lookup.
+    #[test]
+    fn the_filter_mistakes_new_ids_as_rarely_at_five_million_as_at_one() {
+        let mut filter = IdFilter::default();
+        let mut key = random_ids(42);
+        let mut false_positives_after = |filter: &mut IdFilter, ids: usize| {
+            for _ in 0..ids {
+                filter.insert(&key());
+            }
+            (0..200_000).filter(|_| filter.may_contain(&key())).count()
+        };
+        let at_one = false_positives_after(&mut filter, 1_000_000);
+        let at_five = false_positives_after(&mut filter, 4_000_000);
+        assert!(at_one < 10, "{at_one} of 200 000 new ids mistaken at 1M");
+        // Five layers risk five times one layer's rate at most.
+        assert!(at_five < 50, "{at_five} of 200 000 new ids mistaken at 5M");
+        assert_eq!(filter.layers.len(), 5, "4 MiB per million ids");
+    }
+
+    #[test]
+    fn every_taken_id_is_found_in_whichever_layer_holds_it() {
+        let mut filter = IdFilter::default();
+        let mut key = random_ids(7);
+        let ids: Vec<IdKey> = (0..IDS_PER_LAYER + 1000).map(|_| key()).collect();
+        for id in &ids {
+            filter.insert(id);
+        }
+        assert_eq!(filter.layers.len(), 2);
+        assert!(ids.iter().all(|id| filter.may_contain(id)));
     }
 
     #[test]
