@@ -35,11 +35,13 @@ ROWS=${1:-1000000}
 LAT_ROWS=${2:-200000}
 THROUGHPUT_CONCURRENCY=${THROUGHPUT_CONCURRENCY:-8}
 PG=${CAPI_SYNC_BENCH_PG:-postgres://postgres@127.0.0.1:5432}
-DB=capi_sync_bench
+DB=${CAPI_SYNC_BENCH_DB:-capi_sync_bench}
 OUT=bench/out
 mkdir -p "$OUT"
 PORT=${CAPI_SYNC_BENCH_PORT:-18089}
 TOKEN=bench-token
+# capi-sync reads every CAPI_SYNC_* variable as config, and refuses unknown keys.
+unset CAPI_SYNC_BENCH_PG CAPI_SYNC_BENCH_DB CAPI_SYNC_BENCH_PORT
 
 cargo build --release --quiet
 BIN=target/release/capi-sync
@@ -91,6 +93,10 @@ SQL
 # rows, one happened 8 days ago (refused: event_time_too_old) and one keeps only its city,
 # state, ZIP and country (refused: customer_information_too_broad).
 seed_messy() { # $1 rows
+  if [ -n "${REUSE_ROWS:-}" ] && [ "$(psql "$PG/$DB" -qtAc "SELECT count(*) FROM bench.conversions" 2>/dev/null)" = "$1" ]; then
+    echo "reusing the $1 messy rows seeded before (REUSE_ROWS)"
+    return
+  fi
   echo "seeding $1 messy rows..."
   create_db
   psql "$PG/$DB" -q <<SQL
@@ -182,7 +188,8 @@ run_sync() { # $1 label, $2 concurrency ("" for the default config), $3 expected
   reset_state
   local cpu0 sb0
   cpu0=$(machine_cpu); sb0=$(process_cpu "$SANDBOX_PID")
-  /usr/bin/time -v $BIN --config "$OUT/bench.toml" sync bench >"$OUT/sync-$1.out" 2>"$OUT/sync-$1.err"
+  /usr/bin/time -v $BIN --config "$OUT/bench.toml" sync bench >"$OUT/sync-$1.out" 2>"$OUT/sync-$1.err" ||
+    { echo "$1: sync failed:"; head -3 "$OUT/sync-$1.err"; exit 1; }
   local all sandbox ours
   all=$(echo "$(machine_cpu) - $cpu0" | bc -l)
   sandbox=$(echo "$(process_cpu "$SANDBOX_PID") - $sb0" | bc -l)
@@ -250,7 +257,7 @@ series)
   echo "default config, $ROWS messy rows, sandbox answering after 300 ms"
   # The ledger holds every acknowledged event (written within a batch or two of the answer).
   acked() { psql "$PG/$DB" -qtAc "SELECT count(*) FROM capi_sync.deliveries" 2>/dev/null || echo 0; }
-  $BIN --config "$OUT/bench.toml" sync bench >"$OUT/series.out" 2>"$OUT/series.err" &
+  /usr/bin/time -v $BIN --config "$OUT/bench.toml" sync bench >"$OUT/series.out" 2>"$OUT/series.err" &
   SYNC_PID=$!
   t0=$(date +%s.%N); prev=0; second=0
   while kill -0 "$SYNC_PID" 2>/dev/null; do
@@ -263,7 +270,8 @@ series)
   wait "$SYNC_PID" || true
   stop_sandbox
   echo "progress lines (every 5 s):"
-  grep -o 'events_sent=[0-9]*.*' "$OUT/series.err" | sed 's/^/  /' || true
+  sed 's/\x1b\[[0-9;]*m//g' "$OUT/series.err" | grep -o 'events_sent=[0-9]*.*in_flight_limit=[0-9]*' | sed 's/^/  /' || true
   grep -o '[0-9]* events sent.*' "$OUT/series.out" | head -1
+  echo "peak RSS: $(awk '/Maximum resident set size/ {printf "%.1f MiB", $NF / 1024}' "$OUT/series.err")"
   ;;
 esac
