@@ -196,6 +196,7 @@ impl SandboxArgs {
                 reject_rate: self.reject_rate,
                 reject_event_ids: self.reject_event_ids.iter().cloned().collect(),
                 seed: self.seed,
+                usage_percent: 0,
             },
             keep_in_memory: false,
         }

@@ -1,8 +1,8 @@
 //! The service's Prometheus metrics: a `prometheus-client` registry, written out in the
 //! Prometheus text format (0.0.4). Counters end in `_total` (the client appends it to the
-//! registered name); labels come from a small fixed set (`model`, `reason`, `class`), so the
-//! number of series is bounded by models × refusal reasons × error classes. No label ever
-//! carries customer data.
+//! registered name); labels come from a small fixed set (`model`, `reason`, `class`, `pixel`),
+//! so the number of series is bounded by models × refusal reasons × error classes, and by the
+//! configured pixels. No label ever carries customer data.
 //!
 //! Each metric family is one field of [`Metrics`], registered in [`Metrics::new`].
 
@@ -67,6 +67,12 @@ struct ClassLabels {
     class: &'static str,
 }
 
+/// A pixel (dataset) id, from the config.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PixelLabels {
+    pixel: String,
+}
+
 fn model(name: &str) -> ModelLabels {
     ModelLabels {
         model: name.to_string(),
@@ -109,6 +115,8 @@ pub struct Metrics {
     /// Meta's match quality, per model and event name (out of 10), and its coverage per key.
     event_match_quality: Family<EventLabels, FloatGauge>,
     match_key_coverage: Family<KeyLabels, FloatGauge>,
+    /// Requests each pixel may have in flight now (its adaptive limit).
+    requests_in_flight_limit: Family<PixelLabels, Gauge>,
     /// The models whose runs ended since [`Metrics::take_ended`] was last called: only theirs
     /// need measuring again (with hundreds of models, measuring them all after every run would
     /// keep the warehouse busy with aggregates).
@@ -165,6 +173,7 @@ impl Metrics {
             runs_in_progress: Gauge::default(),
             event_match_quality: Family::default(),
             match_key_coverage: Family::default(),
+            requests_in_flight_limit: Family::default(),
             ended: Default::default(),
             expiry_warned: Default::default(),
             run_ended: tokio::sync::Notify::new(),
@@ -266,6 +275,11 @@ impl Metrics {
             "capi_sync_match_key_coverage_meta_percent",
             "Share of events carrying each customer-information key, in percent, as Meta last reported it (Dataset Quality API)",
             m.match_key_coverage.clone(),
+        );
+        r.register(
+            "capi_sync_requests_in_flight_limit",
+            "Requests the pixel may have in flight now: from meta.concurrency, grown while Meta answers fast up to meta.max_concurrency, halved on throttles",
+            m.requests_in_flight_limit.clone(),
         );
         for name in models {
             m.ensure_model(name);
@@ -495,6 +509,14 @@ impl RunObserver for Metrics {
         self.runs_waiting.set(waiting as i64);
         self.runs_in_progress.set(running as i64);
     }
+
+    fn requests_in_flight_limit(&self, pixel_id: &str, limit: usize) {
+        self.requests_in_flight_limit
+            .get_or_create(&PixelLabels {
+                pixel: pixel_id.to_string(),
+            })
+            .set(limit as i64);
+    }
 }
 
 #[cfg(test)]
@@ -607,6 +629,7 @@ mod tests {
             null_key: 0,
         };
         m.set_unreadable("m", rows);
+        m.requests_in_flight_limit("123456789012345", 5);
         let text = m.render();
         let descriptors: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
         let expected = [
@@ -627,6 +650,7 @@ mod tests {
             ("capi_sync_run_start_delay_seconds", "histogram", "How long after its schedule's fire time each scheduled run started (waiting for a free slot of service.max_concurrent_runs)."),
             ("capi_sync_runs_waiting", "gauge", "Scheduled runs that are due and wait for a free slot (service.max_concurrent_runs)."),
             ("capi_sync_runs_in_progress", "gauge", "Runs going now (at most service.max_concurrent_runs)."),
+            ("capi_sync_requests_in_flight_limit", "gauge", "Requests the pixel may have in flight now: from meta.concurrency, grown while Meta answers fast up to meta.max_concurrency, halved on throttles."),
         ];
         let want: Vec<String> = expected
             .iter()
@@ -638,6 +662,10 @@ mod tests {
             })
             .collect();
         assert_eq!(descriptors, want);
+        assert!(
+            text.contains("capi_sync_requests_in_flight_limit{pixel=\"123456789012345\"} 5\n"),
+            "{text}"
+        );
     }
 
     #[test]

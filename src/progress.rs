@@ -96,6 +96,8 @@ pub struct Progress {
     rows_read: AtomicU64,
     events_sent: AtomicU64,
     rows_refused: AtomicU64,
+    /// The pixel's requests in flight allowed now, once a batch has reported it (0 before).
+    in_flight_limit: AtomicU64,
     started: Instant,
     bar: Option<indicatif::ProgressBar>,
     stop: CancellationToken,
@@ -119,6 +121,7 @@ impl Progress {
             rows_read: AtomicU64::new(0),
             events_sent: AtomicU64::new(0),
             rows_refused: AtomicU64::new(0),
+            in_flight_limit: AtomicU64::new(0),
             started: Instant::now(),
             bar,
             stop: CancellationToken::new(),
@@ -166,6 +169,7 @@ impl Progress {
             rows_refused = s.rows_refused,
             rows_per_sec = s.rate.round() as u64,
             eta_secs = s.eta_secs.map(|e| e.round() as u64),
+            in_flight_limit = Some(self.in_flight_limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
             "progress"
         );
     }
@@ -242,6 +246,10 @@ impl RunObserver for Progress {
         self.rows_refused
             .fetch_add(refused.len() as u64, Ordering::Relaxed);
         self.update_bar();
+    }
+
+    fn requests_in_flight_limit(&self, _pixel_id: &str, limit: usize) {
+        self.in_flight_limit.store(limit as u64, Ordering::Relaxed);
     }
 }
 

@@ -109,7 +109,10 @@ pub struct MetaSettings {
     pub access_token: Secret,
     pub test_event_code: Option<String>,
     pub batch_size: usize,
+    /// Requests in flight per pixel at first (`meta.concurrency`).
     pub concurrency: usize,
+    /// The most requests in flight per pixel as the limit grows (`meta.max_concurrency`).
+    pub max_concurrency: usize,
     pub request_timeout: Duration,
     pub max_attempts: u32,
     pub partner_agent: Option<String>,
@@ -499,6 +502,12 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
     if raw.meta.concurrency == 0 {
         problems.push("key `meta.concurrency`: must be at least 1".into());
     }
+    if raw.meta.max_concurrency < raw.meta.concurrency {
+        problems.push(format!(
+            "key `meta.max_concurrency`: {} is below meta.concurrency ({}); requests in flight start at meta.concurrency and grow up to meta.max_concurrency, so set it to at least {} (equal to meta.concurrency keeps the number fixed)",
+            raw.meta.max_concurrency, raw.meta.concurrency, raw.meta.concurrency
+        ));
+    }
     let meta = MetaSettings {
         graph_url: raw.meta.graph_url.trim_end_matches('/').to_string(),
         api_version: raw.meta.api_version,
@@ -506,6 +515,7 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         test_event_code: raw.meta.test_event_code.filter(|s| !s.is_empty()),
         batch_size: raw.meta.batch_size.clamp(1, 1000) as usize,
         concurrency: raw.meta.concurrency.max(1) as usize,
+        max_concurrency: raw.meta.max_concurrency.max(raw.meta.concurrency).max(1) as usize,
         request_timeout: dur(
             "meta.request_timeout",
             &raw.meta.request_timeout,

@@ -47,6 +47,7 @@ pub(super) struct RawMeta {
     pub(super) test_event_code: Option<String>,
     pub(super) batch_size: u32,
     pub(super) concurrency: u32,
+    pub(super) max_concurrency: u32,
     pub(super) request_timeout: String,
     pub(super) max_attempts: u32,
     pub(super) partner_agent: Option<String>,

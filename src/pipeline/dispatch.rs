@@ -23,8 +23,8 @@ pub(super) struct InFlight<'a> {
     model: &'a ModelConfig,
     observer: Option<Arc<dyn RunObserver>>,
     dry_run: bool,
-    /// `meta.concurrency`: the most requests in flight, and as many batches again may wait
-    /// for their ledger write.
+    /// `meta.concurrency`: batches answered and waiting for their ledger write, beyond the
+    /// pixel's requests in flight.
     concurrency: usize,
     sender: BatchSender,
     settler: Settler,
@@ -106,6 +106,9 @@ impl<'a> InFlight<'a> {
             )
             .await?;
             self.pixel.after_batch(&self.model.name);
+            if let Some(o) = &self.observer {
+                o.requests_in_flight_limit(&self.model.pixel_id, self.pixel.limit());
+            }
         }
         Ok(())
     }

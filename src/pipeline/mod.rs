@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+mod adaptive_limit;
 mod batch;
 mod counts;
 pub mod deadline;
@@ -281,9 +282,10 @@ async fn run_inner(
     let mut assembler = BatchAssembler::new(
         model,
         plan.maps_event_id(),
-        // Batches not yet settled: those with a request in flight, and as many again
-        // answered and waiting for their ledger write.
-        2 * ctx.config.meta.concurrency,
+        // Batches not yet settled: those with a request in flight (up to
+        // `meta.max_concurrency` as the pixel's limit grows), and `meta.concurrency` more
+        // answered and waiting for their ledger write (see `InFlight::dispatch`).
+        ctx.config.meta.max_concurrency + ctx.config.meta.concurrency,
     );
     let (mapper, mut rx_mapped) =
         map_stage::start(ctx, &model.name, opts.mode, plan, rx_rows).await?;
@@ -298,9 +300,11 @@ async fn run_inner(
         lock,
     );
     // Meta limits requests by pixel: the runs of one pixel share its slots and its pace.
-    let pixel = ctx
-        .pixels
-        .pixel(&model.pixel_id, ctx.config.meta.concurrency);
+    let pixel = ctx.pixels.pixel(
+        &model.pixel_id,
+        ctx.config.meta.concurrency,
+        ctx.config.meta.max_concurrency,
+    );
     let mut flight = InFlight::new(
         model,
         opts.observer.clone(),

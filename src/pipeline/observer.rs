@@ -33,4 +33,7 @@ pub trait RunObserver: Send + Sync + std::fmt::Debug {
     /// The service's queue changed: `waiting` runs are due and wait for a free slot,
     /// `running` runs are going.
     fn run_queue(&self, _waiting: usize, _running: usize) {}
+
+    /// The requests the pixel may have in flight now (its adaptive limit), after a batch.
+    fn requests_in_flight_limit(&self, _pixel_id: &str, _limit: usize) {}
 }

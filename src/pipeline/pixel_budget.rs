@@ -1,24 +1,24 @@
 //! Requests to Meta in flight, counted per pixel across every run of the process.
 //!
 //! Meta rate-limits the Conversions API by dataset (pixel) and app, not by our models: ten
-//! models sending to one pixel share one limit. So the requests in flight (`meta.concurrency`
-//! at most), their adaptive limit (halved when Meta throttles or warns, grown back by one
-//! after a run of calm batches) and the wait after a throttled answer belong to the pixel, and
-//! every run of the pixel takes its request slots from the same budget.
+//! models sending to one pixel share one limit. So the requests in flight, their adaptive
+//! limit (starting at `meta.concurrency`, grown while Meta answers fast and calm up to
+//! `meta.max_concurrency`, halved when Meta throttles or warns: `adaptive_limit.rs`) and the
+//! wait after a throttled answer belong to the pixel, and every run of the pixel takes its
+//! request slots from the same budget.
 //!
 //! The slots are a tokio `Semaphore` with one permit per request the limit allows. The limit
 //! moves while requests are in flight, so a lower limit withdraws free permits at once and
 //! owes the rest: slots given back while the pixel owes are not returned to the semaphore.
 
+use super::adaptive_limit::AdaptiveLimit;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::warn;
-
-/// Calm batches (no new throttle) after which a lowered limit grows by one.
-const CALM_BATCHES: u32 = 8;
+use tracing::{debug, warn};
 
 /// The budgets of the pixels this process sends to, made on first use.
 #[derive(Clone, Default)]
@@ -27,20 +27,21 @@ pub struct PixelBudgets {
 }
 
 impl PixelBudgets {
-    /// The pixel's budget, allowing at most `max` requests in flight (`meta.concurrency`).
-    pub fn pixel(&self, pixel_id: &str, max: usize) -> Arc<PixelBudget> {
+    /// The pixel's budget: `start` requests in flight at first (`meta.concurrency`), `max` at
+    /// most (`meta.max_concurrency`).
+    pub fn pixel(&self, pixel_id: &str, start: usize, max: usize) -> Arc<PixelBudget> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         let budget = budgets
             .entry(pixel_id.to_string())
-            .or_insert_with(|| Arc::new(PixelBudget::new(pixel_id, max)))
+            .or_insert_with(|| Arc::new(PixelBudget::new(pixel_id, start, max)))
             .clone();
-        budget.set_max(max);
+        budget.set_bounds(start, max);
         budget
     }
 }
 
-/// One pixel's requests in flight and their adaptive limit (additive increase, multiplicative
-/// decrease), shared by the runs sending to it.
+/// One pixel's requests in flight and their adaptive limit (additive increase while answers
+/// stay fast, multiplicative decrease on throttles), shared by the runs sending to it.
 pub struct PixelBudget {
     pixel_id: String,
     pace: Mutex<Pace>,
@@ -52,13 +53,14 @@ pub struct PixelBudget {
 }
 
 struct Pace {
+    /// The limit, and what it is learned from.
+    adaptive: AdaptiveLimit,
+    /// The requests the semaphore's permits stand for (the limit, once moved).
     limit: usize,
     /// Permits to withdraw as requests in flight end, after the limit dropped below the
     /// requests in flight.
     owed: usize,
-    max: usize,
     seen_throttles: u64,
-    calm: u32,
     /// No new request starts before this: Meta asked one of the pixel's requests to wait.
     hold_until: Option<Instant>,
 }
@@ -77,20 +79,20 @@ impl Drop for RequestSlot {
 }
 
 impl PixelBudget {
-    fn new(pixel_id: &str, max: usize) -> PixelBudget {
-        let max = max.max(1);
+    fn new(pixel_id: &str, start: usize, max: usize) -> PixelBudget {
+        let adaptive = AdaptiveLimit::new(start, max);
+        let limit = adaptive.limit();
         PixelBudget {
             pixel_id: pixel_id.to_string(),
             pace: Mutex::new(Pace {
-                limit: max,
+                adaptive,
+                limit,
                 owed: 0,
-                max,
                 seen_throttles: 0,
-                calm: 0,
                 hold_until: None,
             }),
             throttles: AtomicU64::new(0),
-            slots: Semaphore::new(max),
+            slots: Semaphore::new(limit),
         }
     }
 
@@ -98,12 +100,11 @@ impl PixelBudget {
         self.pace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_max(&self, max: usize) {
+    fn set_bounds(&self, start: usize, max: usize) {
         let mut pace = self.pace();
-        let max = max.max(1);
-        if pace.max != max {
-            pace.max = max;
-            let limit = pace.limit.min(max);
+        pace.adaptive.set_bounds(start, max);
+        let limit = pace.adaptive.limit();
+        if limit != pace.limit {
             self.set_limit(&mut pace, limit);
         }
     }
@@ -140,6 +141,9 @@ impl PixelBudget {
                 unreachable!("the pixel's semaphore is never closed")
             };
             permit.forget();
+            if self.slots.available_permits() == 0 {
+                self.pace().adaptive.saturated();
+            }
             // A throttled answer may have asked to wait while this one queued: then the
             // permit goes back and the wait starts again.
             if self.held_until().is_none() {
@@ -194,32 +198,41 @@ impl PixelBudget {
         }
     }
 
+    /// Meta accepted a request of the pixel after `latency`, reporting `usage_percent` of a
+    /// rate limit if it sent usage headers.
+    pub fn answered(&self, latency: Duration, usage_percent: Option<u32>) {
+        self.pace().adaptive.answered(latency, usage_percent);
+    }
+
     /// After a batch of any run of the pixel: halves the limit if Meta throttled since the
-    /// last batch, else counts a calm batch and, after enough of them, allows one more.
+    /// last batch, else counts a calm batch and, after a window of them, moves the limit by
+    /// what the window's answers showed (see `adaptive_limit.rs`).
     pub fn after_batch(&self, model: &str) {
         let throttles = self.throttles.load(Ordering::Relaxed);
         let mut pace = self.pace();
-        if throttles > pace.seen_throttles {
-            pace.seen_throttles = throttles;
-            pace.calm = 0;
-            let lower = (pace.limit / 2).max(1);
-            if lower < pace.limit {
-                warn!(
-                    model,
-                    pixel_id = %self.pixel_id,
-                    in_flight = lower,
-                    "Meta is throttling; lowering the pixel's requests in flight"
-                );
-            }
-            self.set_limit(&mut pace, lower);
-        } else if pace.limit < pace.max {
-            pace.calm += 1;
-            if pace.calm >= CALM_BATCHES {
-                pace.calm = 0;
-                let higher = pace.limit + 1;
-                self.set_limit(&mut pace, higher);
-            }
+        let throttled = throttles > pace.seen_throttles;
+        pace.seen_throttles = throttles;
+        let before = pace.limit;
+        let limit = pace.adaptive.after_batch(throttled);
+        if limit == before {
+            return;
         }
+        if throttled && limit < before {
+            warn!(
+                model,
+                pixel_id = %self.pixel_id,
+                in_flight = limit,
+                "Meta is throttling; lowering the pixel's requests in flight"
+            );
+        } else {
+            debug!(
+                model,
+                pixel_id = %self.pixel_id,
+                in_flight = limit,
+                "requests in flight for the pixel moved"
+            );
+        }
+        self.set_limit(&mut pace, limit);
     }
 
     /// Requests in flight: the permits the limit allows, less the free ones, plus those
@@ -240,7 +253,7 @@ mod tests {
     #[tokio::test]
     async fn a_slot_is_taken_again_only_once_one_is_dropped() {
         let budgets = PixelBudgets::default();
-        let pixel = budgets.pixel("1", 2);
+        let pixel = budgets.pixel("1", 2, 2);
         let first = pixel.acquire().await;
         let _second = pixel.acquire().await;
         assert_eq!(pixel.busy(), 2);
@@ -265,7 +278,7 @@ mod tests {
             let (in_flight, peak) = (in_flight.clone(), peak.clone());
             tokio::spawn(async move {
                 // Each run asks for the pixel's budget as a run does, with the configured max.
-                let pixel = budgets.pixel("1", 3);
+                let pixel = budgets.pixel("1", 3, 3);
                 for _ in 0..40 {
                     let slot = pixel.acquire().await;
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -289,16 +302,16 @@ mod tests {
         );
         assert!(peak > 1, "the runs never sent side by side");
         // Another pixel has a budget of its own.
-        let other = budgets.pixel("2", 3);
+        let other = budgets.pixel("2", 3, 3);
         let _a = other.acquire().await;
-        assert_eq!(budgets.pixel("1", 3).busy(), 0);
+        assert_eq!(budgets.pixel("1", 3, 3).busy(), 0);
     }
 
     #[tokio::test]
     async fn a_throttle_seen_by_one_run_halves_the_limit_for_the_other() {
         let budgets = PixelBudgets::default();
-        let seen_by = budgets.pixel("1", 8);
-        let other = budgets.pixel("1", 8);
+        let seen_by = budgets.pixel("1", 8, 8);
+        let other = budgets.pixel("1", 8, 8);
         seen_by.throttled();
         // The other run's batch ends first: the pixel's limit is halved all the same.
         other.after_batch("b");
@@ -309,13 +322,13 @@ mod tests {
         assert!(fifth.is_err(), "a fifth request started under a limit of 4");
         drop(slots);
         // Grown back by one after calm batches, of either run.
-        for i in 0..CALM_BATCHES {
+        for i in 0..super::super::adaptive_limit::WINDOW_BATCHES {
             let run = if i % 2 == 0 { &seen_by } else { &other };
             run.after_batch("a");
         }
         assert_eq!(other.limit(), 5);
         // Never below one.
-        let single = budgets.pixel("2", 1);
+        let single = budgets.pixel("2", 1, 1);
         single.throttled();
         single.after_batch("c");
         assert_eq!(single.limit(), 1);
@@ -324,7 +337,7 @@ mod tests {
     #[tokio::test]
     async fn no_request_of_the_pixel_starts_while_a_throttled_answer_asks_to_wait() {
         let budgets = PixelBudgets::default();
-        let pixel = budgets.pixel("1", 4);
+        let pixel = budgets.pixel("1", 4, 4);
         let until = Instant::now() + Duration::from_millis(200);
         pixel.hold_until(until);
         // An earlier wait asked later does not shorten it.
@@ -339,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn after_the_limit_drops_below_the_requests_in_flight_none_starts_until_fewer_fly() {
         let budgets = PixelBudgets::default();
-        let pixel = budgets.pixel("1", 4);
+        let pixel = budgets.pixel("1", 4, 4);
         let mut slots: Vec<_> = futures::future::join_all((0..4).map(|_| pixel.acquire())).await;
         pixel.throttled();
         pixel.after_batch("a");
@@ -352,8 +365,8 @@ mod tests {
             early.is_err(),
             "a request started with 2 in flight under a limit of 2"
         );
-        // A lower max (another run's `meta.concurrency`) lowers the limit too.
-        budgets.pixel("1", 1);
+        // A lower max (another run's `meta.max_concurrency`) lowers the limit too.
+        budgets.pixel("1", 1, 1);
         assert_eq!(pixel.limit(), 1);
         slots.truncate(1);
         let early = tokio::time::timeout(Duration::from_millis(50), pixel.acquire()).await;
@@ -370,6 +383,27 @@ mod tests {
         assert!(
             extra.is_err(),
             "a second request started under a limit of 1"
+        );
+    }
+
+    #[tokio::test]
+    async fn fast_calm_answers_with_every_slot_taken_open_one_more_slot() {
+        use super::super::adaptive_limit::WINDOW_BATCHES;
+        let budgets = PixelBudgets::default();
+        let pixel = budgets.pixel("1", 2, 3);
+        for _ in 0..WINDOW_BATCHES {
+            let slots: Vec<_> = futures::future::join_all((0..2).map(|_| pixel.acquire())).await;
+            pixel.answered(Duration::from_millis(300), None);
+            drop(slots);
+            pixel.after_batch("a");
+        }
+        assert_eq!(pixel.limit(), 3);
+        let _slots: Vec<_> = futures::future::join_all((0..3).map(|_| pixel.acquire())).await;
+        assert_eq!(pixel.busy(), 3);
+        let fourth = tokio::time::timeout(Duration::from_millis(50), pixel.acquire()).await;
+        assert!(
+            fourth.is_err(),
+            "a fourth request started over the maximum of 3"
         );
     }
 }

@@ -237,8 +237,11 @@ impl BatchSender {
         loop {
             attempt += 1;
             result.requests += 1;
+            let sent_at = Instant::now();
             match self.graph.send(&self.pixel_id, body.clone(), events).await {
                 Ok(ack) => {
+                    // How fast Meta answers is what the pixel's requests in flight grow by.
+                    self.pixel.answered(sent_at.elapsed(), ack.usage_percent);
                     // Meta's usage headers warn before it throttles: near the limit, slow
                     // down as if throttled so the pixel is never blocked.
                     if ack.usage_percent.is_some_and(|p| p >= NEAR_LIMIT_PERCENT) {

@@ -241,6 +241,7 @@ async fn a_running_model_is_skipped_by_another_process_and_by_a_second_run_of_it
     );
     let mut cfg = config(&db, &sandbox.base_url(), &models);
     cfg.meta.concurrency = 1;
+    cfg.meta.max_concurrency = 1;
     let first = context(cfg.clone()).await;
     let second = context(cfg).await;
 
@@ -336,7 +337,7 @@ async fn when_the_lock_session_dies_every_lock_is_lost_and_the_next_ask_opens_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn models_on_one_pixel_never_have_more_requests_in_flight_than_meta_concurrency() {
+async fn models_on_one_pixel_never_have_more_requests_in_flight_than_meta_max_concurrency() {
     let db = TestDb::new().await;
     let rows = 400;
     seed(&db, rows).await;
@@ -351,6 +352,7 @@ async fn models_on_one_pixel_never_have_more_requests_in_flight_than_meta_concur
         &sliced_models(4, 10, |_| 123_456_789_012_345),
     );
     cfg.meta.concurrency = 2;
+    cfg.meta.max_concurrency = 2;
     let ctx = context(cfg).await;
     let summaries = run_all_at_once(&ctx).await;
     for s in &summaries {
@@ -359,7 +361,7 @@ async fn models_on_one_pixel_never_have_more_requests_in_flight_than_meta_concur
     let peak = sandbox.stats().max_in_flight;
     assert!(
         peak <= 2,
-        "{peak} requests to one pixel in flight at once, over meta.concurrency (2)"
+        "{peak} requests to one pixel in flight at once, over meta.max_concurrency (2)"
     );
     let counts = event_id_counts(&sandbox.events());
     assert_eq!(counts.len(), rows as usize);
@@ -382,6 +384,7 @@ async fn models_on_different_pixels_each_have_their_own_requests_in_flight() {
         &sliced_models(4, 10, |i| 123_456_789_012_340 + i as u64),
     );
     cfg.meta.concurrency = 2;
+    cfg.meta.max_concurrency = 2;
     let ctx = context(cfg).await;
     let summaries = run_all_at_once(&ctx).await;
     for s in &summaries {

@@ -57,7 +57,7 @@ async fn kill_9_at_random_points_loses_no_row_and_resends_only_batches_in_flight
             ..Faults::default()
         },
         &format!(
-            "batch_size = {BATCH}\nconcurrency = {CONCURRENCY}\nmax_attempts = 3\nrequest_timeout = \"10s\""
+            "batch_size = {BATCH}\nconcurrency = {CONCURRENCY}\nmax_concurrency = {CONCURRENCY}\nmax_attempts = 3\nrequest_timeout = \"10s\""
         ),
         &traced_leads_model(),
     )
@@ -157,7 +157,7 @@ async fn sigterm_lets_the_batches_in_flight_settle_and_run_exits_zero() {
             slow_ms: 1500,
             ..Faults::default()
         },
-        "batch_size = 100\nconcurrency = 2\nrequest_timeout = \"10s\"",
+        "batch_size = 100\nconcurrency = 2\nmax_concurrency = 2\nrequest_timeout = \"10s\"",
         &traced_leads_model(),
     )
     .await;
@@ -216,7 +216,7 @@ async fn sigterm_during_a_throttling_backoff_exits_promptly_and_the_batch_goes_n
             throttle_rate: 1.0,
             ..Faults::default()
         },
-        "batch_size = 100\nconcurrency = 2\nmax_attempts = 8\nrequest_timeout = \"10s\"",
+        "batch_size = 100\nconcurrency = 2\nmax_concurrency = 2\nmax_attempts = 8\nrequest_timeout = \"10s\"",
         &traced_leads_model(),
     )
     .await;

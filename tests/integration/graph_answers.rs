@@ -63,6 +63,7 @@ async fn context_in_batches(
     );
     let mut cfg = config(db, &sandbox.base_url(), &models);
     cfg.meta.concurrency = 1;
+    cfg.meta.max_concurrency = 1;
     context(cfg).await
 }
 
@@ -191,6 +192,7 @@ async fn after_the_graph_stand_in_answered_404_html_for_a_while_every_row_goes_o
     );
     let mut cfg = config(&db, &sandbox.base_url(), &models);
     cfg.meta.concurrency = 4;
+    cfg.meta.max_concurrency = 4;
     let ctx = context(cfg).await;
     // A few batches go through, then the endpoint answers 404 pages for a while (requests in
     // flight meanwhile may still be acknowledged), then it is the Graph API again.

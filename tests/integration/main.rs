@@ -1,5 +1,6 @@
 //! Integration tests: real Postgres (a fresh database per test) and the sandbox in-process.
 
+mod adaptive_concurrency;
 mod api_versions;
 mod cli;
 mod cmd_check;

@@ -157,7 +157,7 @@ async fn soak_every_row_delivered_once_or_refused_with_a_reason_through_faults_w
         seed,
         faults.clone(),
         &format!(
-            "batch_size = {BATCH}\nconcurrency = {CONCURRENCY}\nmax_attempts = 5\nrequest_timeout = \"10s\""
+            "batch_size = {BATCH}\nconcurrency = {CONCURRENCY}\nmax_concurrency = {CONCURRENCY}\nmax_attempts = 5\nrequest_timeout = \"10s\""
         ),
         &soak_models(),
     )

@@ -138,6 +138,7 @@ async fn rows_sharing_one_cursor_value_are_each_sent_once_across_pages_and_runs(
     );
     let mut cfg = config(&db, &sandbox.base_url(), &models);
     cfg.meta.concurrency = 1;
+    cfg.meta.max_concurrency = 1;
     let ctx = context(cfg).await;
 
     // The first run breaks off after 4 acknowledged requests; the second finishes.
@@ -211,6 +212,7 @@ async fn an_http_failure_mid_run_leaves_the_cursor_at_the_last_acknowledged_batc
     );
     let mut cfg = config(&db, &sandbox.base_url(), &models);
     cfg.meta.concurrency = 1;
+    cfg.meta.max_concurrency = 1;
     let ctx = context(cfg).await;
 
     sandbox.fail_after(2);

@@ -37,6 +37,10 @@ pub struct Faults {
     pub reject_event_ids: HashSet<String>,
     /// Seed of the random generator behind `fail_rate`, `throttle_rate` and `drop_rate`.
     pub seed: u64,
+    /// Rate-limit usage (percent) reported on every accepted answer, in an
+    /// `X-Business-Use-Case-Usage` header (`call_count`, `total_cputime` and `total_time` all
+    /// at this value), as Meta reports usage before it throttles. 0 sends no header.
+    pub usage_percent: u32,
 }
 
 impl Faults {

@@ -343,7 +343,17 @@ async fn handle(
                 "fbtrace_id": trace,
             }))
             .unwrap_or_default();
-            json_response(200, body, &trace)
+            let mut resp = json_response(200, body, &trace);
+            if faults.usage_percent > 0 {
+                let p = faults.usage_percent;
+                let usage = format!(
+                    r#"{{"0":[{{"type":"ads_management","call_count":{p},"total_cputime":{p},"total_time":{p},"estimated_time_to_regain_access":0}}]}}"#
+                );
+                if let Ok(v) = HeaderValue::from_str(&usage) {
+                    resp.headers_mut().insert("x-business-use-case-usage", v);
+                }
+            }
+            resp
         }
     }
 }
