@@ -419,8 +419,15 @@ async fn measure_backlog(
                 } else {
                     b.oldest_age_secs
                 };
-                if let (Some(history), Some(secs)) = (lag, secs) {
-                    history.record(&model.name, chrono::Utc::now(), secs);
+                if let Some(secs) = secs {
+                    if let Some(history) = lag {
+                        history.record(&model.name, chrono::Utc::now(), secs);
+                    }
+                    // The first measurement after a run is that run's lag (the dashboard's
+                    // lag line over the runs, which outlives a restart).
+                    if let Err(e) = ctx.state.record_lag_after_run(&model.name, secs).await {
+                        warn!(model = %model.name, error = %e, "cannot record the lag after the run");
+                    }
                 }
                 match &b.expiry {
                     Some(ExpiryCount::Counted(e)) => {

@@ -1,6 +1,7 @@
 //! Each model's lag over time, as this service measured it (after each run and every
-//! `BACKLOG_REFRESH`): the runs table keeps no lag, so the history starts with the service and
-//! holds the last [`LAG_SAMPLES`] measurements per model, in memory only.
+//! `BACKLOG_REFRESH`): the last [`LAG_SAMPLES`] measurements per model, in memory. The first
+//! measurement after each run is also kept with the run (`runs.lag_seconds`), so the line
+//! reaches back before the service started: [`merged`] joins the two.
 
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, VecDeque};
@@ -45,9 +46,44 @@ impl LagHistory {
     }
 }
 
+/// The lag line of a model: the lag after each run (from the runs table) up to the first of
+/// this service's own measurements, then those. Both oldest first.
+pub fn merged(
+    after_runs: &[(DateTime<Utc>, f64)],
+    measured: &[(DateTime<Utc>, f64)],
+) -> Vec<(DateTime<Utc>, f64)> {
+    let since = measured.first().map(|m| m.0);
+    after_runs
+        .iter()
+        .filter(|(at, _)| since.is_none_or(|s| *at < s))
+        .chain(measured)
+        .copied()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runs_lag_comes_before_this_services_own_measurements() {
+        let t0 = Utc::now();
+        let t = |s: i64| t0 + chrono::Duration::seconds(s);
+        let runs = [(t(0), 5.0), (t(100), 7.0), (t(300), 9.0)];
+        let measured = [(t(200), 1.0), (t(260), 2.0), (t(320), 3.0)];
+        assert_eq!(
+            merged(&runs, &measured),
+            vec![
+                (t(0), 5.0),
+                (t(100), 7.0),
+                (t(200), 1.0),
+                (t(260), 2.0),
+                (t(320), 3.0)
+            ]
+        );
+        assert_eq!(merged(&runs, &[]), runs.to_vec());
+        assert_eq!(merged(&[], &measured), measured.to_vec());
+    }
 
     #[test]
     fn the_history_keeps_the_latest_samples_per_model() {

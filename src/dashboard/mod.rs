@@ -217,9 +217,10 @@ async fn model_page(
             .collect();
         let refused = state.refused_rows(&model.name, REFUSED_SHOWN).await?;
         let ledger = state.ledger_count(&model.name).await?;
-        anyhow::Ok((status, runs, refused, ledger))
+        let after_runs = state.lag_after_runs(&model.name, CHART_RUNS).await?;
+        anyhow::Ok((status, runs, refused, ledger, after_runs))
     };
-    let (status, runs, refused, (ledger_events, ledger_last)) = match gathered.await {
+    let (status, runs, refused, (ledger_events, ledger_last), after_runs) = match gathered.await {
         Ok(g) => g,
         Err(e) => return unavailable(&nonce, &e),
     };
@@ -231,7 +232,7 @@ async fn model_page(
         refused: &refused,
         ledger_events,
         ledger_last,
-        lag: d.lag.of(&model.name),
+        lag: lag::merged(&after_runs, &d.lag.of(&model.name)),
         actions: d.ctx.config.service.admin_token.is_some(),
     };
     page(StatusCode::OK, &model.name, &nonce, pages::model(&p, now))

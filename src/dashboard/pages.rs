@@ -243,7 +243,7 @@ pub fn model(p: &ModelPage<'_>, now: DateTime<Utc>) -> Markup {
                     }
                     div class="scroll" {
                         table {
-                            caption { "The last " (p.runs.len()) " runs" }
+                            caption { @if p.runs.len() == 1 { "The last run" } @else { "The last " (p.runs.len()) " runs" } }
                             thead { tr {
                                 th scope="col" { "Run" } th scope="col" { "Started" } th scope="col" { "Trigger" }
                                 th scope="col" { "Status" } th scope="col" { "Read" } th scope="col" { "Sent" }

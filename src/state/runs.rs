@@ -83,6 +83,42 @@ impl StateStore {
         write_counters(&mut conn, run_id, counters, Some(status), error).await
     }
 
+    /// Records `lag_seconds` on `model`'s latest finished run, unless that run has one: the
+    /// first measurement after a run is its lag. One indexed update.
+    pub async fn record_lag_after_run(&self, model: &str, lag_seconds: f64) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET lag_seconds = $2
+             WHERE id = (SELECT id FROM runs WHERE model = $1 AND finished_at IS NOT NULL
+                         ORDER BY started_at DESC, id DESC LIMIT 1)
+               AND lag_seconds IS NULL",
+        )
+        .bind(model)
+        .bind(lag_seconds.max(0.0))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The lag measured after each of `model`'s last `limit` runs that have one, oldest first:
+    /// when the run finished, and the lag in seconds.
+    pub async fn lag_after_runs(
+        &self,
+        model: &str,
+        limit: i64,
+    ) -> Result<Vec<(chrono::DateTime<chrono::Utc>, f64)>> {
+        let mut rows: Vec<(chrono::DateTime<chrono::Utc>, f64)> = sqlx::query_as(
+            "SELECT finished_at, lag_seconds FROM runs
+             WHERE model = $1 AND lag_seconds IS NOT NULL AND finished_at IS NOT NULL
+             ORDER BY started_at DESC, id DESC LIMIT $2",
+        )
+        .bind(model)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
     pub async fn recent_runs(&self, model: &str, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
             "SELECT id, model, trigger, started_at, finished_at, status, rows_read, events_sent, rows_refused,

@@ -242,6 +242,39 @@ async fn run_now_with_the_token_queues_a_run_that_sends_the_rows() {
     }
     assert!(page.contains("data-chart=\"lag\""), "{page}");
     assert!(page.contains("<tr data-run="), "the run is listed: {page}");
+    // The first measurement after the run is kept with it.
+    let mut lag: Option<f64> = None;
+    for _ in 0..150 {
+        lag = sqlx::query_scalar(
+            "SELECT lag_seconds FROM capi_sync.runs WHERE trigger = 'dashboard'",
+        )
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
+        if lag.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(lag.is_some_and(|l| l >= 0.0), "{lag:?}");
+}
+
+#[tokio::test]
+async fn the_lag_line_reaches_back_over_runs_before_the_service_started() {
+    let s = service("").await;
+    // Runs of an earlier life of the service, each with the lag measured after it.
+    sqlx::query(
+        "INSERT INTO capi_sync.runs (model, trigger, started_at, finished_at, status, lag_seconds)
+         SELECT 'leads', 'schedule', now() - g * interval '1 hour',
+                now() - g * interval '1 hour' + interval '5 seconds', 'succeeded', 60 * g
+         FROM generate_series(1, 3) AS g",
+    )
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    let (status, page) = get(&format!("{}/models/leads", s.dashboard())).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data-chart=\"lag\""), "{page}");
 }
 
 #[tokio::test]
