@@ -55,10 +55,11 @@ impl StateStore {
         Ok(rows)
     }
 
-    /// True when the ledger holds any event of the model.
+    /// True when the model has ever written ledger rows (`ledger_models`, marked by every
+    /// ledger write): false only when the ledger holds no event of it.
     pub async fn has_deliveries(&self, model: &str) -> Result<bool> {
         Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deliveries WHERE model = $1)")
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ledger_models WHERE model = $1)")
                 .bind(model)
                 .fetch_one(&self.pool)
                 .await?,
@@ -172,6 +173,11 @@ pub(super) async fn record_deliveries(
         .execute(&mut *conn)
         .await?;
     }
+    // The model has ledger rows from this transaction on (`has_deliveries`).
+    sqlx::query("INSERT INTO ledger_models (model) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(model)
+        .execute(&mut *conn)
+        .await?;
     let data = copy::deliveries(model, run_id, parts);
     let mut copy_in = conn.copy_in_raw(copy::DELIVERIES_COPY).await?;
     copy_in.send(data).await?;
