@@ -1,97 +1,13 @@
 //! Integration tests of the sandbox Graph `/events` endpoint, over real HTTP.
 
+mod common;
+
+use common::*;
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use graph_sandbox::{start, Faults, SandboxConfig, SandboxHandle};
+use graph_sandbox::{start, Faults, SandboxConfig};
 use serde_json::{json, Value};
-
-const TOKEN: &str = "sandbox-test-token";
-const PATH: &str = "/v25.0/123456789012345/events";
-/// sha256("john_smith@gmail.com")
-const EM: &str = "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f";
-/// Any lowercase 64-hex value stands in for other hashed fields.
-const H2: &str = "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176";
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn event(id: &str) -> Value {
-    json!({
-        "event_name": "Lead",
-        "event_time": now() - 60,
-        "event_id": id,
-        "action_source": "website",
-        "event_source_url": "https://shop.example.com/checkout",
-        "user_data": {"em": [EM], "client_user_agent": "Mozilla/5.0", "client_ip_address": "203.0.113.7"},
-    })
-}
-
-async fn sandbox_with(faults: Faults, record: Option<PathBuf>) -> SandboxHandle {
-    start(
-        local(),
-        SandboxConfig {
-            token: Some(TOKEN.into()),
-            record,
-            faults,
-            keep_in_memory: true,
-        },
-    )
-    .await
-    .expect("sandbox starts")
-}
-
-async fn sandbox() -> SandboxHandle {
-    sandbox_with(Faults::default(), None).await
-}
-
-fn url(sb: &SandboxHandle) -> String {
-    format!("{}{PATH}", sb.base_url())
-}
-
-async fn post_json(sb: &SandboxHandle, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(url(sb))
-        .query(&[("access_token", TOKEN)])
-        .json(&body)
-        .send()
-        .await
-        .expect("response");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.expect("JSON body"))
-}
-
-async fn post_events(sb: &SandboxHandle, events: Vec<Value>) -> (u16, Value) {
-    post_json(sb, json!({ "data": events })).await
-}
-
-fn subcode(body: &Value) -> i64 {
-    body["error"]["error_subcode"].as_i64().unwrap_or(-1)
-}
-
-fn assert_rejected(status: u16, body: &Value, sub: i64) {
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], 100, "{body}");
-    assert_eq!(body["error"]["type"], "OAuthException", "{body}");
-    assert_eq!(body["error"]["is_transient"], false, "{body}");
-    assert_eq!(subcode(body), sub, "{body}");
-    assert!(
-        body["error"]["fbtrace_id"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
-        "{body}"
-    );
-}
 
 #[tokio::test]
 async fn accepts_a_valid_json_batch_and_records_it_in_file_and_memory() {
@@ -679,72 +595,4 @@ async fn get_of_the_pixel_with_a_wrong_token_is_refused_with_code_190() {
     assert_eq!(resp.status().as_u16(), 401);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], 190);
-}
-
-async fn dataset_quality(sb: &SandboxHandle, query: &[(&str, &str)]) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .get(format!("{}/v25.0/dataset_quality", sb.base_url()))
-        .query(query)
-        .send()
-        .await
-        .expect("response");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.expect("JSON body"))
-}
-
-#[tokio::test]
-async fn dataset_quality_reports_the_coverage_of_the_events_received() {
-    let sb = sandbox().await;
-    let mut without_email = event("q2");
-    without_email["user_data"]
-        .as_object_mut()
-        .unwrap()
-        .remove("em");
-    let (status, _) = post_events(&sb, vec![event("q1"), without_email]).await;
-    assert_eq!(status, 200);
-    let fields = "web{event_name,event_match_quality{composite_score,match_key_feedback}}";
-    let (status, body) = dataset_quality(
-        &sb,
-        &[
-            ("dataset_id", "123456789012345"),
-            ("fields", fields),
-            ("access_token", TOKEN),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let emq = &body["web"][0]["event_match_quality"];
-    let email = emq["match_key_feedback"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["identifier"] == "email")
-        .unwrap();
-    assert_eq!(email["coverage"]["percentage"], 50.0);
-    assert_eq!(
-        emq["composite_score"],
-        graph_sandbox::composite_score([
-            ("email", 50.0),
-            ("ip_address", 100.0),
-            ("user_agent", 100.0)
-        ])
-    );
-
-    let (status, body) = dataset_quality(
-        &sb,
-        &[("dataset_id", "123456789012345"), ("fields", fields)],
-    )
-    .await;
-    assert_eq!((status, body["error"]["code"].as_i64()), (401, Some(190)));
-    sb.deny_quality("123456789012345");
-    let (_, body) = dataset_quality(
-        &sb,
-        &[
-            ("dataset_id", "123456789012345"),
-            ("fields", fields),
-            ("access_token", TOKEN),
-        ],
-    )
-    .await;
-    assert_eq!(body["error"]["code"], 10, "{body}");
 }

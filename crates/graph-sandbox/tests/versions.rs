@@ -1,24 +1,10 @@
 //! The sandbox's Graph API versions: an ended version is refused with Meta's code 2635, the
 //! newest one is served.
 
-use graph_sandbox::{start, Faults, SandboxConfig, SandboxHandle};
+mod common;
+
+use common::{sandbox, TOKEN};
 use serde_json::{json, Value};
-
-const TOKEN: &str = "sandbox-test-token";
-
-async fn sandbox() -> SandboxHandle {
-    start(
-        "127.0.0.1:0".parse().unwrap(),
-        SandboxConfig {
-            token: Some(TOKEN.into()),
-            record: None,
-            faults: Faults::default(),
-            keep_in_memory: true,
-        },
-    )
-    .await
-    .expect("sandbox starts")
-}
 
 fn body() -> Value {
     let now = std::time::SystemTime::now()
