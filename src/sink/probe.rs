@@ -29,6 +29,24 @@ impl GraphClient {
             .send()
             .await
             .map_err(map_reqwest)?;
+        self.read_object(resp, NotGraphKind::NoObject, |body| {
+            serde_json::from_slice::<Object>(body)
+                .ok()
+                .filter(|o| !o.id.is_empty())
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Reads the answer to a `GET` of a Graph object: what `parse` makes of a 2xx body, or the
+    /// failure naming the status, the path and the body's first bytes (never the token) when
+    /// the answer is not 2xx, is over the size cap, or is not what `parse` takes (`kind`).
+    pub(super) async fn read_object<T>(
+        &self,
+        resp: reqwest::Response,
+        kind: NotGraphKind,
+        parse: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Result<T, SinkError> {
         let url = resp.url().clone();
         let answer = answer::read(resp).await?;
         let asked = answer::Asked {
@@ -39,9 +57,6 @@ impl GraphClient {
         if !(200..300).contains(&answer.status) || answer.too_large {
             return Err(answer.failure(&asked, NotGraphKind::NoEnvelope));
         }
-        match serde_json::from_slice::<Object>(&answer.body) {
-            Ok(o) if !o.id.is_empty() => Ok(()),
-            _ => Err(answer.failure(&asked, NotGraphKind::NoObject)),
-        }
+        parse(&answer.body).ok_or_else(|| answer.failure(&asked, kind))
     }
 }

@@ -17,7 +17,7 @@
 //! in the query, as Meta documents, so an error never shows the URL with its query (see
 //! [`super::answer::shown_url`]) and a network error is stripped of its URL.
 
-use super::{answer, map_reqwest, GraphClient, NotGraphKind, SinkError};
+use super::{map_reqwest, GraphClient, NotGraphKind, SinkError};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -100,22 +100,17 @@ impl GraphClient {
             .send()
             .await
             .map_err(|e| map_reqwest(e.without_url()))?;
-        let url = resp.url().clone();
-        let answer = answer::read(resp).await?;
-        let asked = answer::Asked {
-            url: &url,
-            token: self.token.expose(),
-            sent: &[],
-        };
-        if !(200..300).contains(&answer.status) || answer.too_large {
-            return Err(answer.failure(&asked, NotGraphKind::NoEnvelope));
-        }
-        match serde_json::from_slice::<Value>(&answer.body) {
-            Ok(Value::Object(doc)) if !doc.contains_key("error") => {
-                Ok(parse_entries(doc.get(source.as_str()), source))
-            }
-            _ => Err(answer.failure(&asked, NotGraphKind::NotAnObject)),
-        }
+        self.read_object(
+            resp,
+            NotGraphKind::NotAnObject,
+            |body| match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(doc)) if !doc.contains_key("error") => {
+                    Some(parse_entries(doc.get(source.as_str()), source))
+                }
+                _ => None,
+            },
+        )
+        .await
     }
 }
 
