@@ -26,7 +26,8 @@ pub async fn connect_state(config: &Config) -> anyhow::Result<StateStore> {
                 "while connecting to the state database at {} (set state.url, or warehouse.url when they are the same)",
                 redact_url(config.state_url().expose())
             )
-        })?;
+        })?
+        .with_ledger_partition_bytes(config.state.ledger_partition_bytes);
     state.migrate().await.with_context(|| {
         format!(
             "while creating or upgrading capi-sync's tables in schema `{}`",

@@ -101,6 +101,9 @@ pub struct StateSettings {
     pub statement_timeout: Duration,
     /// The state pool's size (`state.max_connections`); the model locks take one more.
     pub max_connections: u32,
+    /// `state.ledger_partition_bytes`: the newest ledger generation's index size at which the
+    /// next starts; 0 for a quarter of the server's `shared_buffers`.
+    pub ledger_partition_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -423,6 +426,7 @@ fn validate(raw: RawConfig, base_dir: &Path, source: &str) -> Result<Config, Con
         // A run commits its cursor and writes its ledger at once: one session would queue
         // every run's commits behind its ledger writes.
         max_connections: raw.state.max_connections.max(2),
+        ledger_partition_bytes: raw.state.ledger_partition_bytes,
     };
     if state.statement_timeout.is_zero() {
         problems.push("key `state.statement_timeout`: must be more than 0s".into());

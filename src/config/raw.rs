@@ -35,6 +35,7 @@ pub(super) struct RawState {
     pub(super) ledger_retention: String,
     pub(super) statement_timeout: String,
     pub(super) max_connections: u32,
+    pub(super) ledger_partition_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]

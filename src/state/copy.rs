@@ -17,7 +17,7 @@ use super::Delivered;
 
 /// The statement the bytes of [`deliveries`] feed.
 pub(super) const DELIVERIES_COPY: &str = "COPY deliveries (model, event_id, row_key, event_name, \
-     fingerprint, event_time, fbtrace_id, run_id) FROM STDIN (FORMAT binary)";
+     fingerprint, event_time, fbtrace_id, run_id, generation) FROM STDIN (FORMAT binary)";
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// `text`'s type OID, named in each array's header.
@@ -27,7 +27,12 @@ const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
 
 /// The whole `COPY` stream for these ledger rows (the batches' rows in order): header, one
 /// tuple each, trailer.
-pub(super) fn deliveries(model: &str, run_id: i64, parts: &[&[Delivered]]) -> Vec<u8> {
+pub(super) fn deliveries(
+    model: &str,
+    run_id: i64,
+    generation: i32,
+    parts: &[&[Delivered]],
+) -> Vec<u8> {
     // Sized exactly: a short estimate doubled the buffer (and copied megabytes) once or twice
     // per write.
     let size: usize = parts
@@ -46,7 +51,7 @@ pub(super) fn deliveries(model: &str, run_id: i64, parts: &[&[Delivered]]) -> Ve
         .collect();
     rows.sort_unstable_by_key(|(order, _)| *order);
     for (_, d) in rows {
-        out.extend_from_slice(&8i16.to_be_bytes());
+        out.extend_from_slice(&9i16.to_be_bytes());
         text(&mut out, model);
         text(&mut out, &d.event_id);
         text_array(&mut out, &d.row_key);
@@ -58,6 +63,7 @@ pub(super) fn deliveries(model: &str, run_id: i64, parts: &[&[Delivered]]) -> Ve
             None => out.extend_from_slice(&(-1i32).to_be_bytes()),
         }
         field(&mut out, &run_id.to_be_bytes());
+        field(&mut out, &generation.to_be_bytes());
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -151,6 +157,7 @@ fn tuple_size(model: &str, d: &Delivered) -> usize {
         + (4 + 8)
         + d.fbtrace_id.as_deref().map_or(4, text)
         + (4 + 8)
+        + (4 + 4)
 }
 
 /// A field: its length, then its bytes.
@@ -220,10 +227,10 @@ mod tests {
 
     #[test]
     fn one_tuple_layout() {
-        let bytes = deliveries("m", 7, &[&[row(&["k"], None)]]);
+        let bytes = deliveries("m", 7, 3, &[&[row(&["k"], None)]]);
         let mut expect: Vec<u8> = Vec::new();
         expect.extend_from_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
-        expect.extend_from_slice(&[0, 8]);
+        expect.extend_from_slice(&[0, 9]);
         expect.extend_from_slice(&[0, 0, 0, 1, b'm']);
         expect.extend_from_slice(&[0, 0, 0, 2, b'e', b'1']);
         // text[] {k}: length 25 = 20 header bytes + 4 + 1
@@ -235,6 +242,7 @@ mod tests {
         expect.extend_from_slice(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0x0f, 0x42, 0x40]);
         expect.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]); // NULL fbtrace_id
         expect.extend_from_slice(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]);
+        expect.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 3]); // generation
         expect.extend_from_slice(&[0xff, 0xff]);
         assert_eq!(bytes, expect);
     }
@@ -246,7 +254,7 @@ mod tests {
             row(&["a", "bc"], Some("trace-1")),
             row(&[], Some("t")),
         ];
-        let bytes = deliveries("model", 9, &[&rows[..2], &rows[2..]]);
+        let bytes = deliveries("model", 9, 1, &[&rows[..2], &rows[2..]]);
         assert_eq!(bytes.len(), bytes.capacity());
     }
 
@@ -280,11 +288,11 @@ mod tests {
                 ..row(&["k"], None)
             })
             .collect();
-        let bytes = deliveries("m", 1, &[&rows[..20], &rows[20..]]);
+        let bytes = deliveries("m", 1, 0, &[&rows[..20], &rows[20..]]);
         // Each tuple: count, model (4+1), then the event id (4+32).
         let mut found = Vec::new();
         let mut at = 19;
-        let tuple = 2 + 5 + 36 + 29 + 8 + 6 + 12 + 4 + 12;
+        let tuple = 2 + 5 + 36 + 29 + 8 + 6 + 12 + 4 + 12 + 8;
         while found.len() < rows.len() {
             found.push(String::from_utf8(bytes[at + 11..at + 43].to_vec()).expect("utf-8"));
             at += tuple;

@@ -100,6 +100,7 @@ impl StateStore {
         parts: &[&[Delivered]],
         clear_refused: bool,
     ) -> Result<()> {
+        let generation = self.write_generation().await?;
         let mut tx = self.pool.begin().await?;
         // The commit does not wait for its WAL to reach the disk. The cursor's transaction does
         // (`settle`), and it commits after this one, later in the same WAL: once the cursor
@@ -110,7 +111,7 @@ impl StateStore {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        record_deliveries(&mut tx, model, run_id, parts, false).await?;
+        record_deliveries(&mut tx, model, run_id, generation, parts, false).await?;
         if clear_refused {
             let keys = parts
                 .iter()
@@ -141,6 +142,7 @@ impl StateStore {
         .await?
         .rows_affected();
         tx.commit().await?;
+        self.drop_empty_generations().await?;
         Ok(pruned)
     }
 }
@@ -153,6 +155,7 @@ pub(super) async fn record_deliveries(
     conn: &mut PgConnection,
     model: &str,
     run_id: i64,
+    generation: i32,
     parts: &[&[Delivered]],
     replace: bool,
 ) -> Result<()> {
@@ -178,7 +181,7 @@ pub(super) async fn record_deliveries(
         .bind(model)
         .execute(&mut *conn)
         .await?;
-    let data = copy::deliveries(model, run_id, parts);
+    let data = copy::deliveries(model, run_id, generation, parts);
     let mut copy_in = conn.copy_in_raw(copy::DELIVERIES_COPY).await?;
     copy_in.send(data).await?;
     copy_in.finish().await?;

@@ -2,6 +2,7 @@
 //! lock. All live in one schema (`state.schema`), created and upgraded by embedded migrations.
 
 mod copy;
+mod generations;
 mod ledger;
 mod lock_keeper;
 mod locks;
@@ -189,6 +190,9 @@ pub struct StateStore {
     /// Holds this process's model locks on one session (see [`StateStore::try_lock_model`]).
     locks: LockKeeper,
     schema: String,
+    /// `state.ledger_partition_bytes`: the size of the newest ledger generation's indexes at
+    /// which the next one starts; 0 for a quarter of the server's `shared_buffers`.
+    partition_bytes: u64,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -241,9 +245,18 @@ impl StateStore {
             locks: LockKeeper::start(opts.clone(), schema.to_string()),
             lock_options: opts,
             schema: schema.to_string(),
+            partition_bytes: 0,
         };
         store.ensure_schema().await?;
         Ok(store)
+    }
+
+    /// The store, starting a new ledger generation once the newest one's indexes reach `bytes`
+    /// (`state.ledger_partition_bytes`; 0, the default: a quarter of the server's
+    /// `shared_buffers`, at least 8 MiB).
+    pub fn with_ledger_partition_bytes(mut self, bytes: u64) -> StateStore {
+        self.partition_bytes = bytes;
+        self
     }
 
     async fn ensure_schema(&self) -> Result<()> {

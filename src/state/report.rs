@@ -106,6 +106,7 @@ impl StateStore {
             locks: super::LockKeeper::start(opts.clone(), schema.to_string()),
             lock_options: opts,
             schema: schema.to_string(),
+            partition_bytes: 0,
         }))
     }
 }

@@ -45,12 +45,25 @@ impl StateStore {
         counters: &RunCounters,
         lock: Option<LockProof>,
     ) -> Result<()> {
+        let generation = if settlement.delivered.is_empty() {
+            0
+        } else {
+            self.write_generation().await?
+        };
         let mut tx = self.pool.begin().await?;
         if let Some(lock) = lock {
             self.prove_lock(&mut tx, model, lock).await?;
         }
         if !settlement.delivered.is_empty() {
-            record_deliveries(&mut tx, model, run_id, &[&settlement.delivered], true).await?;
+            record_deliveries(
+                &mut tx,
+                model,
+                run_id,
+                generation,
+                &[&settlement.delivered],
+                true,
+            )
+            .await?;
         }
         if settlement.clear_refused && settlement.delivered_keys().next().is_some() {
             let keys = settlement.delivered_keys().map(|k| k.as_slice());

@@ -29,6 +29,7 @@ mod graph_answers;
 mod health_and_metrics;
 mod helpers;
 mod ledger;
+mod ledger_generations;
 mod ledger_models;
 mod lives;
 mod lock_loss;
