@@ -41,10 +41,13 @@ mkdir -p "$OUT"
 PORT=${CAPI_SYNC_BENCH_PORT:-18089}
 TOKEN=bench-token
 # capi-sync reads every CAPI_SYNC_* variable as config, and refuses unknown keys.
-unset CAPI_SYNC_BENCH_PG CAPI_SYNC_BENCH_DB CAPI_SYNC_BENCH_PORT
+BIN=${CAPI_SYNC_BENCH_BIN:-}
+unset CAPI_SYNC_BENCH_PG CAPI_SYNC_BENCH_DB CAPI_SYNC_BENCH_PORT CAPI_SYNC_BENCH_BIN
 
-cargo build --release --quiet
-BIN=target/release/capi-sync
+if [ -z "$BIN" ]; then
+  cargo build --release --quiet
+  BIN=target/release/capi-sync
+fi
 
 create_db() {
   psql "$PG/postgres" -qtAc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
@@ -182,16 +185,29 @@ time_copy() {
 # CPU-seconds used by the whole machine, and by one process.
 machine_cpu() { awk '/^cpu /{print ($2+$3+$4+$7+$8)/100}' /proc/stat; }
 process_cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+# CPU-seconds of the Postgres server alone: its live processes, and the backends that have
+# ended (the postmaster's reaped children). Blank when the server runs as another user or
+# elsewhere.
+postgres_cpu() {
+  local master
+  master=$(pgrep -u postgres -f 'bin/postgres' | head -1)
+  [ -n "$master" ] || return 0
+  { awk '{print ($16+$17)/100}' "/proc/$master/stat"
+    for p in $(pgrep -u postgres); do awk '{print ($14+$15)/100}' "/proc/$p/stat" 2>/dev/null; done
+  } | awk '{s += $1} END {printf "%.2f", s}'
+}
 
 run_sync() { # $1 label, $2 concurrency ("" for the default config), $3 expected rows
   write_config "$2" "$OUT/bench.toml"
   reset_state
-  local cpu0 sb0
-  cpu0=$(machine_cpu); sb0=$(process_cpu "$SANDBOX_PID")
+  local cpu0 sb0 pg0
+  cpu0=$(machine_cpu); sb0=$(process_cpu "$SANDBOX_PID"); pg0=$(postgres_cpu)
   /usr/bin/time -v $BIN --config "$OUT/bench.toml" sync bench >"$OUT/sync-$1.out" 2>"$OUT/sync-$1.err" ||
     { echo "$1: sync failed:"; head -3 "$OUT/sync-$1.err"; exit 1; }
-  local all sandbox ours
+  local all sandbox ours pg
   all=$(echo "$(machine_cpu) - $cpu0" | bc -l)
+  pg=$(postgres_cpu)
+  [ -n "$pg0" ] && [ -n "$pg" ] && pg=$(echo "$pg - $pg0" | bc -l)
   sandbox=$(echo "$(process_cpu "$SANDBOX_PID") - $sb0" | bc -l)
   ours=$(awk '/User time|System time/ {s += $NF} END {print s}' "$OUT/sync-$1.err")
   local rss
@@ -208,8 +224,12 @@ run_sync() { # $1 label, $2 concurrency ("" for the default config), $3 expected
   echo
   # Where the machine's CPU went during the run (Postgres includes the model's query and
   # every state write; "other" is whatever else ran).
-  printf "%-22s cpu-seconds: capi-sync=%.2f postgres+other=%.2f sandbox=%.2f (of %.2f available)\n" \
+  printf "%-22s cpu-seconds: capi-sync=%.2f postgres+other=%.2f sandbox=%.2f (of %.2f available)" \
     "" "$ours" "$(echo "$all - $ours - $sandbox" | bc -l)" "$sandbox" "$(echo "$SECS * $(nproc)" | bc -l)"
+  if [ -n "$pg" ]; then
+    printf "; postgres alone=%.2f (%.2f us per row)" "$pg" "$(echo "$pg * 1000000 / $3" | bc -l)"
+  fi
+  echo
 }
 
 echo
