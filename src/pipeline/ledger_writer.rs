@@ -25,8 +25,8 @@ use super::error::RunError;
 use crate::state::{Delivered, StateStore};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -45,9 +45,8 @@ const GROUP_EVENTS: usize = 8000;
 #[derive(Clone)]
 pub struct LedgerWriter {
     queue: mpsc::Sender<Job>,
-    /// The model may hold refusals of rows this run delivers: it had some when the run
-    /// started, or the run refused a row since (set by [`LedgerWriter::note_refusals`] only).
-    refusals: Arc<AtomicBool>,
+    /// Which delivered rows may have a refusal to clear (see [`MayBeRefused`]).
+    refusals: Arc<MayBeRefused>,
     /// Ledger transactions tried so far, failed ones included.
     writes: Arc<AtomicU64>,
     /// The writer task, aborted with the last handle: a run stopped at its deadline does not
@@ -57,8 +56,77 @@ pub struct LedgerWriter {
 
 struct Job {
     rows: Vec<Delivered>,
-    clear_refused: bool,
+    /// Indexes in `rows` of the rows whose refusals the write clears.
+    clear: Vec<usize>,
     done: oneshot::Sender<(Vec<Delivered>, Result<(), RunError>)>,
+}
+
+/// The rows of a run that may have a refusal in `refused_rows`: every row, when the model had
+/// refusals as the run started; otherwise only the rows this run refused, remembered in a
+/// Bloom filter of their keys (no false negatives; a false positive only deletes nothing).
+///
+/// Clearing refusals is a lookup per row key, and a run that refused any row used to clear
+/// them for every row it delivered after: in a 5M-row backfill refusing 2% of its rows, those
+/// deletes took more of the database's time than the ledger rows themselves.
+pub(super) struct MayBeRefused {
+    every_row: bool,
+    refused_keys: Mutex<Option<Vec<u64>>>,
+}
+
+/// 4 Mi bits (512 KiB, allocated at the run's first refusal): under 1% false positives up to
+/// about 400 000 refused rows with [`KEY_PROBES`] probes.
+const KEY_FILTER_BITS: usize = 1 << 22;
+const KEY_PROBES: u32 = 7;
+
+impl MayBeRefused {
+    pub(super) fn new(every_row: bool) -> MayBeRefused {
+        MayBeRefused {
+            every_row,
+            refused_keys: Mutex::new(None),
+        }
+    }
+
+    fn bits(key: &[String]) -> impl Iterator<Item = usize> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in key {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let h = h.digest128();
+        let (a, b) = (h as u64, (h >> 64) as u64 | 1);
+        (0..u64::from(KEY_PROBES))
+            .map(move |i| (a.wrapping_add(i.wrapping_mul(b)) % KEY_FILTER_BITS as u64) as usize)
+    }
+
+    /// Remembers the keys of rows this run refused.
+    pub(super) fn note<'a>(&self, keys: impl Iterator<Item = &'a [String]>) {
+        if self.every_row {
+            return;
+        }
+        let mut filter = self.refused_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let filter = filter.get_or_insert_with(|| vec![0u64; KEY_FILTER_BITS / 64]);
+        for key in keys {
+            for bit in Self::bits(key) {
+                filter[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+    }
+
+    /// Indexes of the rows among `rows` that may have a refusal.
+    pub(super) fn among(&self, rows: &[Delivered]) -> Vec<usize> {
+        if self.every_row {
+            return (0..rows.len()).collect();
+        }
+        let filter = self.refused_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(filter) = filter.as_ref() else {
+            return Vec::new();
+        };
+        (0..rows.len())
+            .filter(|&i| {
+                Self::bits(&rows[i].row_key).all(|bit| filter[bit / 64] & (1 << (bit % 64)) != 0)
+            })
+            .collect()
+    }
 }
 
 impl LedgerWriter {
@@ -76,7 +144,7 @@ impl LedgerWriter {
         ));
         LedgerWriter {
             queue,
-            refusals: Arc::new(AtomicBool::new(refusals)),
+            refusals: Arc::new(MayBeRefused::new(refusals)),
             writes,
             _writer: Arc::new(writer),
         }
@@ -85,13 +153,9 @@ impl LedgerWriter {
     /// Writes one batch's acknowledged events and gives them back with the outcome: on an
     /// error the caller hands them to the cursor's transaction.
     pub async fn record(&self, rows: Vec<Delivered>) -> (Vec<Delivered>, Result<(), RunError>) {
-        let clear_refused = self.refusals.load(Ordering::Relaxed);
+        let clear = self.refusals.among(&rows);
         let (done, answer) = oneshot::channel();
-        let job = Job {
-            rows,
-            clear_refused,
-            done,
-        };
+        let job = Job { rows, clear, done };
         if let Err(mpsc::error::SendError(job)) = self.queue.send(job).await {
             return (job.rows, Err(RunError::LedgerWriterStopped));
         }
@@ -104,10 +168,10 @@ impl LedgerWriter {
         }
     }
 
-    /// A batch of this run refused rows: later writes also clear earlier refusals of the rows
-    /// they deliver. Set from one place, a batch's result (its own refusals and Meta's).
-    pub(super) fn note_refusals(&self) {
-        self.refusals.store(true, Ordering::Relaxed);
+    /// A batch of this run refused these rows: later writes also clear their refusals when
+    /// they deliver them. Told from one place, a batch's result (its own refusals and Meta's).
+    pub(super) fn note_refusals<'a>(&self, keys: impl Iterator<Item = &'a [String]>) {
+        self.refusals.note(keys);
     }
 
     /// Writes one batch's acknowledged events now; the ones that could not be written are
@@ -157,9 +221,11 @@ async fn write_loop(
             }
         }
         let parts: Vec<&[Delivered]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-        // Clearing refusals of rows that never had one deletes nothing.
-        let clear_refused = jobs.iter().any(|j| j.clear_refused);
-        let write = state.record_acknowledged(&model, run_id, &parts, clear_refused);
+        let clear: Vec<&[String]> = jobs
+            .iter()
+            .flat_map(|j| j.clear.iter().map(|&i| j.rows[i].row_key.as_slice()))
+            .collect();
+        let write = state.record_acknowledged_clearing(&model, run_id, &parts, &clear);
         let outcome = match AssertUnwindSafe(write).catch_unwind().await {
             Ok(written) => written.map_err(|e| RunError::LedgerWrite(Arc::new(e))),
             Err(_) => Err(RunError::LedgerWritePanicked),
@@ -168,5 +234,54 @@ async fn write_loop(
         for job in jobs {
             let _ = job.done.send((job.rows, outcome.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &[&str]) -> Delivered {
+        Delivered {
+            row_key: key.iter().map(|s| s.to_string()).collect(),
+            event_id: "e".into(),
+            event_name: "Lead".into(),
+            event_time: 0,
+            fingerprint: "f".into(),
+            fbtrace_id: None,
+        }
+    }
+
+    #[test]
+    fn every_row_may_be_refused_when_the_model_had_refusals() {
+        let m = MayBeRefused::new(true);
+        assert_eq!(m.among(&[row(&["1"]), row(&["2"])]), vec![0, 1]);
+    }
+
+    #[test]
+    fn without_earlier_refusals_only_the_rows_this_run_refused() {
+        let m = MayBeRefused::new(false);
+        let rows: Vec<Delivered> = (0..20_000).map(|i| row(&[&i.to_string()])).collect();
+        assert!(m.among(&rows).is_empty(), "nothing refused yet");
+        let refused: Vec<Vec<String>> = (0..20_000)
+            .step_by(50)
+            .map(|i| vec![i.to_string()])
+            .collect();
+        m.note(refused.iter().map(|k| k.as_slice()));
+        let found = m.among(&rows);
+        // Every refused row is among them (a Bloom filter has no false negatives) ...
+        for i in (0..20_000).step_by(50) {
+            assert!(found.contains(&i), "row {i} was refused");
+        }
+        // ... and few others.
+        assert!(found.len() < 400 + 20, "{} rows", found.len());
+    }
+
+    #[test]
+    fn composite_keys_are_told_apart_by_their_parts() {
+        let m = MayBeRefused::new(false);
+        m.note([["ab".to_string(), "c".to_string()].as_slice()].into_iter());
+        assert_eq!(m.among(&[row(&["ab", "c"])]), vec![0]);
+        assert!(m.among(&[row(&["a", "bc"]), row(&["abc"])]).is_empty());
     }
 }

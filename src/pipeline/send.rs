@@ -208,7 +208,13 @@ impl BatchSender {
                 // then also clear earlier refusals of the rows they deliver (the settler
                 // clears them too, in the cursor's order).
                 if !batch.refused.is_empty() || !result.meta_refused.is_empty() {
-                    ledger.note_refusals();
+                    ledger.note_refusals(
+                        batch
+                            .refused
+                            .iter()
+                            .chain(&result.meta_refused)
+                            .map(|r| r.row_key.as_slice()),
+                    );
                 }
                 if !result.delivered.is_empty() {
                     let acked = ledger

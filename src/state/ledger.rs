@@ -100,6 +100,28 @@ impl StateStore {
         parts: &[&[Delivered]],
         clear_refused: bool,
     ) -> Result<()> {
+        let keys: Vec<&[String]> = if clear_refused {
+            parts
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|d| d.row_key.as_slice())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.record_acknowledged_clearing(model, run_id, parts, &keys)
+            .await
+    }
+
+    /// [`StateStore::record_acknowledged`], clearing the refusals of the rows with these keys
+    /// only (those that may have one).
+    pub async fn record_acknowledged_clearing(
+        &self,
+        model: &str,
+        run_id: i64,
+        parts: &[&[Delivered]],
+        clear: &[&[String]],
+    ) -> Result<()> {
         let generation = self.write_generation().await?;
         let mut tx = self.pool.begin().await?;
         // The commit does not wait for its WAL to reach the disk. The cursor's transaction does
@@ -112,12 +134,8 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         record_deliveries(&mut tx, model, run_id, generation, parts, false).await?;
-        if clear_refused {
-            let keys = parts
-                .iter()
-                .flat_map(|p| p.iter())
-                .map(|d| d.row_key.as_slice());
-            clear_refusals(&mut tx, model, keys).await?;
+        if !clear.is_empty() {
+            clear_refusals(&mut tx, model, clear.iter().copied()).await?;
         }
         tx.commit().await?;
         Ok(())

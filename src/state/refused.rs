@@ -86,13 +86,37 @@ pub(super) async fn clear_refusals<'a>(
     keys: impl Iterator<Item = &'a [String]> + Clone,
 ) -> Result<()> {
     let (keys, key_expr) = key_param(keys);
+    // One primary-key probe per key. refused_rows grows during a run faster than autovacuum
+    // analyzes it, and on statistics that still said "nearly empty" the plan hashed the keys
+    // and read every refusal of the model for each write. Restored after: in the cursor's
+    // transaction other statements follow.
+    let before: (String, String, String) = sqlx::query_as(
+        "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), \
+                current_setting('enable_seqscan'), \
+                set_config('enable_hashjoin', 'off', true), \
+                set_config('enable_mergejoin', 'off', true), \
+                set_config('enable_seqscan', 'off', true)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map(|(h, m, s, _, _, _): (String, String, String, String, String, String)| (h, m, s))?;
     sqlx::query(&format!(
         "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
          WHERE r.model = $1 AND r.row_key = {key_expr}"
     ))
     .bind(model)
     .bind(&keys)
-    .execute(conn)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "SELECT set_config('enable_hashjoin', $1, true), \
+                set_config('enable_mergejoin', $2, true), \
+                set_config('enable_seqscan', $3, true)",
+    )
+    .bind(&before.0)
+    .bind(&before.1)
+    .bind(&before.2)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
