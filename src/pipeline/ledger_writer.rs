@@ -22,11 +22,11 @@
 //! then writes them, as before.
 
 use super::error::RunError;
-use crate::state::{Delivered, StateStore};
+use crate::state::{Delivered, MayBeRefused, StateStore};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -61,78 +61,15 @@ struct Job {
     done: oneshot::Sender<(Vec<Delivered>, Result<(), RunError>)>,
 }
 
-/// The rows of a run that may have a refusal in `refused_rows`: every row, when the model had
-/// refusals as the run started; otherwise only the rows this run refused, remembered in a
-/// Bloom filter of their keys (no false negatives; a false positive only deletes nothing).
-///
-/// Clearing refusals is a lookup per row key, and a run that refused any row used to clear
-/// them for every row it delivered after: in a 5M-row backfill refusing 2% of its rows, those
-/// deletes took more of the database's time than the ledger rows themselves.
-pub(super) struct MayBeRefused {
-    every_row: bool,
-    refused_keys: Mutex<Option<Vec<u64>>>,
-}
-
-/// 4 Mi bits (512 KiB, allocated at the run's first refusal): under 1% false positives up to
-/// about 400 000 refused rows with [`KEY_PROBES`] probes.
-const KEY_FILTER_BITS: usize = 1 << 22;
-const KEY_PROBES: u32 = 7;
-
-impl MayBeRefused {
-    pub(super) fn new(every_row: bool) -> MayBeRefused {
-        MayBeRefused {
-            every_row,
-            refused_keys: Mutex::new(None),
-        }
-    }
-
-    fn bits(key: &[String]) -> impl Iterator<Item = usize> {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for part in key {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        let h = h.digest128();
-        let (a, b) = (h as u64, (h >> 64) as u64 | 1);
-        (0..u64::from(KEY_PROBES))
-            .map(move |i| (a.wrapping_add(i.wrapping_mul(b)) % KEY_FILTER_BITS as u64) as usize)
-    }
-
-    /// Remembers the keys of rows this run refused.
-    pub(super) fn note<'a>(&self, keys: impl Iterator<Item = &'a [String]>) {
-        if self.every_row {
-            return;
-        }
-        let mut filter = self.refused_keys.lock().unwrap_or_else(|p| p.into_inner());
-        let filter = filter.get_or_insert_with(|| vec![0u64; KEY_FILTER_BITS / 64]);
-        for key in keys {
-            for bit in Self::bits(key) {
-                filter[bit / 64] |= 1 << (bit % 64);
-            }
-        }
-    }
-
-    /// Indexes of the rows among `rows` that may have a refusal.
-    pub(super) fn among(&self, rows: &[Delivered]) -> Vec<usize> {
-        if self.every_row {
-            return (0..rows.len()).collect();
-        }
-        let filter = self.refused_keys.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(filter) = filter.as_ref() else {
-            return Vec::new();
-        };
-        (0..rows.len())
-            .filter(|&i| {
-                Self::bits(&rows[i].row_key).all(|bit| filter[bit / 64] & (1 << (bit % 64)) != 0)
-            })
-            .collect()
-    }
-}
-
 impl LedgerWriter {
     /// Starts the writer task; it ends when the last clone of the handle is dropped (every
     /// write asked for has then been answered: each caller holds a clone while it waits).
-    pub fn start(state: StateStore, model: String, run_id: i64, refusals: bool) -> LedgerWriter {
+    pub fn start(
+        state: StateStore,
+        model: String,
+        run_id: i64,
+        refusals: Arc<MayBeRefused>,
+    ) -> LedgerWriter {
         let (queue, rx) = mpsc::channel::<Job>(64);
         let writes = Arc::new(AtomicU64::new(0));
         let writer = super::deadline::AbortOnDrop::spawn(write_loop(
@@ -144,7 +81,7 @@ impl LedgerWriter {
         ));
         LedgerWriter {
             queue,
-            refusals: Arc::new(MayBeRefused::new(refusals)),
+            refusals,
             writes,
             _writer: Arc::new(writer),
         }
@@ -153,7 +90,9 @@ impl LedgerWriter {
     /// Writes one batch's acknowledged events and gives them back with the outcome: on an
     /// error the caller hands them to the cursor's transaction.
     pub async fn record(&self, rows: Vec<Delivered>) -> (Vec<Delivered>, Result<(), RunError>) {
-        let clear = self.refusals.among(&rows);
+        let clear = self
+            .refusals
+            .among(rows.iter().map(|d| d.row_key.as_slice()));
         let (done, answer) = oneshot::channel();
         let job = Job { rows, clear, done };
         if let Err(mpsc::error::SendError(job)) = self.queue.send(job).await {
@@ -234,54 +173,5 @@ async fn write_loop(
         for job in jobs {
             let _ = job.done.send((job.rows, outcome.clone()));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(key: &[&str]) -> Delivered {
-        Delivered {
-            row_key: key.iter().map(|s| s.to_string()).collect(),
-            event_id: "e".into(),
-            event_name: "Lead".into(),
-            event_time: 0,
-            fingerprint: "f".into(),
-            fbtrace_id: None,
-        }
-    }
-
-    #[test]
-    fn every_row_may_be_refused_when_the_model_had_refusals() {
-        let m = MayBeRefused::new(true);
-        assert_eq!(m.among(&[row(&["1"]), row(&["2"])]), vec![0, 1]);
-    }
-
-    #[test]
-    fn without_earlier_refusals_only_the_rows_this_run_refused() {
-        let m = MayBeRefused::new(false);
-        let rows: Vec<Delivered> = (0..20_000).map(|i| row(&[&i.to_string()])).collect();
-        assert!(m.among(&rows).is_empty(), "nothing refused yet");
-        let refused: Vec<Vec<String>> = (0..20_000)
-            .step_by(50)
-            .map(|i| vec![i.to_string()])
-            .collect();
-        m.note(refused.iter().map(|k| k.as_slice()));
-        let found = m.among(&rows);
-        // Every refused row is among them (a Bloom filter has no false negatives) ...
-        for i in (0..20_000).step_by(50) {
-            assert!(found.contains(&i), "row {i} was refused");
-        }
-        // ... and few others.
-        assert!(found.len() < 400 + 20, "{} rows", found.len());
-    }
-
-    #[test]
-    fn composite_keys_are_told_apart_by_their_parts() {
-        let m = MayBeRefused::new(false);
-        m.note([["ab".to_string(), "c".to_string()].as_slice()].into_iter());
-        assert_eq!(m.among(&[row(&["ab", "c"])]), vec![0]);
-        assert!(m.among(&[row(&["a", "bc"]), row(&["abc"])]).is_empty());
     }
 }

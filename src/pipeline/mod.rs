@@ -289,14 +289,24 @@ async fn run_inner(
     );
     let (mapper, mut rx_mapped) =
         map_stage::start(ctx, &model.name, opts.mode, plan, rx_rows).await?;
+    // Which delivered rows may have a refusal to clear, shared by the ledger writer and the
+    // settler: every row when the model had refusals as the run started, else those this run
+    // refuses.
+    let refusals = std::sync::Arc::new(crate::state::MayBeRefused::new(clear_refused));
     let ledger = run_id.map(|run_id| {
-        LedgerWriter::start(ctx.state.clone(), model.name.clone(), run_id, clear_refused)
+        LedgerWriter::start(
+            ctx.state.clone(),
+            model.name.clone(),
+            run_id,
+            refusals.clone(),
+        )
     });
     let settler = Settler::start(
         ctx.state.clone(),
         model.name.clone(),
         run_id,
         clear_refused,
+        refusals,
         lock,
     );
     // Meta limits requests by pixel: the runs of one pixel share its slots and its pace.

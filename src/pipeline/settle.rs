@@ -7,7 +7,7 @@ use super::error::RunError;
 use super::send::describe_failure;
 use super::{RunSummary, Stop};
 use crate::config::ModelConfig;
-use crate::state::{LockProof, RunCounters, Settlement, StateStore};
+use crate::state::{LockProof, MayBeRefused, RunCounters, Settlement, StateStore};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -32,6 +32,7 @@ impl Settler {
         model: String,
         run_id: Option<i64>,
         clear_refused: bool,
+        refusals: Arc<MayBeRefused>,
         lock: LockProof,
     ) -> Settler {
         let (tx, mut rx) = mpsc::channel::<SettleJob>(2);
@@ -55,6 +56,11 @@ impl Settler {
                     }
                 }
                 merged.clear_refused = clear_refused;
+                merged.refused_in_run = Some(refusals.clone());
+                // Refusals this run records: a later delivery of the row clears them.
+                if !merged.refused.is_empty() {
+                    refusals.note(merged.refused.iter().map(|r| r.row_key.as_slice()));
+                }
                 let Some(id) = run_id else { continue };
                 if let Err(e) = state
                     .settle_holding(&model, id, &merged, &counters, lock)
@@ -147,6 +153,7 @@ pub(super) async fn forward(
         already_sent: batch.already_sent,
         changed: batch.changed,
         clear_refused: false,
+        refused_in_run: None,
     };
     apply_counts(&mut summary.counters, &settlement, &coverage);
     settler
@@ -170,6 +177,7 @@ pub(super) async fn record_acks_only(settler: &Settler, summary: &mut RunSummary
         already_sent: vec![],
         changed: vec![],
         clear_refused: false,
+        refused_in_run: None,
     };
     if let Err(e) = settler.submit(settlement, &summary.counters).await {
         warn!(error = %e, "could not record acknowledged events of a failed run");

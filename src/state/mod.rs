@@ -17,6 +17,7 @@ pub use lock_keeper::ModelLock;
 pub use locks::LockProof;
 
 pub use quality::{LatestQuality, QualityFetch, QualityScore};
+pub use refused::MayBeRefused;
 pub use report::CursorRecord;
 
 use crate::config::Secret;
@@ -119,6 +120,9 @@ pub struct Settlement {
     pub changed: Vec<String>,
     /// Delete earlier refusals of the delivered rows (skipped when the model has none).
     pub clear_refused: bool,
+    /// With `clear_refused`: only the delivered rows this may hold a refusal of (every row
+    /// when None).
+    pub refused_in_run: Option<std::sync::Arc<MayBeRefused>>,
 }
 
 impl Settlement {
@@ -157,6 +161,9 @@ impl Settlement {
         self.refused.extend(later.refused);
         self.changed.extend(later.changed);
         self.clear_refused |= later.clear_refused;
+        if self.refused_in_run.is_none() {
+            self.refused_in_run = later.refused_in_run;
+        }
     }
 }
 

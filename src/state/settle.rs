@@ -65,9 +65,22 @@ impl StateStore {
             )
             .await?;
         }
-        if settlement.clear_refused && settlement.delivered_keys().next().is_some() {
-            let keys = settlement.delivered_keys().map(|k| k.as_slice());
-            clear_refusals(&mut tx, model, keys).await?;
+        if settlement.clear_refused {
+            let keys: Vec<&[String]> = match &settlement.refused_in_run {
+                Some(may_be) => {
+                    let all: Vec<&[String]> =
+                        settlement.delivered_keys().map(|k| k.as_slice()).collect();
+                    may_be
+                        .among(all.iter().copied())
+                        .into_iter()
+                        .map(|i| all[i])
+                        .collect()
+                }
+                None => settlement.delivered_keys().map(|k| k.as_slice()).collect(),
+            };
+            if !keys.is_empty() {
+                clear_refusals(&mut tx, model, keys.into_iter()).await?;
+            }
         }
         if !settlement.refused.is_empty() {
             let r = &settlement.refused;

@@ -286,7 +286,12 @@ async fn the_ledger_writer_groups_queued_batches_into_one_write() {
     let db = TestDb::new().await;
     let store = store(&db).await;
     let run = store.start_run("crm", "manual").await.expect("run");
-    let writer = LedgerWriter::start(store.clone(), "crm".into(), run, false);
+    let writer = LedgerWriter::start(
+        store.clone(),
+        "crm".into(),
+        run,
+        std::sync::Arc::new(capi_sync::state::MayBeRefused::new(false)),
+    );
     // On this single-threaded runtime the writer first runs once all three are queued.
     let (a, b, c) = tokio::join!(
         writer.record(batch(&["a1", "a2"])),
@@ -327,7 +332,12 @@ async fn a_failed_ledger_write_gives_each_batch_its_rows_back() {
     .execute(&db.pool)
     .await
     .expect("constraint");
-    let writer = LedgerWriter::start(store.clone(), "crm".into(), run, false);
+    let writer = LedgerWriter::start(
+        store.clone(),
+        "crm".into(),
+        run,
+        std::sync::Arc::new(capi_sync::state::MayBeRefused::new(false)),
+    );
     let (a, b) = tokio::join!(
         writer.record(batch(&["a1", "a2"])),
         writer.record(batch(&["b3"])),
