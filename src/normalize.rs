@@ -237,7 +237,11 @@ pub fn normalize_and_hash(
     ctx: &NormalizeContext<'_>,
 ) -> Result<Hashed, DropReason> {
     if let PiiInput::Text(raw) = input {
-        if let Some(table) = memo::memoized(field).filter(|_| raw.len() <= memo::MAX_INPUT) {
+        let table = match field {
+            PiiField::Zp => Some(memo::zip(geo::is_us(ctx))),
+            f => memo::memoized(f),
+        };
+        if let Some(table) = table.filter(|_| raw.len() <= memo::MAX_INPUT) {
             return memo::get_or_insert(table, raw, || {
                 normalize(field, input, ctx).map(|n| n.digest())
             })
