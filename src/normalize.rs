@@ -24,9 +24,9 @@ mod memo;
 mod person;
 mod phone;
 mod phone_meta;
+mod sha;
 mod tables;
 
-use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::fmt;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
@@ -237,7 +237,11 @@ pub fn normalize_and_hash(
     ctx: &NormalizeContext<'_>,
 ) -> Result<Hashed, DropReason> {
     if let PiiInput::Text(raw) = input {
-        if let Some(table) = memo::memoized(field).filter(|_| raw.len() <= memo::MAX_INPUT) {
+        let table = match field {
+            PiiField::Zp => Some(memo::zip(geo::is_us(ctx))),
+            f => memo::memoized(f),
+        };
+        if let Some(table) = table.filter(|_| raw.len() <= memo::MAX_INPUT) {
             return memo::get_or_insert(table, raw, || {
                 normalize(field, input, ctx).map(|n| n.digest())
             })
@@ -303,8 +307,7 @@ pub struct HexDigest([u8; 64]);
 impl HexDigest {
     /// The digest of the UTF-8 bytes of `s`.
     pub fn of(s: &str) -> HexDigest {
-        let digest: [u8; 32] = Sha256::digest(s.as_bytes()).into();
-        HexDigest(hex_lower(&digest))
+        HexDigest(hex_lower(&sha::sha256(s.as_bytes())))
     }
 
     /// A digest already in hex (64 hex digits, any case), lowercased. Anything else hashes.

@@ -196,7 +196,7 @@ fn is_dash(c: char) -> bool {
     )
 }
 
-fn is_us(ctx: &NormalizeContext<'_>) -> bool {
+pub(super) fn is_us(ctx: &NormalizeContext<'_>) -> bool {
     ctx.country() == Some("us")
 }
 

@@ -6,7 +6,8 @@
 //! short hash and a compare instead of normalization and SHA-256; a miss costs the same plus
 //! a copy. It holds at most `SLOTS` short inputs per field, lives only in memory, and the
 //! values it returns are the ones the normalizer gave for the same input (these fields'
-//! rules do not depend on the row's other values).
+//! rules do not depend on the row's other values, and zip's only on whether the row's
+//! country is the US, which picks one of its two tables).
 
 use super::{DropReason, HexDigest, PiiField};
 use std::cell::RefCell;
@@ -16,8 +17,7 @@ pub(super) const MAX_INPUT: usize = 30;
 const SLOTS: usize = 512;
 
 /// Fields whose result depends on the input alone and whose values repeat. Email, phone,
-/// external_id and birth date (nearly unique per person) and zip (depends on the row's
-/// country) are left out.
+/// external_id and birth date (nearly unique per person) are left out; zip has [`zip`].
 pub(super) fn memoized(field: PiiField) -> Option<usize> {
     match field {
         PiiField::Fn => Some(0),
@@ -29,7 +29,13 @@ pub(super) fn memoized(field: PiiField) -> Option<usize> {
         _ => None,
     }
 }
-const TABLES: usize = 6;
+
+/// The table for zip codes: a zip's result depends on the input and on whether the country
+/// in context is the US (a US value keeps its first 5 digits), so each case has its own.
+pub(super) fn zip(us: bool) -> usize {
+    6 + usize::from(us)
+}
+const TABLES: usize = 8;
 
 #[derive(Clone, Copy)]
 struct Entry {

@@ -435,3 +435,59 @@ fn memoized_results_equal_fresh_ones_on_hits_misses_and_evictions() {
         }
     }
 }
+
+#[test]
+fn memoized_zips_follow_the_country_in_context() {
+    // The same 6–8 digit input is cut to 5 digits in a US context only; alternating contexts
+    // on the same thread must never return the other context's result.
+    let contexts = [
+        us(),
+        ctx(),
+        NormalizeContext {
+            default_country: Some("gb"),
+            ..Default::default()
+        },
+        NormalizeContext {
+            default_country: Some("gb"),
+            row_country: Some("United States"),
+            ..Default::default()
+        },
+        NormalizeContext {
+            default_country: Some("us"),
+            row_country: Some("India"),
+            ..Default::default()
+        },
+    ];
+    let inputs = [
+        "123456",
+        "1234567",
+        "12345678",
+        "123456789",
+        "94105-1234",
+        " 02134",
+        "SW1A 1AA",
+        "1",
+        "",
+        "560001",
+    ];
+    for round in 0..3 {
+        for (i, s) in inputs.iter().enumerate() {
+            for k in 0..contexts.len() {
+                let c = &contexts[(i + k + round) % contexts.len()];
+                assert_eq!(
+                    normalize_and_hash(PiiField::Zp, PiiInput::Text(s), c),
+                    super::normalize_and_hash_uncached(PiiField::Zp, PiiInput::Text(s), c),
+                    "{s:?} {c:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        normalize_and_hash(PiiField::Zp, PiiInput::Text("123456"), &us()),
+        Ok(Hashed::Digest(HexDigest::of("12345")))
+    );
+    assert_eq!(
+        normalize_and_hash(PiiField::Zp, PiiInput::Text("123456"), &ctx()),
+        Ok(Hashed::Digest(HexDigest::of("123456")))
+    );
+}
