@@ -36,14 +36,17 @@ impl StateStore {
             return Ok(HashSet::new());
         }
         let encoded: Vec<String> = keys.iter().map(|k| encode_key(k)).collect();
+        let mut tx = self.pool.begin().await?;
+        key_probes_only(&mut tx).await?;
         let rows: Vec<Vec<String>> = sqlx::query_scalar(
             "SELECT r.row_key FROM UNNEST($2::text[]) AS u(k)
              JOIN refused_rows r ON r.model = $1 AND r.row_key = ARRAY(SELECT json_array_elements_text(u.k::json))",
         )
         .bind(model)
         .bind(&encoded)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows.into_iter().collect())
     }
 
@@ -87,30 +90,9 @@ pub(super) async fn clear_refusals<'a>(
     keys: impl Iterator<Item = &'a [String]> + Clone,
 ) -> Result<()> {
     let (keys, key_expr) = key_param(keys);
-    // One primary-key probe per key. refused_rows grows during a run faster than autovacuum
-    // analyzes it, and on statistics that still said "nearly empty" the plan read every
-    // refusal of the model (hashed, or materialized and compared with each key): seconds per
-    // write once a backfill had refused some 20 000 rows. Restored after: in the cursor's
-    // transaction other statements follow.
-    const PLANS_OFF: [&str; 5] = [
-        "enable_hashjoin",
-        "enable_mergejoin",
-        "enable_seqscan",
-        "enable_bitmapscan",
-        "enable_material",
-    ];
-    let before: Vec<String> =
-        sqlx::query_scalar("SELECT current_setting(name) FROM unnest($1::text[]) AS name")
-            .bind(&PLANS_OFF[..])
-            .fetch_all(&mut *conn)
-            .await?;
-    let set = "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)";
-    let off = vec!["off".to_string(); before.len()];
-    sqlx::query(set)
-        .bind(&PLANS_OFF[..])
-        .bind(&off)
-        .execute(&mut *conn)
-        .await?;
+    // One primary-key probe per key; restored after, as other statements follow in the
+    // cursor's transaction.
+    let before = key_probes_only(&mut *conn).await?;
     sqlx::query(&format!(
         "DELETE FROM refused_rows r USING UNNEST($2::text[]) AS u(k)
          WHERE r.model = $1 AND r.row_key = {key_expr}"
@@ -119,11 +101,44 @@ pub(super) async fn clear_refusals<'a>(
     .bind(&keys)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(set)
-        .bind(&PLANS_OFF[..])
-        .bind(&before)
-        .execute(&mut *conn)
-        .await?;
+    restore_plans(&mut *conn, &before).await?;
+    Ok(())
+}
+
+/// The planner settings [`key_probes_only`] turns off.
+const PLANS_OFF: [&str; 5] = [
+    "enable_hashjoin",
+    "enable_mergejoin",
+    "enable_seqscan",
+    "enable_bitmapscan",
+    "enable_material",
+];
+
+/// Leaves the transaction's planner one way to join row keys with `refused_rows`: a
+/// primary-key probe per key. refused_rows grows during a run faster than autovacuum analyzes
+/// it, and on statistics that still said "nearly empty" the plan read every refusal of the
+/// model (hashed, or materialized and compared with each key): seconds per statement once a
+/// backfill had refused some 20 000 rows. Returns the settings as they were.
+async fn key_probes_only(conn: &mut PgConnection) -> Result<Vec<String>> {
+    let before: Vec<String> =
+        sqlx::query_scalar("SELECT current_setting(name) FROM unnest($1::text[]) AS name")
+            .bind(&PLANS_OFF[..])
+            .fetch_all(&mut *conn)
+            .await?;
+    let off = vec!["off".to_string(); before.len()];
+    restore_plans(conn, &off).await?;
+    Ok(before)
+}
+
+/// Sets [`PLANS_OFF`]'s settings, in order, to `values` for the rest of the transaction.
+async fn restore_plans(conn: &mut PgConnection, values: &[String]) -> Result<()> {
+    sqlx::query(
+        "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
+    )
+    .bind(&PLANS_OFF[..])
+    .bind(values)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
