@@ -56,8 +56,6 @@ pub struct LedgerWriter {
 
 struct Job {
     rows: Vec<Delivered>,
-    /// Indexes in `rows` of the rows whose refusals the write clears.
-    clear: Vec<usize>,
     done: oneshot::Sender<(Vec<Delivered>, Result<(), RunError>)>,
 }
 
@@ -77,6 +75,7 @@ impl LedgerWriter {
             state,
             model,
             run_id,
+            refusals.clone(),
             writes.clone(),
         ));
         LedgerWriter {
@@ -90,11 +89,8 @@ impl LedgerWriter {
     /// Writes one batch's acknowledged events and gives them back with the outcome: on an
     /// error the caller hands them to the cursor's transaction.
     pub async fn record(&self, rows: Vec<Delivered>) -> (Vec<Delivered>, Result<(), RunError>) {
-        let clear = self
-            .refusals
-            .among(rows.iter().map(|d| d.row_key.as_slice()));
         let (done, answer) = oneshot::channel();
-        let job = Job { rows, clear, done };
+        let job = Job { rows, done };
         if let Err(mpsc::error::SendError(job)) = self.queue.send(job).await {
             return (job.rows, Err(RunError::LedgerWriterStopped));
         }
@@ -145,6 +141,7 @@ async fn write_loop(
     state: StateStore,
     model: String,
     run_id: i64,
+    refusals: Arc<MayBeRefused>,
     writes: Arc<AtomicU64>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -160,11 +157,7 @@ async fn write_loop(
             }
         }
         let parts: Vec<&[Delivered]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-        let clear: Vec<&[String]> = jobs
-            .iter()
-            .flat_map(|j| j.clear.iter().map(|&i| j.rows[i].row_key.as_slice()))
-            .collect();
-        let write = state.record_acknowledged_clearing(&model, run_id, &parts, &clear);
+        let write = state.record_acknowledged(&model, run_id, &parts, &refusals);
         let outcome = match AssertUnwindSafe(write).catch_unwind().await {
             Ok(written) => written.map_err(|e| RunError::LedgerWrite(Arc::new(e))),
             Err(_) => Err(RunError::LedgerWritePanicked),

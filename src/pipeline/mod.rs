@@ -305,7 +305,6 @@ async fn run_inner(
         ctx.state.clone(),
         model.name.clone(),
         run_id,
-        clear_refused,
         refusals,
         lock,
     );

@@ -31,7 +31,6 @@ impl Settler {
         state: StateStore,
         model: String,
         run_id: Option<i64>,
-        clear_refused: bool,
         refusals: Arc<MayBeRefused>,
         lock: LockProof,
     ) -> Settler {
@@ -39,10 +38,6 @@ impl Settler {
         let failed = Arc::new(std::sync::Mutex::new(None));
         let failed_task = failed.clone();
         let task = AbortOnDrop::spawn(async move {
-            // Once this run has refused a row, a later delivery of that row in this run (it was
-            // fixed, or moved to a new stage) must clear the refusal, even when the model had
-            // none when the run started.
-            let mut clear_refused = clear_refused;
             while let Some(first) = rx.recv().await {
                 let mut merged = first.settlement;
                 let mut counters = first.counters;
@@ -55,9 +50,10 @@ impl Settler {
                         Err(_) => break,
                     }
                 }
-                merged.clear_refused = clear_refused;
-                merged.refused_in_run = Some(refusals.clone());
-                // Refusals this run records: a later delivery of the row clears them.
+                merged.clear_refused = Some(refusals.clone());
+                // Once this run has refused a row, a later delivery of that row in this run (it
+                // was fixed, or moved to a new stage) must clear the refusal, even when the
+                // model had none when the run started.
                 if !merged.refused.is_empty() {
                     refusals.note(merged.refused.iter().map(|r| r.row_key.as_slice()));
                 }
@@ -70,7 +66,6 @@ impl Settler {
                     *failed_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.clone());
                     return Err(failure);
                 }
-                clear_refused |= !merged.refused.is_empty();
             }
             Ok(())
         });
@@ -152,8 +147,7 @@ pub(super) async fn forward(
         refused,
         already_sent: batch.already_sent,
         changed: batch.changed,
-        clear_refused: false,
-        refused_in_run: None,
+        clear_refused: None,
     };
     apply_counts(&mut summary.counters, &settlement, &coverage);
     settler
@@ -176,8 +170,7 @@ pub(super) async fn record_acks_only(settler: &Settler, summary: &mut RunSummary
         refused: vec![],
         already_sent: vec![],
         changed: vec![],
-        clear_refused: false,
-        refused_in_run: None,
+        clear_refused: None,
     };
     if let Err(e) = settler.submit(settlement, &summary.counters).await {
         warn!(error = %e, "could not record acknowledged events of a failed run");

@@ -2,7 +2,7 @@
 //! Looked up by event id, written with one binary `COPY`, pruned past its retention.
 
 use super::refused::clear_refusals;
-use super::{copy, Delivered, Result, StateStore};
+use super::{copy, Delivered, MayBeRefused, Result, StateStore};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use std::collections::HashMap;
@@ -91,36 +91,14 @@ impl StateStore {
     /// once. (A write that may repeat an earlier one goes through [`StateStore::settle`], which
     /// replaces.)
     ///
-    /// `clear_refused`: the model may hold refusals of these rows; they are deleted in the same
-    /// transaction, so no crash leaves a delivered row listed as refused.
+    /// `clear_refused`: the rows among these that may have a refusal; their refusals are deleted
+    /// in the same transaction, so no crash leaves a delivered row listed as refused.
     pub async fn record_acknowledged(
         &self,
         model: &str,
         run_id: i64,
         parts: &[&[Delivered]],
-        clear_refused: bool,
-    ) -> Result<()> {
-        let keys: Vec<&[String]> = if clear_refused {
-            parts
-                .iter()
-                .flat_map(|p| p.iter())
-                .map(|d| d.row_key.as_slice())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.record_acknowledged_clearing(model, run_id, parts, &keys)
-            .await
-    }
-
-    /// [`StateStore::record_acknowledged`], clearing the refusals of the rows with these keys
-    /// only (those that may have one).
-    pub async fn record_acknowledged_clearing(
-        &self,
-        model: &str,
-        run_id: i64,
-        parts: &[&[Delivered]],
-        clear: &[&[String]],
+        clear_refused: &MayBeRefused,
     ) -> Result<()> {
         let generation = self.write_generation().await?;
         let mut tx = self.pool.begin().await?;
@@ -134,8 +112,14 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         record_deliveries(&mut tx, model, run_id, generation, parts, false).await?;
+        let clear = clear_refused.keep(
+            parts
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|d| d.row_key.as_slice()),
+        );
         if !clear.is_empty() {
-            clear_refusals(&mut tx, model, clear.iter().copied()).await?;
+            clear_refusals(&mut tx, model, clear.into_iter()).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -118,11 +118,8 @@ pub struct Settlement {
     pub already_sent: Vec<Vec<String>>,
     /// Event ids already in the ledger whose mapped event has since changed.
     pub changed: Vec<String>,
-    /// Delete earlier refusals of the delivered rows (skipped when the model has none).
-    pub clear_refused: bool,
-    /// With `clear_refused`: only the delivered rows this may hold a refusal of (every row
-    /// when None).
-    pub refused_in_run: Option<std::sync::Arc<MayBeRefused>>,
+    /// Delete earlier refusals of the delivered rows that may have one (None: of none).
+    pub clear_refused: Option<std::sync::Arc<MayBeRefused>>,
 }
 
 impl Settlement {
@@ -160,9 +157,8 @@ impl Settlement {
         self.already_sent.extend(later.already_sent);
         self.refused.extend(later.refused);
         self.changed.extend(later.changed);
-        self.clear_refused |= later.clear_refused;
-        if self.refused_in_run.is_none() {
-            self.refused_in_run = later.refused_in_run;
+        if self.clear_refused.is_none() {
+            self.clear_refused = later.clear_refused;
         }
     }
 }

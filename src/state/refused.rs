@@ -207,18 +207,16 @@ impl MayBeRefused {
         }
     }
 
-    /// Indexes (in `keys`' order) of the rows that may have a refusal.
-    pub fn among<'a>(&self, keys: impl Iterator<Item = &'a [String]>) -> Vec<usize> {
+    /// The keys, among these, of rows that may have a refusal.
+    pub fn keep<'a>(&self, keys: impl Iterator<Item = &'a [String]>) -> Vec<&'a [String]> {
         if self.every_row {
-            return keys.enumerate().map(|(i, _)| i).collect();
+            return keys.collect();
         }
         let filter = self.refused_keys.lock().unwrap_or_else(|p| p.into_inner());
         let Some(filter) = filter.as_ref() else {
             return Vec::new();
         };
-        keys.enumerate()
-            .filter(|(_, key)| Self::bits(key).all(|bit| filter[bit / 64] & (1 << (bit % 64)) != 0))
-            .map(|(i, _)| i)
+        keys.filter(|key| Self::bits(key).all(|bit| filter[bit / 64] & (1 << (bit % 64)) != 0))
             .collect()
     }
 }
@@ -247,8 +245,12 @@ mod tests {
         }
     }
 
+    /// Indexes of the rows whose keys `m` keeps.
     fn among(m: &MayBeRefused, rows: &[Delivered]) -> Vec<usize> {
-        m.among(rows.iter().map(|d| d.row_key.as_slice()))
+        let kept = m.keep(rows.iter().map(|d| d.row_key.as_slice()));
+        (0..rows.len())
+            .filter(|&i| kept.contains(&rows[i].row_key.as_slice()))
+            .collect()
     }
 
     #[test]

@@ -65,19 +65,8 @@ impl StateStore {
             )
             .await?;
         }
-        if settlement.clear_refused {
-            let keys: Vec<&[String]> = match &settlement.refused_in_run {
-                Some(may_be) => {
-                    let all: Vec<&[String]> =
-                        settlement.delivered_keys().map(|k| k.as_slice()).collect();
-                    may_be
-                        .among(all.iter().copied())
-                        .into_iter()
-                        .map(|i| all[i])
-                        .collect()
-                }
-                None => settlement.delivered_keys().map(|k| k.as_slice()).collect(),
-            };
+        if let Some(may_be) = &settlement.clear_refused {
+            let keys = may_be.keep(settlement.delivered_keys().map(|k| k.as_slice()));
             if !keys.is_empty() {
                 clear_refusals(&mut tx, model, keys.into_iter()).await?;
             }

@@ -4,7 +4,9 @@
 use crate::helpers::TestDb;
 use capi_sync::config::Secret;
 use capi_sync::pipeline::ledger_writer::LedgerWriter;
-use capi_sync::state::{CursorPosition, Delivered, RunCounters, Settlement, StateStore};
+use capi_sync::state::{
+    CursorPosition, Delivered, MayBeRefused, RunCounters, Settlement, StateStore,
+};
 
 fn delivered(id: &str, key: &[&str], fingerprint: &str, trace: Option<&str>) -> Delivered {
     Delivered {
@@ -167,7 +169,7 @@ async fn record_two_early(store: &StateStore, run: i64) -> Vec<Delivered> {
         delivered("a2", &["2"], "f2", Some("t1")),
     ];
     store
-        .record_acknowledged("crm", run, &[&acked], false)
+        .record_acknowledged("crm", run, &[&acked], &MayBeRefused::new(false))
         .await
         .expect("recorded");
     acked
@@ -219,7 +221,7 @@ async fn events_recorded_by_their_sender_clear_refusals_when_the_cursor_settles(
     let settle = Settlement {
         position: after_row_2(),
         recorded: acked.into_iter().map(|d| d.row_key).collect(),
-        clear_refused: true,
+        clear_refused: Some(std::sync::Arc::new(MayBeRefused::new(true))),
         ..Default::default()
     };
     store
@@ -240,7 +242,12 @@ async fn an_early_ledger_write_clears_the_rows_refusal_in_the_same_transaction()
     // A crash after this write and before the cursor's commit must not leave the delivered
     // row listed as refused.
     store
-        .record_acknowledged("crm", run, &[&[delivered("a1", &["1"], "f1", None)]], true)
+        .record_acknowledged(
+            "crm",
+            run,
+            &[&[delivered("a1", &["1"], "f1", None)]],
+            &MayBeRefused::new(true),
+        )
         .await
         .expect("recorded");
     assert!(!store.has_refused("crm").await.expect("refused"));
@@ -258,7 +265,7 @@ async fn a_row_found_already_sent_loses_its_older_refusal() {
     let settle = Settlement {
         position: after_row_2(),
         already_sent: vec![vec!["1".into()]],
-        clear_refused: true,
+        clear_refused: Some(std::sync::Arc::new(MayBeRefused::new(true))),
         ..Default::default()
     };
     let counters = RunCounters {

@@ -4,7 +4,9 @@
 
 use crate::helpers::*;
 use capi_sync::config::{Config, Secret};
-use capi_sync::state::{CursorPosition, Delivered, RunCounters, Settlement, StateStore};
+use capi_sync::state::{
+    CursorPosition, Delivered, MayBeRefused, RunCounters, Settlement, StateStore,
+};
 use std::time::Duration;
 
 fn delivered(id: &str, fingerprint: &str) -> Delivered {
@@ -53,7 +55,12 @@ async fn a_full_generation_starts_the_next_and_lookups_see_them_all() {
     let run = store.start_run("crm", "test").await.unwrap();
     for (id, fp) in [("a", "fa"), ("b", "fb"), ("c", "fc")] {
         store
-            .record_acknowledged("crm", run, &[&[delivered(id, fp)]], false)
+            .record_acknowledged(
+                "crm",
+                run,
+                &[&[delivered(id, fp)]],
+                &MayBeRefused::new(false),
+            )
             .await
             .unwrap();
     }
@@ -91,7 +98,7 @@ async fn a_repeated_write_leaves_one_row_per_event_whatever_its_generation() {
             "crm",
             run,
             &[&[delivered("a", "f1"), delivered("b", "f1")]],
-            false,
+            &MayBeRefused::new(false),
         )
         .await
         .unwrap();
@@ -130,7 +137,12 @@ async fn pruning_drops_the_generations_it_empties_and_keeps_the_newest() {
     let run = store.start_run("crm", "test").await.unwrap();
     for id in ["old", "recent", "newest"] {
         store
-            .record_acknowledged("crm", run, &[&[delivered(id, "f")]], false)
+            .record_acknowledged(
+                "crm",
+                run,
+                &[&[delivered(id, "f")]],
+                &MayBeRefused::new(false),
+            )
             .await
             .unwrap();
     }
@@ -163,7 +175,12 @@ async fn pruning_drops_the_generations_it_empties_and_keeps_the_newest() {
     );
     // Writing goes on into the newest generation, or the one after it.
     store
-        .record_acknowledged("crm", run, &[&[delivered("later", "f")]], false)
+        .record_acknowledged(
+            "crm",
+            run,
+            &[&[delivered("later", "f")]],
+            &MayBeRefused::new(false),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -189,7 +206,7 @@ async fn the_default_size_follows_the_servers_shared_buffers() {
             .map(|j| delivered(&format!("e{i}-{j}"), "f"))
             .collect();
         store
-            .record_acknowledged("crm", run, &[&rows], false)
+            .record_acknowledged("crm", run, &[&rows], &MayBeRefused::new(false))
             .await
             .unwrap();
     }
