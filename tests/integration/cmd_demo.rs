@@ -18,12 +18,7 @@ fn count_before(line: &str, marker: &str) -> i64 {
 async fn demo_shows_rows_leaving_metas_window_and_the_quality_read_after_its_sync() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CAPI_SYNC_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = binary();
     let out = cmd
         .arg("demo")
         .env("DATABASE_URL", &db.url)

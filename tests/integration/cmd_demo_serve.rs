@@ -10,12 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 async fn demo_serve_prints_the_dashboard_address_and_serves_it_until_stopped() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CAPI_SYNC_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = binary();
     let mut child = cmd
         .args(["demo", "--serve", "--addr", "127.0.0.1:0"])
         .env("DATABASE_URL", &db.url)
@@ -53,13 +48,7 @@ async fn demo_serve_prints_the_dashboard_address_and_serves_it_until_stopped() {
     // The demo's sync ran before: its runs show.
     assert!(body.contains("data-field=\"events_sent\""), "{body}");
 
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    sigterm(child.id().unwrap());
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("the demo stops within 30 s")

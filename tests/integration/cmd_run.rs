@@ -37,13 +37,7 @@ async fn the_run_service_serves_its_endpoints_and_stops_cleanly_on_sigterm() {
         "{body}"
     );
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    sigterm(child.id().unwrap());
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("the service stops within 20 s")

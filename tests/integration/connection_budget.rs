@@ -412,13 +412,8 @@ async fn check_offline(db: &TestDb, warehouse_connections: u32) -> String {
         LEADS_MODEL,
     );
     std::fs::write(&path, text).unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
+    let mut cmd = binary();
     cmd.arg("--config").arg(&path).args(["check", "--offline"]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CAPI_SYNC_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
     cmd.env(
         "CAPI_SYNC_WAREHOUSE__MAX_CONNECTIONS",
         warehouse_connections.to_string(),

@@ -435,12 +435,7 @@ async fn the_service_warns_once_when_the_next_run_comes_after_a_row_leaves_the_w
         body.contains("capi_sync_rows_expiring{model=\"yearly\"} 1\n"),
         "{body}"
     );
-    let pid = child.id().unwrap().to_string();
-    tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
+    sigterm(child.id().unwrap());
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("the service stops")

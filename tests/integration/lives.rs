@@ -484,15 +484,6 @@ pub async fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> 
     }
 }
 
-/// SIGTERM: what a service manager sends to stop the service.
-pub fn sigterm(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// The stored cursor of a model as (cursor value as timestamptz text, row key).
 pub async fn cursor(db: &TestDb, model: &str) -> Option<(String, Vec<String>)> {
     sqlx::query_as::<_, (String, Vec<String>)>(

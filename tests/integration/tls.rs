@@ -429,10 +429,10 @@ async fn run_check(db: &TestDb, url: &Secret) -> (i32, String) {
         &format!("url = \"{}\"", url.expose()),
     );
     std::fs::write(&path, text).unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
+    let mut cmd = binary();
     cmd.arg("--config").arg(&path).args(["check", "--offline"]);
     for (k, _) in std::env::vars() {
-        if k.starts_with("CAPI_SYNC_") || k == "DATABASE_URL" || k.starts_with("PGSSL") {
+        if k.starts_with("PGSSL") {
             cmd.env_remove(k);
         }
     }

@@ -77,13 +77,8 @@ async fn cli(db: &TestDb, graph_url: &str, models: &str, args: &[&str]) -> (i32,
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("capi-sync.toml");
     std::fs::write(&path, config_text(db, graph_url, "", models)).unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
+    let mut cmd = binary();
     cmd.arg("--config").arg(&path).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CAPI_SYNC_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
     let out = cmd
         .stdin(Stdio::null())
         .kill_on_drop(true)

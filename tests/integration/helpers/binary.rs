@@ -52,19 +52,35 @@ pub fn config_file(db: &TestDb, graph_url: &str, models_toml: &str, service: &st
 /// The binary with `--config config` and `args`, its output captured and no setting inherited
 /// from the environment of whoever runs the tests; it is killed if the test drops it.
 pub fn command(config: &Path, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
+    let mut cmd = binary();
     cmd.arg("--config").arg(config).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CAPI_SYNC_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
     cmd.env("RUST_LOG", "info,sqlx=warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// The binary, with no setting inherited from the environment of whoever runs the tests: it
+/// reads every `CAPI_SYNC_*` variable, and `DATABASE_URL`, as config.
+pub fn binary() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_capi-sync"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CAPI_SYNC_") || k == "DATABASE_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Sends SIGTERM to process `pid`, as an orchestrator stopping the service would.
+pub fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
 }
 
 /// Runs the binary to the end.
