@@ -153,6 +153,9 @@ impl StateStore {
 /// per event id (see the migration `ledger_hash_index`): `replace` first deletes the rows'
 /// ids, for a write that may repeat one already made (the cursor's transaction recording
 /// events whose early write failed, perhaps only on our side of the connection).
+/// The most bytes of `COPY` data handed to the driver at once (see [`record_deliveries`]).
+const COPY_PIECE_BYTES: usize = 256 << 10;
+
 pub(super) async fn record_deliveries(
     conn: &mut PgConnection,
     model: &str,
@@ -185,7 +188,12 @@ pub(super) async fn record_deliveries(
         .await?;
     let data = copy::deliveries(model, run_id, generation, parts);
     let mut copy_in = conn.copy_in_raw(copy::DELIVERIES_COPY).await?;
-    copy_in.send(data).await?;
+    // Sent in pieces: the driver copies what it is given into the connection's write buffer,
+    // which keeps its largest size for the connection's life. A write of 8,000 rows in one
+    // piece left a few megabytes held by each connection of the pool that ever wrote one.
+    for piece in data.chunks(COPY_PIECE_BYTES) {
+        copy_in.send(piece).await?;
+    }
     copy_in.finish().await?;
     Ok(())
 }

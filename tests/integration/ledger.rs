@@ -97,6 +97,49 @@ async fn settled_rows_land_in_the_ledger_field_for_field() {
     assert_eq!(cursor.row_key, vec!["b\t\"x\"".to_string(), "7".into()]);
 }
 
+/// A write of more `COPY` data than the driver is handed at once (256 KiB) goes in pieces,
+/// split wherever the bytes fall, mid-row included: every row must land whole.
+#[tokio::test]
+async fn a_write_larger_than_one_piece_lands_every_row_whole() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    // About 400 bytes of COPY data a row: 3,000 rows are near 1.2 MB, five pieces.
+    let written: Vec<Delivered> = (0..3000)
+        .map(|i| {
+            let key = format!("{i:06}-{}", "k".repeat(300));
+            let trace = format!("trace-{i}");
+            delivered(
+                &format!("id-{i:06}"),
+                &[&key, "ü"],
+                &format!("fp{i}"),
+                Some(&trace),
+            )
+        })
+        .collect();
+    store
+        .record_acknowledged("crm", run, &[&written], &MayBeRefused::new(false))
+        .await
+        .expect("one write");
+    let rows = ledger(&db).await;
+    let expected: Vec<LedgerRow> = written
+        .iter()
+        .map(|d| {
+            (
+                d.event_id.clone(),
+                d.row_key.clone(),
+                d.event_name.clone(),
+                d.fingerprint.clone(),
+                d.event_time,
+                d.fbtrace_id.as_deref().map(str::to_string),
+                run,
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 3000);
+    assert_eq!(rows, expected);
+}
+
 #[tokio::test]
 async fn an_event_id_already_in_the_ledger_is_updated_and_the_rest_of_the_stretch_recorded() {
     let db = TestDb::new().await;
