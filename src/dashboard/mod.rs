@@ -11,6 +11,7 @@
 pub mod actions;
 mod chart;
 mod lag;
+mod ledger_counts;
 mod pages;
 pub mod view;
 
@@ -47,6 +48,7 @@ pub struct Dashboard {
     requests: Option<RunRequests>,
     overview: Arc<OverviewCache>,
     lag: LagHistory,
+    ledger_counts: Arc<ledger_counts::LedgerCounts>,
 }
 
 #[derive(Default)]
@@ -66,6 +68,7 @@ impl Dashboard {
             requests,
             overview: Arc::default(),
             lag: LagHistory::default(),
+            ledger_counts: Arc::default(),
         }
     }
 
@@ -209,14 +212,22 @@ async fn model_page(
             d.ctx.config.service.expiring_within,
         )
         .await?;
-        let runs: Vec<RunView> = state
-            .recent_runs(&model.name, CHART_RUNS)
-            .await?
+        let records = state.recent_runs(&model.name, CHART_RUNS).await?;
+        let runs: Vec<RunView> = records
             .iter()
             .map(|r| RunView::from_json(&crate::report::run_json(r)))
             .collect();
         let refused = state.refused_rows(&model.name, REFUSED_SHOWN).await?;
-        let ledger = state.ledger_count(&model.name).await?;
+        let latest_run = records.first().map(|r| (r.id, r.finished_at.is_some()));
+        let ledger = d
+            .ledger_counts
+            .get(
+                &model.name,
+                latest_run,
+                Instant::now(),
+                state.ledger_count(&model.name),
+            )
+            .await?;
         let after_runs = state.lag_after_runs(&model.name, CHART_RUNS).await?;
         anyhow::Ok((status, runs, refused, ledger, after_runs))
     };

@@ -242,6 +242,11 @@ async fn run_now_with_the_token_queues_a_run_that_sends_the_rows() {
     }
     assert!(page.contains("data-chart=\"lag\""), "{page}");
     assert!(page.contains("<tr data-run="), "the run is listed: {page}");
+    // The ledger was counted (0) before the run; the run's end has it counted again.
+    assert!(
+        page.contains("data-field=\"ledger_events\" value=\"4\""),
+        "{page}"
+    );
     // The first measurement after the run is kept with it.
     let mut lag: Option<f64> = None;
     for _ in 0..150 {
@@ -257,6 +262,26 @@ async fn run_now_with_the_token_queues_a_run_that_sends_the_rows() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(lag.is_some_and(|l| l >= 0.0), "{lag:?}");
+}
+
+/// Each refresh of an open page does not count the ledger again: with no run started or
+/// ended since, the count made a moment ago is shown.
+#[tokio::test]
+async fn a_refresh_shows_the_ledger_count_made_moments_before() {
+    let s = service("").await;
+    let ledger_field = |n: i64| format!("data-field=\"ledger_events\" value=\"{n}\"");
+    let (_, page) = get(&format!("{}/models/leads", s.dashboard())).await;
+    assert!(page.contains(&ledger_field(0)), "{page}");
+    // A row that reached the ledger without a run of this service (another process).
+    sqlx::query(
+        "INSERT INTO capi_sync.deliveries (model, event_id, row_key, event_name, fingerprint, event_time) \
+         VALUES ('leads', 'e-1', '{1}', 'Lead', 'f', now())",
+    )
+    .execute(&s.db.pool)
+    .await
+    .expect("a ledger row");
+    let (_, page) = get(&format!("{}/models/leads", s.dashboard())).await;
+    assert!(page.contains(&ledger_field(0)), "counted again: {page}");
 }
 
 #[tokio::test]
