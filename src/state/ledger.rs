@@ -149,13 +149,13 @@ impl StateStore {
     }
 }
 
+/// The most bytes of `COPY` data handed to the driver at once (see [`record_deliveries`]).
+const COPY_PIECE_BYTES: usize = 256 << 10;
+
 /// Appends ledger rows with one binary `COPY`. The ledger's index does not enforce one row
 /// per event id (see the migration `ledger_hash_index`): `replace` first deletes the rows'
 /// ids, for a write that may repeat one already made (the cursor's transaction recording
 /// events whose early write failed, perhaps only on our side of the connection).
-/// The most bytes of `COPY` data handed to the driver at once (see [`record_deliveries`]).
-const COPY_PIECE_BYTES: usize = 256 << 10;
-
 pub(super) async fn record_deliveries(
     conn: &mut PgConnection,
     model: &str,
