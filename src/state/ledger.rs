@@ -112,15 +112,11 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         record_deliveries(&mut tx, model, run_id, generation, parts, false).await?;
-        let clear = clear_refused.keep(
-            parts
-                .iter()
-                .flat_map(|p| p.iter())
-                .map(|d| d.row_key.as_slice()),
-        );
-        if !clear.is_empty() {
-            clear_refusals(&mut tx, model, clear.into_iter()).await?;
-        }
+        let delivered = parts
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|d| d.row_key.as_slice());
+        clear_refusals(&mut tx, model, clear_refused, delivered).await?;
         tx.commit().await?;
         Ok(())
     }

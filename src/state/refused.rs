@@ -83,13 +83,19 @@ impl StateStore {
     }
 }
 
-/// A row that was refused before and is now delivered is no longer refused.
+/// A row that was refused before and is now delivered is no longer refused: the refusals of
+/// the delivered rows that `may_be` says may have one are deleted (no statement when none may).
 pub(super) async fn clear_refusals<'a>(
     conn: &mut PgConnection,
     model: &str,
-    keys: impl Iterator<Item = &'a [String]> + Clone,
+    may_be: &MayBeRefused,
+    delivered: impl Iterator<Item = &'a [String]>,
 ) -> Result<()> {
-    let (keys, key_expr) = key_param(keys);
+    let kept = may_be.keep(delivered);
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let (keys, key_expr) = key_param(kept.into_iter());
     // One primary-key probe per key; restored after, as other statements follow in the
     // cursor's transaction.
     let before = key_probes_only(&mut *conn).await?;

@@ -66,10 +66,8 @@ impl StateStore {
             .await?;
         }
         if let Some(may_be) = &settlement.clear_refused {
-            let keys = may_be.keep(settlement.delivered_keys().map(|k| k.as_slice()));
-            if !keys.is_empty() {
-                clear_refusals(&mut tx, model, keys.into_iter()).await?;
-            }
+            let delivered = settlement.delivered_keys().map(|k| k.as_slice());
+            clear_refusals(&mut tx, model, may_be, delivered).await?;
         }
         if !settlement.refused.is_empty() {
             let r = &settlement.refused;
