@@ -240,6 +240,15 @@ pub async fn make_too_old(db: &TestDb, id: i64) {
         .unwrap();
 }
 
+/// Moves every lead's cursor to now, as if each row had changed: the next run reads them all
+/// again.
+pub async fn change_every_lead(db: &TestDb) {
+    sqlx::query("UPDATE crm.leads SET updated_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
 /// Whether our state schema was created (a command that only reads must not create it).
 pub async fn state_table_exists(db: &TestDb) -> bool {
     sqlx::query_scalar("SELECT to_regclass('capi_sync.runs') IS NOT NULL")

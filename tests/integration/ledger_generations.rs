@@ -243,10 +243,7 @@ async fn rows_read_again_are_found_in_whichever_generation_holds_them() {
         "batches of 5 spread over generations: {:?}",
         generations(&db).await
     );
-    sqlx::query("UPDATE crm.leads SET updated_at = now()")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    change_every_lead(&db).await;
     let second = sync(&ctx, "leads").await;
     assert_eq!(second.counters.events_sent, 0, "{second:?}");
     assert_eq!(second.counters.rows_already_sent, 23, "{second:?}");

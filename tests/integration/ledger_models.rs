@@ -28,10 +28,7 @@ async fn rows_read_again_after_the_first_run_are_found_in_the_ledger() {
     let first = sync(&ctx, "leads").await;
     assert_eq!(first.counters.events_sent, 3);
     // The rows change and are read again: the ledger, marked by the first run, knows them.
-    sqlx::query("UPDATE crm.leads SET updated_at = now()")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    change_every_lead(&db).await;
     let second = sync(&ctx, "leads").await;
     assert_eq!(second.counters.events_sent, 0, "{second:?}");
     assert_eq!(second.counters.rows_already_sent, 3, "{second:?}");
