@@ -180,6 +180,10 @@ pub struct SandboxArgs {
     /// Seed for the fault rates.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Answer JSON events requests with their event count only, without validating the
+    /// events: an endpoint that costs next to nothing, for benchmarks of the sender.
+    #[arg(long)]
+    pub count_only: bool,
 }
 
 impl SandboxArgs {
@@ -199,6 +203,7 @@ impl SandboxArgs {
                 usage_percent: 0,
             },
             keep_in_memory: false,
+            count_only: self.count_only,
         }
     }
 }

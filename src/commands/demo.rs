@@ -58,6 +58,7 @@ pub async fn run(serve: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<
             record: Some(record.clone()),
             faults: Default::default(),
             keep_in_memory: false,
+            count_only: false,
         },
     )
     .await

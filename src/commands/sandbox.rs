@@ -12,6 +12,11 @@ pub async fn run(host: &str, port: u16, config: SandboxConfig) -> anyhow::Result
         .with_context(|| format!("`{host}:{port}` is not an address to listen on"))?;
     let cancel = crate::app::shutdown_token();
     tracing::info!(%addr, record = ?config.record, "sandbox listening; point meta.graph_url at http://{addr}");
+    if config.count_only {
+        tracing::warn!(
+            "sandbox counts events without validating them (--count-only): for benchmarks only"
+        );
+    }
     serve(addr, config, cancel)
         .await
         .with_context(|| format!("while serving the sandbox on {addr}"))?;

@@ -87,6 +87,7 @@ pub async fn start_sandbox(faults: Faults) -> SandboxHandle {
             record: None,
             faults,
             keep_in_memory: true,
+            count_only: false,
         },
     )
     .await

@@ -65,6 +65,7 @@
 //! `{"id": "<id>"}`: the request `capi-sync check` makes to prove the token works without
 //! creating an event. A missing or wrong token gets the same 401/190 as a POST.
 
+mod count_only;
 mod currency;
 mod error;
 mod faults;
@@ -99,6 +100,11 @@ pub struct SandboxConfig {
     pub faults: Faults,
     /// Keep accepted events in memory for [`SandboxHandle::events`] (tests; off for the CLI).
     pub keep_in_memory: bool,
+    /// Answer every authenticated JSON events request with its count of `data` entries,
+    /// without validating the events: for benchmarks that
+    /// measure the sender, with an endpoint that costs next to nothing. Never for tests of what
+    /// is sent.
+    pub count_only: bool,
 }
 
 impl std::fmt::Debug for SandboxConfig {
@@ -108,6 +114,7 @@ impl std::fmt::Debug for SandboxConfig {
             .field("record", &self.record)
             .field("faults", &self.faults)
             .field("keep_in_memory", &self.keep_in_memory)
+            .field("count_only", &self.count_only)
             .finish()
     }
 }
@@ -248,6 +255,7 @@ pub async fn start(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<S
         faults: faults::FaultState::new(config.faults),
         recorder,
         keep_in_memory: config.keep_in_memory,
+        count_only: config.count_only,
         events: Mutex::new(Vec::new()),
         counters: Default::default(),
         last_test_event_code: Mutex::new(None),

@@ -71,6 +71,8 @@ pub(super) struct Shared {
     pub faults: FaultState,
     pub recorder: Option<Recorder>,
     pub keep_in_memory: bool,
+    /// See [`super::SandboxConfig::count_only`].
+    pub count_only: bool,
     pub events: Mutex<Vec<Value>>,
     pub counters: Counters,
     /// The `test_event_code` of the last accepted request that had one.
@@ -409,6 +411,9 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
         Err(e) => return Outcome::Reject(e),
     };
     let bearer = request::bearer_token(&parts.headers);
+    if shared.count_only && kind == request::BodyKind::Json {
+        return count_only(shared, faults, &body, bearer, parts.uri.query());
+    }
     // Body errors (syntax, unknown top-level keys) are answered before authentication: they
     // reveal nothing, and a token inside an undecodable body could not be read anyway.
     let params = match request::decode(parts.uri.query(), kind, boundary.as_deref(), &body, bearer)
@@ -494,6 +499,52 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
         test_event_code = is_test,
         "sandbox: events accepted"
     );
+    Outcome::Accept { events: n, drop }
+}
+
+/// A JSON events request under `count_only`: authenticated like any other, then accepted
+/// with its count of `data` entries, the events themselves unread.
+fn count_only(
+    shared: &Shared,
+    faults: &super::Faults,
+    body: &[u8],
+    bearer: Option<String>,
+    query: Option<&str>,
+) -> Outcome {
+    let Some(counted) = super::count_only::count(body) else {
+        return Outcome::Reject(GraphError::invalid_parameter(
+            "Request body must be a JSON object",
+        ));
+    };
+    let tokens: Vec<String> = counted
+        .access_token
+        .into_iter()
+        .chain(bearer)
+        .chain(request::query_token(query))
+        .collect();
+    if tokens.is_empty() || !tokens.iter().all(|t| shared.token_ok(t)) {
+        return Outcome::Reject(GraphError::invalid_token());
+    }
+    let Some(n) = counted.events.filter(|n| *n > 0) else {
+        return Outcome::Reject(GraphError::invalid_parameter(
+            "The parameter data is required and must be a non-empty array",
+        ));
+    };
+    let accepted_so_far = shared.counters.accepted_requests.load(Ordering::SeqCst);
+    let (injected, drop) = shared.faults.decide(faults, accepted_so_far);
+    match injected {
+        Injected::Fail => return Outcome::Fail,
+        Injected::Throttle => return Outcome::Throttle,
+        Injected::None => {}
+    }
+    shared
+        .counters
+        .accepted_requests
+        .fetch_add(1, Ordering::SeqCst);
+    shared
+        .counters
+        .events_accepted
+        .fetch_add(n as u64, Ordering::SeqCst);
     Outcome::Accept { events: n, drop }
 }
 

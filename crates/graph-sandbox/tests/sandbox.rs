@@ -596,3 +596,49 @@ async fn get_of_the_pixel_with_a_wrong_token_is_refused_with_code_190() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], 190);
 }
+
+#[tokio::test]
+async fn count_only_accepts_unvalidated_events_by_count_but_still_checks_the_token() {
+    let sb = start(
+        local(),
+        SandboxConfig {
+            token: Some(TOKEN.into()),
+            keep_in_memory: true,
+            count_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    // An unhashed email would be refused by the full validation; counted, it is accepted.
+    let unhashed = json!({"event_name": "Lead", "user_data": {"em": ["a@b.c"]}});
+    let resp = client
+        .post(url(&sb))
+        .json(&json!({"data": [unhashed, event("b"), event("c")], "access_token": TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["events_received"], 3);
+    let wrong = client
+        .post(url(&sb))
+        .json(&json!({"data": [event("d")], "access_token": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let empty = client
+        .post(url(&sb))
+        .bearer_auth(TOKEN)
+        .json(&json!({"data": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 400);
+    let stats = sb.stats();
+    assert_eq!((stats.accepted_requests, stats.events_accepted), (1, 3));
+    // Counted events are not kept: the mode is for benchmarks, not for checking what was sent.
+    assert!(sb.events().is_empty());
+}

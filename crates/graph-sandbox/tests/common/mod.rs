@@ -44,6 +44,7 @@ pub async fn sandbox_with(faults: Faults, record: Option<PathBuf>) -> SandboxHan
             record,
             faults,
             keep_in_memory: true,
+            count_only: false,
         },
     )
     .await
