@@ -38,6 +38,7 @@ mod many_models;
 mod privacy;
 mod proxy;
 mod quality;
+mod refusal_probes;
 mod results_views;
 mod run_observer;
 mod shapes;

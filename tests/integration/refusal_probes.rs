@@ -1,0 +1,157 @@
+//! Finding refusals by row key stays one primary-key probe per key, however stale the
+//! statistics of `refused_rows` (a run refuses rows far faster than autovacuum analyzes them).
+//! Read back from the primary key's own counters: a plan that read the model's refusals and
+//! compared each with every key reads each refusal once per statement, where probes read only
+//! the refusals that match.
+
+use crate::helpers::TestDb;
+use capi_sync::config::Secret;
+use capi_sync::state::{
+    Delivered, MayBeRefused, RefusedRow, RunCounters, Settlement, StateLimits, StateStore,
+};
+
+const REFUSED: usize = 2_000;
+const DELIVERED: usize = 1_000;
+
+/// A store whose pool is one session, so the test's own statements run on the session that
+/// ran the store's (and can flush its statistics); `refused_rows` is never analyzed.
+async fn one_session_store(db: &TestDb) -> StateStore {
+    let store = StateStore::connect_with_pool(
+        &Secret::new(db.url.clone()),
+        "capi_sync",
+        &StateLimits::default(),
+        1,
+    )
+    .await
+    .expect("connect");
+    store.migrate().await.expect("migrate");
+    sqlx::query("ALTER TABLE capi_sync.refused_rows SET (autovacuum_enabled = false)")
+        .execute(store.pool())
+        .await
+        .expect("no analyze");
+    store
+}
+
+/// Refuses rows r0..r1999 in one settled stretch; returns the run.
+async fn refuse_many(store: &StateStore) -> i64 {
+    let run = store.start_run("crm", "manual").await.expect("run");
+    let refused = (0..REFUSED)
+        .map(|i| RefusedRow {
+            row_key: vec![format!("r{i}")],
+            event_id: None,
+            reason: "event_time_too_old".into(),
+            detail: "event_time is more than 7 days old".into(),
+            meta_code: None,
+            meta_subcode: None,
+            cursor_value: None,
+        })
+        .collect();
+    let settlement = Settlement {
+        refused,
+        ..Default::default()
+    };
+    store
+        .settle("crm", run, &settlement, &RunCounters::default())
+        .await
+        .expect("refusals settle");
+    run
+}
+
+/// Index scans and index entries read of `refused_rows`'s primary key so far, this session's
+/// own counts included.
+async fn pkey_reads(store: &StateStore) -> (i64, i64) {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(store.pool())
+        .await
+        .expect("flush");
+    sqlx::query_as(
+        "SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes
+         WHERE schemaname = 'capi_sync' AND indexrelname = 'refused_rows_pkey'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("index counters")
+}
+
+/// Rows d0..d999 delivered, and among them `refused_too` of the refused rows.
+fn delivered(refused_too: usize) -> Vec<Delivered> {
+    (0..DELIVERED)
+        .map(|i| format!("d{i}"))
+        .chain((0..refused_too).map(|i| format!("r{i}")))
+        .map(|key| Delivered {
+            event_id: format!("{key:0>32}"),
+            row_key: vec![key],
+            event_name: "Lead".into(),
+            event_time: 1_764_000_000,
+            fingerprint: "f".into(),
+            fbtrace_id: None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn clearing_the_refusals_of_delivered_rows_probes_each_key() {
+    let db = TestDb::new().await;
+    let store = one_session_store(&db).await;
+    let run = refuse_many(&store).await;
+    let (scans, read) = pkey_reads(&store).await;
+
+    // The model held refusals before the run: every delivered row may clear one.
+    let rows = delivered(5);
+    store
+        .record_acknowledged("crm", run, &[&rows], &MayBeRefused::new(true))
+        .await
+        .expect("recorded");
+
+    let (scans_after, read_after) = pkey_reads(&store).await;
+    assert!(
+        scans_after - scans >= rows.len() as i64,
+        "{} index scans for {} keys",
+        scans_after - scans,
+        rows.len()
+    );
+    assert!(
+        read_after - read <= 10,
+        "{} refusals read to clear 5 of them",
+        read_after - read
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.refused_rows")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, (REFUSED - 5) as i64);
+    let cleared: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM capi_sync.refused_rows WHERE row_key[1] IN ('r0','r1','r2','r3','r4')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("count");
+    assert_eq!(cleared, 0);
+}
+
+#[tokio::test]
+async fn looking_up_which_rows_are_refused_probes_each_key() {
+    let db = TestDb::new().await;
+    let store = one_session_store(&db).await;
+    refuse_many(&store).await;
+    let (scans, read) = pkey_reads(&store).await;
+
+    let keys: Vec<Vec<String>> = (0..DELIVERED)
+        .map(|i| vec![format!("d{i}")])
+        .chain((0..3).map(|i| vec![format!("r{i}")]))
+        .collect();
+    let found = store.refused_among("crm", &keys).await.expect("looked up");
+
+    let (scans_after, read_after) = pkey_reads(&store).await;
+    assert_eq!(
+        found,
+        (0..3).map(|i| vec![format!("r{i}")]).collect(),
+        "exactly the refused keys"
+    );
+    assert!(scans_after - scans >= keys.len() as i64);
+    assert!(
+        read_after - read <= 6,
+        "{} refusals read to find 3",
+        read_after - read
+    );
+}
