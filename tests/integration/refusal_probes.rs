@@ -155,3 +155,61 @@ async fn looking_up_which_rows_are_refused_probes_each_key() {
         read_after - read
     );
 }
+
+#[tokio::test]
+async fn refusals_of_composite_keys_are_cleared_key_by_key_and_exactly() {
+    let db = TestDb::new().await;
+    let store = one_session_store(&db).await;
+    let run = store.start_run("crm", "manual").await.expect("run");
+    // Keys of two columns, two that differ only in where the parts split.
+    let key = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+    let refused_keys = [
+        key("s1", "1"),
+        key("s", "11"),
+        key("s2", "1"),
+        key("s3", "x"),
+    ];
+    let settlement = Settlement {
+        refused: refused_keys
+            .iter()
+            .map(|k| RefusedRow {
+                row_key: k.clone(),
+                event_id: None,
+                reason: "customer_information_too_broad".into(),
+                detail: "only location fields".into(),
+                meta_code: None,
+                meta_subcode: None,
+                cursor_value: None,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    store
+        .settle("crm", run, &settlement, &RunCounters::default())
+        .await
+        .expect("refusals settle");
+    let (scans, _) = pkey_reads(&store).await;
+
+    let rows: Vec<Delivered> = [key("s1", "1"), key("s3", "x"), key("s9", "9")]
+        .into_iter()
+        .enumerate()
+        .map(|(i, row_key)| Delivered {
+            event_id: format!("{i:0>32}"),
+            row_key,
+            event_name: "Purchase".into(),
+            event_time: 1_764_000_000,
+            fingerprint: "f".into(),
+            fbtrace_id: None,
+        })
+        .collect();
+    store
+        .record_acknowledged("crm", run, &[&rows], &MayBeRefused::new(true))
+        .await
+        .expect("recorded");
+
+    let (scans_after, _) = pkey_reads(&store).await;
+    assert!(scans_after - scans >= 3, "one probe per delivered key");
+    let mut left = store.refused_keys("crm").await.expect("refused keys");
+    left.sort();
+    assert_eq!(left, vec![key("s", "11"), key("s2", "1")]);
+}
