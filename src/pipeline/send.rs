@@ -135,9 +135,20 @@ impl BatchSender {
             // `sink::classify`): Meta rejects a whole request for one invalid event, so we
             // split until each bad event stands alone (about log2(n) extra requests each).
             // Any other failure stops the batch with nothing refused.
-            let mut stack: Vec<Vec<usize>> = vec![all];
-            while let Some(part) = stack.pop() {
+            let mut stack: Vec<Part> = vec![Part::whole(all)];
+            while let Some(Part {
+                events: part,
+                holds_invalid,
+                first_half,
+            }) = stack.pop()
+            {
                 if part.is_empty() {
+                    continue;
+                }
+                if holds_invalid && part.len() > 1 {
+                    // Its whole was rejected and the other half accepted: the invalid event
+                    // is in here, and sending it whole would only be rejected again.
+                    Part::split(&part, &mut stack);
                     continue;
                 }
                 let body = if part.len() == spans.len() {
@@ -153,15 +164,19 @@ impl BatchSender {
                         for &i in &part {
                             acked[i] = Some(trace.clone());
                         }
+                        if first_half {
+                            // The second half of the same rejected whole is next.
+                            if let Some(second) = stack.last_mut() {
+                                second.holds_invalid = true;
+                            }
+                        }
                     }
                     Err(err) if err.class() == ErrorClass::Invalid => {
                         if part.len() == 1 {
                             let e = &batch.events[part[0]];
                             result.meta_refused.push(meta_refusal(e, &err));
                         } else {
-                            let (a, b) = part.split_at(part.len() / 2);
-                            stack.push(b.to_vec());
-                            stack.push(a.to_vec());
+                            Part::split(&part, &mut stack);
                         }
                     }
                     Err(err) => {
@@ -304,6 +319,36 @@ impl BatchSender {
                 }
             }
         }
+    }
+}
+
+/// Events of a batch to send in one request while bisecting a rejected one.
+struct Part {
+    events: Vec<usize>,
+    /// Known to hold an event Meta finds invalid (its whole was rejected, the other half
+    /// accepted).
+    holds_invalid: bool,
+    /// The first half of a rejected whole: its second half lies under it on the stack.
+    first_half: bool,
+}
+
+impl Part {
+    fn whole(events: Vec<usize>) -> Part {
+        Part {
+            events,
+            holds_invalid: false,
+            first_half: false,
+        }
+    }
+
+    /// Pushes the halves of a rejected part, the first half on top.
+    fn split(events: &[usize], stack: &mut Vec<Part>) {
+        let (a, b) = events.split_at(events.len() / 2);
+        stack.push(Part::whole(b.to_vec()));
+        stack.push(Part {
+            first_half: true,
+            ..Part::whole(a.to_vec())
+        });
     }
 }
 

@@ -350,6 +350,38 @@ async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() 
 }
 
 #[tokio::test]
+async fn a_half_is_not_sent_whole_when_its_other_half_was_accepted() {
+    let db = TestDb::new().await;
+    seed_leads(
+        &db.pool,
+        64,
+        "now() - interval '1 hour' + g * interval '1 second'",
+        "now() - interval '2 hours'",
+    )
+    .await;
+    // The batch's last event: every first half is accepted, so every second half holds it.
+    let bad = capi_sync::mapping::derive_event_id("leads", &["64".to_string()], "Lead");
+    let sandbox = start_sandbox(Faults {
+        reject_event_ids: [bad.clone()].into_iter().collect(),
+        ..Default::default()
+    })
+    .await;
+    let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
+    let run = sync(&ctx, "leads").await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(run.counters.events_sent, 63);
+    assert_eq!(
+        run.counters.refused_by_reason.get("rejected_by_meta"),
+        Some(&1)
+    );
+    // The whole batch, the six first halves (32, 16, 8, 4, 2, 1 events) and the bad event
+    // alone; sending each second half whole as well would take six more.
+    assert_eq!(run.counters.requests, 8);
+    assert_eq!(sandbox.stats().rejected_requests, 2);
+    assert!(!event_id_counts(&sandbox.events()).contains_key(&bad));
+}
+
+#[tokio::test]
 async fn a_column_that_maps_to_nothing_fails_the_run_naming_model_and_column() {
     let db = TestDb::new().await;
     seed_leads(&db.pool, 2, "now()", "now() - interval '1 hour'").await;
