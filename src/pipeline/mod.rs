@@ -278,7 +278,6 @@ async fn run_inner(
     let chunk = model.batch_size.max(100);
     let (reader, rx_rows) =
         read::start_reader(ctx, model, opts, &query, chunk, &mut summary.counters).await?;
-    let clear_refused = may_hold_refusals(ctx, model, opts.mode).await?;
     let mut assembler = BatchAssembler::new(
         model,
         plan.maps_event_id(),
@@ -290,9 +289,16 @@ async fn run_inner(
     let (mapper, mut rx_mapped) =
         map_stage::start(ctx, &model.name, opts.mode, plan, rx_rows).await?;
     // Which delivered rows may have a refusal to clear, shared by the ledger writer and the
-    // settler: every row when the model had refusals as the run started, else those this run
-    // refuses.
-    let refusals = std::sync::Arc::new(crate::state::MayBeRefused::new(clear_refused));
+    // settler: the model's refusals as the run started and those this run adds.
+    let refusals = std::sync::Arc::new(
+        ctx.state
+            .may_be_refused(
+                &model.name,
+                opts.mode == RunMode::RetryRefused,
+                crate::state::REFUSALS_FILTERED_AT_MOST,
+            )
+            .await?,
+    );
     let ledger = run_id.map(|run_id| {
         LedgerWriter::start(
             ctx.state.clone(),
@@ -371,17 +377,6 @@ async fn run_inner(
         Some(Stop::Shutdown) => Ok(RunStatus::Cancelled),
         None => Ok(status),
     }
-}
-
-/// Whether the model may hold refusals that this run's deliveries clear: deliveries clear
-/// earlier refusals of the same rows, and when the model has none (the usual backfill), that
-/// statement is skipped.
-async fn may_hold_refusals(
-    ctx: &SyncContext,
-    model: &ModelConfig,
-    mode: RunMode,
-) -> Result<bool, RunError> {
-    Ok(mode == RunMode::RetryRefused || ctx.state.has_refused(&model.name).await?)
 }
 
 /// The next mapped chunk: `Ok(None)` once the read is done, `Err(None)` on shutdown, and

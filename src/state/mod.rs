@@ -17,7 +17,7 @@ pub use lock_keeper::ModelLock;
 pub use locks::LockProof;
 
 pub use quality::{LatestQuality, QualityFetch, QualityScore};
-pub use refused::MayBeRefused;
+pub use refused::{MayBeRefused, REFUSALS_FILTERED_AT_MOST};
 pub use report::CursorRecord;
 
 use crate::config::Secret;

@@ -213,3 +213,68 @@ async fn refusals_of_composite_keys_are_cleared_key_by_key_and_exactly() {
     left.sort();
     assert_eq!(left, vec![key("s", "11"), key("s2", "1")]);
 }
+
+/// A run of a model that already holds refusals: the keys it delivers are looked up only
+/// where they may be refused, and those refusals are still cleared.
+#[tokio::test]
+async fn a_run_reads_the_models_refusals_and_probes_only_keys_that_may_be_among_them() {
+    let db = TestDb::new().await;
+    let store = one_session_store(&db).await;
+    let run = refuse_many(&store).await;
+    let may_be = store
+        .may_be_refused("crm", false, capi_sync::state::REFUSALS_FILTERED_AT_MOST)
+        .await
+        .expect("refusals read");
+    let (scans, _) = pkey_reads(&store).await;
+
+    let rows = delivered(5);
+    store
+        .record_acknowledged("crm", run, &[&rows], &may_be)
+        .await
+        .expect("recorded");
+
+    let (scans_after, _) = pkey_reads(&store).await;
+    // The five refused keys, and a false positive or two of the filter at most.
+    assert!(
+        (5..=10).contains(&(scans_after - scans)),
+        "{} index scans for 5 refused keys among {}",
+        scans_after - scans,
+        rows.len()
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM capi_sync.refused_rows")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, (REFUSED - 5) as i64);
+}
+
+#[tokio::test]
+async fn past_the_limit_or_for_retry_every_delivered_row_is_looked_up() {
+    let db = TestDb::new().await;
+    let store = one_session_store(&db).await;
+    let run = refuse_many(&store).await;
+    for may_be in [
+        store.may_be_refused("crm", false, REFUSED - 1).await,
+        store.may_be_refused("crm", true, REFUSED).await,
+    ] {
+        let may_be = may_be.expect("refusals read");
+        let (scans, _) = pkey_reads(&store).await;
+        let rows = delivered(0);
+        store
+            .record_acknowledged("crm", run, &[&rows[..100]], &may_be)
+            .await
+            .expect("recorded");
+        let (scans_after, _) = pkey_reads(&store).await;
+        assert!(scans_after - scans >= 100, "{may_be:?}");
+        sqlx::query("DELETE FROM capi_sync.deliveries")
+            .execute(store.pool())
+            .await
+            .expect("ledger emptied for the next pass");
+    }
+    // Exactly at the limit, the refusals are read.
+    let may_be = store
+        .may_be_refused("crm", false, REFUSED)
+        .await
+        .expect("refusals read");
+    assert!(!format!("{may_be:?}").contains("every_row: true"));
+}

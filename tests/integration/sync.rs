@@ -195,6 +195,47 @@ async fn a_row_older_than_the_window_is_refused_and_later_rows_still_go() {
     assert_eq!(cursor, vec!["5".to_string()]);
 }
 
+/// The next run reads the model's refusals into its filter: the fixed row it delivers loses
+/// its refusal, the rows it delivers beside it were never refused.
+#[tokio::test]
+async fn a_refused_row_fixed_later_is_delivered_by_the_next_run_and_no_longer_refused() {
+    let db = TestDb::new().await;
+    seed_leads(
+        &db.pool,
+        5,
+        "now() - interval '1 hour' + g * interval '1 second'",
+        "now() - interval '2 hours'",
+    )
+    .await;
+    let too_old = "UPDATE crm.leads SET happened_at = now() - interval '9 days' WHERE id IN (2, 3)";
+    sqlx::query(too_old).execute(&db.pool).await.unwrap();
+    let sandbox = start_sandbox(Faults::default()).await;
+    let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
+    let run = sync(&ctx, "leads").await;
+    assert_eq!(run.counters.events_sent, 3);
+
+    // Row 2 is fixed; rows 4 and 5 change too. Row 3 stays too old.
+    sqlx::query(
+        "UPDATE crm.leads SET updated_at = now(),
+                happened_at = CASE WHEN id = 2 THEN now() - interval '2 hours' ELSE happened_at END
+         WHERE id IN (2, 4, 5)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let run = sync(&ctx, "leads").await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(
+        run.counters.events_sent, 1,
+        "row 2; rows 4 and 5 were sent before"
+    );
+    let left: Vec<Vec<String>> = sqlx::query_scalar("SELECT row_key FROM capi_sync.refused_rows")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![vec!["3".to_string()]]);
+}
+
 #[tokio::test]
 async fn an_http_failure_mid_run_leaves_the_cursor_at_the_last_acknowledged_batch() {
     let db = TestDb::new().await;
