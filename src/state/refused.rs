@@ -224,9 +224,10 @@ fn key_param<'a>(keys: impl Iterator<Item = &'a [String]> + Clone) -> (Vec<Strin
     }
 }
 
-/// The rows of a run that may have a refusal in `refused_rows`: every row, when the model had
-/// refusals as the run started; otherwise only the rows this run refused, remembered in a
-/// Bloom filter of their keys (no false negatives; a false positive only deletes nothing).
+/// The rows of a run that may have a refusal in `refused_rows`: the model's refusals as the
+/// run started ([`StateStore::may_be_refused`]) and the rows this run refused, remembered in a
+/// Bloom filter of their keys (no false negatives; a false positive only deletes nothing); or
+/// every row (`retry`, or a model with more refusals than the filter is meant for).
 ///
 /// Clearing refusals is a lookup per row key, and a run that refused any row used to clear
 /// them for every row it delivered after: in a 5M-row backfill refusing 2% of its rows, those
