@@ -349,8 +349,16 @@ async fn a_slow_model_query_hits_the_statement_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
 
-#[tokio::test]
-async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() {
+/// One batch of 64 leads, the event of row `bad_row` rejected by Meta: the run, the sandbox,
+/// the database and the bad event's id, with every other event delivered.
+async fn sync_64_leads_rejecting(
+    bad_row: &str,
+) -> (
+    capi_sync::pipeline::RunSummary,
+    capi_sync::sandbox::SandboxHandle,
+    TestDb,
+    String,
+) {
     let db = TestDb::new().await;
     seed_leads(
         &db.pool,
@@ -359,7 +367,7 @@ async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() 
         "now() - interval '2 hours'",
     )
     .await;
-    let bad = capi_sync::mapping::derive_event_id("leads", &["17".to_string()], "Lead");
+    let bad = capi_sync::mapping::derive_event_id("leads", &[bad_row.to_string()], "Lead");
     let sandbox = start_sandbox(Faults {
         reject_event_ids: [bad.clone()].into_iter().collect(),
         ..Default::default()
@@ -373,6 +381,13 @@ async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() 
         run.counters.refused_by_reason.get("rejected_by_meta"),
         Some(&1)
     );
+    assert!(!event_id_counts(&sandbox.events()).contains_key(&bad));
+    (run, sandbox, db, bad)
+}
+
+#[tokio::test]
+async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() {
+    let (run, _sandbox, db, bad) = sync_64_leads_rejecting("17").await;
     // 1 whole-batch request, then a bisection down to the bad event: about 2*log2(64).
     assert!(
         run.counters.requests <= 1 + 2 * 6,
@@ -387,39 +402,16 @@ async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() 
             .unwrap();
     assert_eq!(reason, "rejected_by_meta");
     assert_eq!(code, Some(100));
-    assert!(!event_id_counts(&sandbox.events()).contains_key(&bad));
 }
 
 #[tokio::test]
 async fn a_half_is_not_sent_whole_when_its_other_half_was_accepted() {
-    let db = TestDb::new().await;
-    seed_leads(
-        &db.pool,
-        64,
-        "now() - interval '1 hour' + g * interval '1 second'",
-        "now() - interval '2 hours'",
-    )
-    .await;
     // The batch's last event: every first half is accepted, so every second half holds it.
-    let bad = capi_sync::mapping::derive_event_id("leads", &["64".to_string()], "Lead");
-    let sandbox = start_sandbox(Faults {
-        reject_event_ids: [bad.clone()].into_iter().collect(),
-        ..Default::default()
-    })
-    .await;
-    let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
-    let run = sync(&ctx, "leads").await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
-    assert_eq!(run.counters.events_sent, 63);
-    assert_eq!(
-        run.counters.refused_by_reason.get("rejected_by_meta"),
-        Some(&1)
-    );
+    let (run, sandbox, _db, _bad) = sync_64_leads_rejecting("64").await;
     // The whole batch, the six first halves (32, 16, 8, 4, 2, 1 events) and the bad event
     // alone; sending each second half whole as well would take six more.
     assert_eq!(run.counters.requests, 8);
     assert_eq!(sandbox.stats().rejected_requests, 2);
-    assert!(!event_id_counts(&sandbox.events()).contains_key(&bad));
 }
 
 #[tokio::test]

@@ -443,13 +443,10 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
         Err(e) => return Outcome::Reject(e),
     };
 
-    let accepted_so_far = shared.counters.accepted_requests.load(Ordering::SeqCst);
-    let (injected, drop) = shared.faults.decide(faults, accepted_so_far);
-    match injected {
-        Injected::Fail => return Outcome::Fail,
-        Injected::Throttle => return Outcome::Throttle,
-        Injected::None => {}
-    }
+    let drop = match injected_fault(shared, faults) {
+        Ok(drop) => drop,
+        Err(outcome) => return outcome,
+    };
 
     let now = chrono::Utc::now().timestamp();
     if let Err(e) = validate_batch(&events, now, &|id| faults.rejects_event(id)) {
@@ -486,6 +483,28 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = test_event_code;
     }
+    count_accepted(shared, n);
+    tracing::debug!(
+        events = n,
+        test_event_code = is_test,
+        "sandbox: events accepted"
+    );
+    Outcome::Accept { events: n, drop }
+}
+
+/// The fault injected into a request about to be accepted: `Err` with the answer to give
+/// instead, or whether to drop the acknowledgement.
+fn injected_fault(shared: &Shared, faults: &super::Faults) -> Result<bool, Outcome> {
+    let accepted_so_far = shared.counters.accepted_requests.load(Ordering::SeqCst);
+    let (injected, drop) = shared.faults.decide(faults, accepted_so_far);
+    match injected {
+        Injected::Fail => Err(Outcome::Fail),
+        Injected::Throttle => Err(Outcome::Throttle),
+        Injected::None => Ok(drop),
+    }
+}
+
+fn count_accepted(shared: &Shared, events: usize) {
     shared
         .counters
         .accepted_requests
@@ -493,13 +512,7 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
     shared
         .counters
         .events_accepted
-        .fetch_add(n as u64, Ordering::SeqCst);
-    tracing::debug!(
-        events = n,
-        test_event_code = is_test,
-        "sandbox: events accepted"
-    );
-    Outcome::Accept { events: n, drop }
+        .fetch_add(events as u64, Ordering::SeqCst);
 }
 
 /// A JSON events request under `count_only`: authenticated like any other, then accepted
@@ -530,21 +543,11 @@ fn count_only(
             "The parameter data is required and must be a non-empty array",
         ));
     };
-    let accepted_so_far = shared.counters.accepted_requests.load(Ordering::SeqCst);
-    let (injected, drop) = shared.faults.decide(faults, accepted_so_far);
-    match injected {
-        Injected::Fail => return Outcome::Fail,
-        Injected::Throttle => return Outcome::Throttle,
-        Injected::None => {}
-    }
-    shared
-        .counters
-        .accepted_requests
-        .fetch_add(1, Ordering::SeqCst);
-    shared
-        .counters
-        .events_accepted
-        .fetch_add(n as u64, Ordering::SeqCst);
+    let drop = match injected_fault(shared, faults) {
+        Ok(drop) => drop,
+        Err(outcome) => return outcome,
+    };
+    count_accepted(shared, n);
     Outcome::Accept { events: n, drop }
 }
 
