@@ -118,6 +118,12 @@ impl Shared {
         }
     }
 
+    /// A request is authenticated when it carries a token and every token it carries is
+    /// valid.
+    fn authenticated(&self, tokens: &[String]) -> bool {
+        !tokens.is_empty() && tokens.iter().all(|t| self.token_ok(t))
+    }
+
     fn count_rejection(&self, e: &GraphError) {
         self.counters
             .rejected_requests
@@ -378,7 +384,7 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
     if let Some(id) = request::object_route(&parts.method, parts.uri.path()) {
         let mut tokens: Vec<String> = request::bearer_token(&parts.headers).into_iter().collect();
         tokens.extend(request::query_token(parts.uri.query()));
-        if tokens.is_empty() || !tokens.iter().all(|t| shared.token_ok(t)) {
+        if !shared.authenticated(&tokens) {
             return Outcome::Reject(GraphError::invalid_token());
         }
         return Outcome::Object(id.to_string());
@@ -422,7 +428,7 @@ async fn process(shared: &Shared, req: Request<Incoming>, faults: &super::Faults
         Err(e) => return Outcome::Reject(e),
     };
     // Authentication: there must be a token, and every token given must be valid.
-    if params.tokens.is_empty() || !params.tokens.iter().all(|t| shared.token_ok(t)) {
+    if !shared.authenticated(&params.tokens) {
         return Outcome::Reject(GraphError::invalid_token());
     }
     let is_test = params.test_event_code.is_some();
@@ -535,7 +541,7 @@ fn count_only(
         .chain(bearer)
         .chain(request::query_token(query))
         .collect();
-    if tokens.is_empty() || !tokens.iter().all(|t| shared.token_ok(t)) {
+    if !shared.authenticated(&tokens) {
         return Outcome::Reject(GraphError::invalid_token());
     }
     let Some(n) = counted.events.filter(|n| *n > 0) else {
