@@ -60,15 +60,6 @@ impl StateStore {
         Ok(may_be)
     }
 
-    pub async fn has_refused(&self, model: &str) -> Result<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refused_rows WHERE model = $1)")
-                .bind(model)
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
     /// Which of these row keys are already recorded as refused.
     pub async fn refused_among(
         &self,
