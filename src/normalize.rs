@@ -337,13 +337,20 @@ impl fmt::Debug for HexDigest {
 /// compiler turns the loop into a few vector instructions: about 4 ns for 32 bytes, against 18 ns
 /// for eight-bytes-at-a-time arithmetic and 15 ns for a table lookup per byte.
 fn hex_lower(bytes: &[u8; 32]) -> [u8; 64] {
-    let digit = |n: u8| n + b'0' + (9u8.wrapping_sub(n) >> 7) * 39;
     let mut out = [0u8; 64];
-    for (i, &b) in bytes.iter().enumerate() {
-        out[2 * i] = digit(b >> 4);
-        out[2 * i + 1] = digit(b & 0x0f);
-    }
+    hex_lower_into(bytes, &mut out);
     out
+}
+
+/// Lowercase hex of `bytes` into `out`, two digits a byte (as far as `out` reaches), branch-free
+/// as [`hex_lower`] describes.
+#[inline]
+pub(crate) fn hex_lower_into(bytes: &[u8], out: &mut [u8]) {
+    let digit = |n: u8| n + b'0' + (9u8.wrapping_sub(n) >> 7) * 39;
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = digit(b >> 4);
+        pair[1] = digit(b & 0x0f);
+    }
 }
 
 /// Lowercase hex SHA-256 of the UTF-8 bytes of `s`.

@@ -401,12 +401,10 @@ pub fn derive_event_id(model: &str, key: &[String], event_name: &str) -> String 
     h.update(b"\0");
     h.update(event_name.as_bytes());
     let digest = h.finalize();
-    let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
-        out.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
-        out.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0'));
-    }
-    out
+    let mut hex = [0u8; 32];
+    crate::normalize::hex_lower_into(&digest[..16], &mut hex);
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]
@@ -548,5 +546,24 @@ action_source = "system_generated"
             by_name.set(f.key());
             assert_eq!(by_field, by_name, "{f:?}");
         }
+    }
+
+    /// A derived id never changes between versions: a changed derivation would send every
+    /// row of a lookback again under new ids. These values are SHA-256 of the documented
+    /// encoding, computed apart (Python's hashlib), first 16 bytes in lowercase hex.
+    #[test]
+    fn derived_event_ids_are_pinned() {
+        assert_eq!(
+            derive_event_id("leads", &["1".to_string()], "Lead"),
+            "073bcf19b36f49b876d57be6e37f3198"
+        );
+        assert_eq!(
+            derive_event_id(
+                "orders",
+                &["INV-7".to_string(), "3".to_string()],
+                "Purchase"
+            ),
+            "3a85f20c89b68a7dd2659326e6552d71"
+        );
     }
 }
