@@ -5,7 +5,8 @@
 //! number of requests in flight, until the pixel nears its rate limit, so a fixed small
 //! number leaves a large backfill waiting on latency (4 in flight move about 12 000 events/s,
 //! 16 about 40 000). The limit therefore grows by one after each window of
-//! [`WINDOW_BATCHES`] acknowledged batches in which every slot was taken, no answer was
+//! [`WINDOW_BATCHES`] acknowledged batches (or as many accepted requests, when batches
+//! bisect rejected requests) in which every slot was taken, no answer was
 //! throttled or reported usage near a limit, and the answers came about as fast as the best
 //! window seen (TCP Vegas's rule, for requests: when more requests in flight only make each
 //! answer slower, the server is saturated, and more would only queue). It never exceeds
@@ -109,7 +110,9 @@ impl AdaptiveLimit {
             return self.limit;
         }
         self.batches += 1;
-        if self.batches < WINDOW_BATCHES {
+        // A window is as many batches, or as many accepted requests: a batch bisecting a
+        // rejected request sends a dozen, and its answers measure the pace as well.
+        if self.batches < WINDOW_BATCHES && self.answers < WINDOW_BATCHES {
             return self.limit;
         }
         let mean =
@@ -174,6 +177,22 @@ mod tests {
             window(&mut l, FAST);
         }
         assert_eq!(l.limit(), 11);
+    }
+
+    #[test]
+    fn a_batch_bisecting_a_rejected_request_fills_a_window_with_its_answers() {
+        let mut l = AdaptiveLimit::new(4, 16);
+        assert_eq!(window(&mut l, FAST), 5);
+        // One batch, its whole request rejected and its pieces accepted one by one.
+        l.saturated();
+        for _ in 0..WINDOW_BATCHES {
+            l.answered(FAST, None);
+        }
+        assert_eq!(l.after_batch(false), 6);
+        // Fewer answers than a window, in fewer batches than one: no step yet.
+        l.saturated();
+        l.answered(FAST, None);
+        assert_eq!(l.after_batch(false), 6);
     }
 
     #[test]

@@ -155,6 +155,20 @@ impl PixelBudget {
         }
     }
 
+    /// A slot if the pixel has one free now and no throttled answer asks to wait; never waits.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<RequestSlot> {
+        if self.held_until().is_some() {
+            return None;
+        }
+        self.slots.try_acquire().ok()?.forget();
+        if self.slots.available_permits() == 0 {
+            self.pace().adaptive.saturated();
+        }
+        Some(RequestSlot {
+            budget: self.clone(),
+        })
+    }
+
     /// A permit taken (and forgotten) comes back, unless the lowered limit still owes one.
     fn give_back(&self) {
         let mut pace = self.pace();
@@ -332,6 +346,22 @@ mod tests {
         single.throttled();
         single.after_batch("c");
         assert_eq!(single.limit(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_spare_slot_is_given_only_when_free_and_not_held() {
+        let budgets = PixelBudgets::default();
+        let pixel = budgets.pixel("1", 2, 2);
+        let _first = pixel.acquire().await;
+        let second = pixel.try_acquire().expect("one of two slots is free");
+        assert_eq!(pixel.busy(), 2);
+        assert!(pixel.try_acquire().is_none(), "a third slot of two");
+        drop(second);
+        assert_eq!(pixel.busy(), 1);
+        // A throttled answer asked the pixel to wait: no spare slot either.
+        pixel.hold_until(Instant::now() + Duration::from_secs(60));
+        assert!(pixel.try_acquire().is_none(), "a slot during the back-off");
+        assert_eq!(pixel.busy(), 1);
     }
 
     #[tokio::test]

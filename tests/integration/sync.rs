@@ -349,10 +349,13 @@ async fn a_slow_model_query_hits_the_statement_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
 
-/// One batch of 64 leads, the event of row `bad_row` rejected by Meta: the run, the sandbox,
+/// One batch of 64 leads, the event of row `bad_row` rejected by Meta, sent with `in_flight`
+/// requests in flight (fixed) to a sandbox answering after `slow_ms`: the run, the sandbox,
 /// the database and the bad event's id, with every other event delivered.
 async fn sync_64_leads_rejecting(
     bad_row: &str,
+    in_flight: usize,
+    slow_ms: u64,
 ) -> (
     capi_sync::pipeline::RunSummary,
     capi_sync::sandbox::SandboxHandle,
@@ -370,10 +373,14 @@ async fn sync_64_leads_rejecting(
     let bad = capi_sync::mapping::derive_event_id("leads", &[bad_row.to_string()], "Lead");
     let sandbox = start_sandbox(Faults {
         reject_event_ids: [bad.clone()].into_iter().collect(),
+        slow_ms,
         ..Default::default()
     })
     .await;
-    let ctx = context(config(&db, &sandbox.base_url(), LEADS_MODEL)).await;
+    let mut cfg = config(&db, &sandbox.base_url(), LEADS_MODEL);
+    cfg.meta.concurrency = in_flight;
+    cfg.meta.max_concurrency = in_flight;
+    let ctx = context(cfg).await;
     let run = sync(&ctx, "leads").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.counters.events_sent, 63);
@@ -387,7 +394,7 @@ async fn sync_64_leads_rejecting(
 
 #[tokio::test]
 async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() {
-    let (run, _sandbox, db, bad) = sync_64_leads_rejecting("17").await;
+    let (run, _sandbox, db, bad) = sync_64_leads_rejecting("17", 1, 0).await;
     // 1 whole-batch request, then a bisection down to the bad event: about 2*log2(64).
     assert!(
         run.counters.requests <= 1 + 2 * 6,
@@ -407,11 +414,28 @@ async fn an_invalid_event_rejected_by_meta_is_isolated_and_the_rest_delivered() 
 #[tokio::test]
 async fn a_half_is_not_sent_whole_when_its_other_half_was_accepted() {
     // The batch's last event: every first half is accepted, so every second half holds it.
-    let (run, sandbox, _db, _bad) = sync_64_leads_rejecting("64").await;
+    // One request in flight: no slot is free to send pieces at once, so the batch halves.
+    let (run, sandbox, _db, _bad) = sync_64_leads_rejecting("64", 1, 0).await;
     // The whole batch, the six first halves (32, 16, 8, 4, 2, 1 events) and the bad event
     // alone; sending each second half whole as well would take six more.
     assert_eq!(run.counters.requests, 8);
     assert_eq!(sandbox.stats().rejected_requests, 2);
+    assert_eq!(sandbox.stats().max_in_flight, 1);
+}
+
+#[tokio::test]
+async fn a_rejected_batch_sends_its_pieces_at_once_on_the_free_slots() {
+    // Four requests in flight and this one batch holding one: each rejected part is cut in
+    // four pieces sent together. 64 -> 16 -> 4 -> 1 events: three rounds of four requests
+    // after the whole, where halves take six rounds. The sandbox answers after 200 ms, so the
+    // four pieces of a round are answered together.
+    let (run, sandbox, _db, _bad) = sync_64_leads_rejecting("17", 4, 200).await;
+    assert_eq!(run.counters.requests, 1 + 3 * 4);
+    let stats = sandbox.stats();
+    // The whole, then the rejected piece of each round (rows 17-32, 17-20, 17).
+    assert_eq!(stats.rejected_requests, 4);
+    // Never more than the pixel's limit.
+    assert_eq!(stats.max_in_flight, 4);
 }
 
 #[tokio::test]
