@@ -6,7 +6,7 @@ use crate::pipeline::observer::RunObserver;
 use crate::state::RefusedRow;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -91,8 +91,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Progress {
     model: String,
-    /// Rows waiting when the run started (a count of the rows after the cursor).
-    estimate: Option<u64>,
+    /// Rows waiting when the run started (a count of the rows after the cursor), once known:
+    /// the count runs beside the run, not before it (see [`Progress::set_estimate`]).
+    estimate: OnceLock<u64>,
     rows_read: AtomicU64,
     events_sent: AtomicU64,
     rows_refused: AtomicU64,
@@ -117,7 +118,7 @@ impl Progress {
         }
         let p = Arc::new(Progress {
             model: model.to_string(),
-            estimate,
+            estimate: estimate.map(OnceLock::from).unwrap_or_default(),
             rows_read: AtomicU64::new(0),
             events_sent: AtomicU64::new(0),
             rows_refused: AtomicU64::new(0),
@@ -142,12 +143,29 @@ impl Progress {
         p
     }
 
+    /// The count of rows waiting, arrived while the run goes on: the bar gets its length and
+    /// the log lines their ETA. Only the first count counts.
+    pub fn set_estimate(&self, rows: u64) {
+        if self.estimate.set(rows).is_err() {
+            return;
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(rows);
+            style_bar(bar, Some(rows));
+            self.update_bar();
+        }
+    }
+
+    fn estimate(&self) -> Option<u64> {
+        self.estimate.get().copied()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let rows_read = self.rows_read.load(Ordering::Relaxed);
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = rows_read as f64 / elapsed;
         let eta_secs = self
-            .estimate
+            .estimate()
             .filter(|_| rate > 0.0)
             .map(|total| total.saturating_sub(rows_read) as f64 / rate);
         Snapshot {
@@ -164,7 +182,7 @@ impl Progress {
         tracing::info!(
             model = %self.model,
             rows_read = s.rows_read,
-            rows_estimated = self.estimate,
+            rows_estimated = self.estimate(),
             events_sent = s.events_sent,
             rows_refused = s.rows_refused,
             rows_per_sec = s.rate.round() as u64,
@@ -186,7 +204,7 @@ impl Progress {
     pub fn describe(&self, s: &Snapshot) -> String {
         use crate::human::group_digits;
         let n = |v: u64| group_digits(v as i64);
-        let read = match self.estimate {
+        let read = match self.estimate() {
             Some(total) => format!("{} / {} rows", n(s.rows_read), n(total.max(s.rows_read))),
             None => format!("{} rows", n(s.rows_read)),
         };
@@ -223,6 +241,14 @@ fn make_bar(model: &str, estimate: Option<u64>) -> indicatif::ProgressBar {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::new_spinner(),
     };
+    style_bar(&bar, estimate);
+    bar.set_prefix(model.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// A bar against the estimate, or a spinner until there is one.
+fn style_bar(bar: &indicatif::ProgressBar, estimate: Option<u64>) {
     let template = match estimate {
         Some(_) => "{prefix} [{bar:30}] {msg}",
         None => "{prefix} {spinner} {msg}",
@@ -230,9 +256,6 @@ fn make_bar(model: &str, estimate: Option<u64>) -> indicatif::ProgressBar {
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_prefix(model.to_string());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 impl RunObserver for Progress {
@@ -285,6 +308,23 @@ mod tests {
         let p = Progress::start("m", None, ProgressStyle::Log(Duration::from_secs(3600)));
         p.rows_read("m", 10);
         assert_eq!(p.snapshot().eta_secs, None);
+        p.finish();
+    }
+
+    #[tokio::test]
+    async fn an_estimate_that_arrives_during_the_run_gives_the_eta_from_then_on() {
+        let p = Progress::start("m", None, ProgressStyle::Log(Duration::from_secs(3600)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        p.rows_read("m", 100);
+        assert_eq!(p.snapshot().eta_secs, None);
+        assert!(p.describe(&p.snapshot()).starts_with("100 rows, "));
+        p.set_estimate(400);
+        // A second count does not replace the first.
+        p.set_estimate(9);
+        let s = p.snapshot();
+        let eta = s.eta_secs.expect("the estimate arrived");
+        assert!((eta - 300.0 / s.rate).abs() < 1e-6, "{eta}");
+        assert!(p.describe(&s).starts_with("100 / 400 rows, "));
         p.finish();
     }
 }
