@@ -105,12 +105,12 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts showing progress; with [`ProgressStyle::Log`], a task logs a line per interval
-    /// (needs a Tokio runtime).
-    pub fn start(model: &str, estimate: Option<u64>, style: ProgressStyle) -> Arc<Progress> {
-        // Nothing waits: a bar would only flash.
+    /// Starts showing progress, without an estimate until [`Progress::set_estimate`] gives
+    /// one; with [`ProgressStyle::Log`], a task logs a line per interval (needs a Tokio
+    /// runtime).
+    pub fn start(model: &str, style: ProgressStyle) -> Arc<Progress> {
         let bar = match style {
-            ProgressStyle::Bar if estimate != Some(0) => Some(make_bar(model, estimate)),
+            ProgressStyle::Bar => Some(make_bar(model)),
             _ => None,
         };
         if let Some(b) = &bar {
@@ -118,7 +118,7 @@ impl Progress {
         }
         let p = Arc::new(Progress {
             model: model.to_string(),
-            estimate: estimate.map(OnceLock::from).unwrap_or_default(),
+            estimate: OnceLock::new(),
             rows_read: AtomicU64::new(0),
             events_sent: AtomicU64::new(0),
             rows_refused: AtomicU64::new(0),
@@ -236,12 +236,10 @@ impl Drop for Progress {
     }
 }
 
-fn make_bar(model: &str, estimate: Option<u64>) -> indicatif::ProgressBar {
-    let bar = match estimate {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    style_bar(&bar, estimate);
+/// A spinner until the estimate arrives.
+fn make_bar(model: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    style_bar(&bar, None);
     bar.set_prefix(model.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -282,11 +280,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_eta_comes_from_the_estimate_and_the_rate() {
-        let p = Progress::start(
-            "m",
-            Some(1000),
-            ProgressStyle::Log(Duration::from_secs(3600)),
-        );
+        let p = Progress::start("m", ProgressStyle::Log(Duration::from_secs(3600)));
+        p.set_estimate(1000);
         tokio::time::sleep(Duration::from_millis(50)).await;
         p.rows_read("m", 250);
         p.batch_done("m", 200, &[]);
@@ -305,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_an_estimate_there_is_no_eta() {
-        let p = Progress::start("m", None, ProgressStyle::Log(Duration::from_secs(3600)));
+        let p = Progress::start("m", ProgressStyle::Log(Duration::from_secs(3600)));
         p.rows_read("m", 10);
         assert_eq!(p.snapshot().eta_secs, None);
         p.finish();
@@ -313,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_estimate_that_arrives_during_the_run_gives_the_eta_from_then_on() {
-        let p = Progress::start("m", None, ProgressStyle::Log(Duration::from_secs(3600)));
+        let p = Progress::start("m", ProgressStyle::Log(Duration::from_secs(3600)));
         tokio::time::sleep(Duration::from_millis(20)).await;
         p.rows_read("m", 100);
         assert_eq!(p.snapshot().eta_secs, None);

@@ -89,7 +89,6 @@ fn start_progress(
 ) {
     let progress = crate::progress::Progress::start(
         &model.name,
-        None,
         crate::progress::ProgressStyle::detect(json_logs),
     );
     let (warehouse, model, told) = (ctx.warehouse.clone(), model.clone(), progress.clone());
