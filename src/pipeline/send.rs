@@ -180,7 +180,7 @@ impl BatchSender {
                         tally.add_to(&mut result);
                         // Every piece's answer counts, also when another piece failed: an
                         // accepted piece is delivered and goes into the ledger.
-                        if let Err(err) = self.settle_part(
+                        if let Err(err) = Self::settle_part(
                             piece,
                             outcome,
                             &batch,
@@ -204,7 +204,7 @@ impl BatchSender {
                 tally.add_to(&mut result);
                 let accepted = outcome.is_ok();
                 if let Err(err) =
-                    self.settle_part(part, outcome, &batch, &mut acked, &mut result, &mut stack)
+                    Self::settle_part(part, outcome, &batch, &mut acked, &mut result, &mut stack)
                 {
                     result.error = Some(err);
                     break;
@@ -290,7 +290,6 @@ impl BatchSender {
     /// rejected event alone is refused, a rejected part goes back on the stack to be split.
     /// Any other failure is given back: it stops the batch.
     fn settle_part(
-        &self,
         part: Vec<usize>,
         outcome: Result<Option<String>, SinkError>,
         batch: &Batch,
@@ -330,12 +329,12 @@ impl BatchSender {
         &self,
         body: bytes::Bytes,
         events: usize,
-        result: &mut Tally,
+        tally: &mut Tally,
     ) -> Result<Option<String>, SinkError> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            result.requests += 1;
+            tally.requests += 1;
             let sent_at = Instant::now();
             match self.graph.send(&self.pixel_id, body.clone(), events).await {
                 Ok(ack) => {
@@ -362,7 +361,7 @@ impl BatchSender {
                         rand::random::<f64>(),
                     ) {
                         Some(wait) => {
-                            result.retries += 1;
+                            tally.retries += 1;
                             if class == ErrorClass::Throttled {
                                 self.throttled.fetch_add(1, Ordering::Relaxed);
                                 self.pixel.throttled();
@@ -387,7 +386,7 @@ impl BatchSender {
                                 // already on the wire is still awaited above: its answer may
                                 // be an acknowledgement to record.
                                 _ = self.cancel.cancelled() => {
-                                    result.stopped_by_shutdown = true;
+                                    tally.stopped_by_shutdown = true;
                                     return Err(err);
                                 }
                             }
@@ -406,14 +405,15 @@ impl BatchSender {
 /// take ten; each round sends four requests instead of one or two.
 pub(super) const SPLIT_WAYS: usize = 4;
 
-/// `events` cut in `ways` pieces of nearly equal size, in order.
+/// `events` cut in `ways` pieces of nearly equal size, in order, the longer ones last (two
+/// ways: the halves a rejected part is bisected into).
 fn split_ways(events: &[usize], ways: usize) -> Vec<Vec<usize>> {
     let ways = ways.clamp(1, events.len().max(1));
     let (size, longer) = (events.len() / ways, events.len() % ways);
     let mut rest = events;
     (0..ways)
         .map(|i| {
-            let (piece, after) = rest.split_at(size + usize::from(i < longer));
+            let (piece, after) = rest.split_at(size + usize::from(i >= ways - longer));
             rest = after;
             piece.to_vec()
         })
@@ -457,11 +457,12 @@ impl Part {
 
     /// Pushes the halves of a rejected part, the first half on top.
     fn split(events: &[usize], stack: &mut Vec<Part>) {
-        let (a, b) = events.split_at(events.len() / 2);
-        stack.push(Part::whole(b.to_vec()));
+        let mut halves = split_ways(events, 2);
+        let first = halves.remove(0);
+        stack.extend(halves.into_iter().map(Part::whole));
         stack.push(Part {
             first_half: true,
-            ..Part::whole(a.to_vec())
+            ..Part::whole(first)
         });
     }
 }
@@ -505,6 +506,11 @@ mod tests {
                 let (min, max) = (sizes.iter().min(), sizes.iter().max());
                 assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{sizes:?}");
                 assert!(sizes.iter().all(|&n| n > 0), "{sizes:?}");
+                // The longer pieces last: two ways are the halves bisection always cut.
+                assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+                if ways == 2 && len >= 2 {
+                    assert_eq!(sizes[0], len / 2, "{len} events");
+                }
             }
         }
     }
