@@ -342,10 +342,19 @@ fn hex_lower(bytes: &[u8; 32]) -> [u8; 64] {
     out
 }
 
+/// Lowercase hex of 16 bytes (32 digits) as a string: derived event ids and the ledger's
+/// event fingerprints.
+pub(crate) fn hex_string_16(bytes: &[u8; 16]) -> String {
+    let mut hex = [0u8; 32];
+    hex_lower_into(bytes, &mut hex);
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
+}
+
 /// Lowercase hex of `bytes` into `out`, two digits a byte (as far as `out` reaches), branch-free
 /// as [`hex_lower`] describes.
 #[inline]
-pub(crate) fn hex_lower_into(bytes: &[u8], out: &mut [u8]) {
+fn hex_lower_into(bytes: &[u8], out: &mut [u8]) {
     let digit = |n: u8| n + b'0' + (9u8.wrapping_sub(n) >> 7) * 39;
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = digit(b >> 4);
